@@ -1,0 +1,370 @@
+"""Typed configuration: TOML files validated by one pydantic model per component.
+
+Devices are ``[devices.NAME]`` tables; each is validated by the config model of the driver
+its ``driver`` key names (drivers/registry.py). Environment variables override any setting
+as ``KIOSK_AGENT_<SECTION>__<KEY>`` (``KIOSK_AGENT_MQTT__PORT=1884``,
+``KIOSK_AGENT_DEVICES__FINGER__SEED=7``). Every problem is reported at once, each with its
+dotted path, so an operator fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
+
+from drivers import DriverConfig, driver_class, driver_names
+
+DEFAULT_CONFIG_PATH = Path("/etc/kiosk-agent/agent.toml")
+ENV_PREFIX = "KIOSK_AGENT_"
+CONFIG_ENV = "KIOSK_AGENT_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` lists every ``path: reason``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be between 1 and 65535")
+    return value
+
+
+def _topic_segment(value: str) -> str:
+    # An id becomes one MQTT topic level: wildcards or slashes would route captures to
+    # other kiosks' topics.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ValueError(
+            "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (it becomes an MQTT topic level)"
+        )
+    return value
+
+
+def _topic_prefix(value: str) -> str:
+    for level in value.split("/"):
+        _topic_segment(level)
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port)]
+TopicSegment = Annotated[str, AfterValidator(_topic_segment)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KioskConfig(Section):
+    id: TopicSegment
+    site: str = ""
+    #: The registration officer signed in, when the kiosk knows it.
+    operator_id: str | None = None
+
+
+class MqttConfig(Section):
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    protocol: Literal["5", "3.1.1"] = "5"
+    #: Default: kiosk-agent-<kiosk id>. Two clients with one id knock each other off.
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    #: Read the password from this file instead (for example a systemd credential).
+    password_file: Path | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    topic_prefix: Annotated[str, AfterValidator(_topic_prefix)] = "kiosk"
+    #: Captures handed to the broker and not yet acknowledged; the durable queue holds the rest.
+    inflight_window: int = Field(16, ge=1, le=1000)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+    #: A connection up this long resets the backoff to reconnect_min_s.
+    stable_after_s: float = Field(30.0, ge=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    #: "receipt": delete a capture once the central service's receipt arrives (end to end).
+    #: "puback": delete once the broker has it (weaker: the broker may still lose it).
+    ack_mode: Literal["receipt", "puback"] = "receipt"
+    #: Send a capture again when its receipt has not come within this time.
+    receipt_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be less than reconnect_min_s")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set either password or password_file, not both")
+        return self
+
+    def resolved_password(self) -> str | None:
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    "mqtt.password_file", [f"cannot read {self.password_file}: {exc.strerror}"]
+                ) from exc
+        return self.password.get_secret_value() if self.password else None
+
+
+class QueueConfig(Section):
+    path: Path = Path("/var/lib/kiosk-agent/queue.db")
+    #: Quota for queued data; new captures are refused beyond it, none already queued is dropped.
+    max_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
+    #: Refuse new captures when the queue's file system would have less free space than this.
+    min_free_bytes: int = Field(256 * 1024**2, ge=0)
+
+
+class CaptureConfig(Section):
+    #: "on-demand": captures are requested (registration app, remote command).
+    #: "continuous": the agent captures by itself from every enabled device (demos, soak tests).
+    mode: Literal["on-demand", "continuous"] = "on-demand"
+    #: Continuous mode: captures per second across all devices; 0 = as fast as the path allows.
+    rate_per_s: float = Field(1.0, ge=0)
+    #: Continuous mode: stop capturing after this many captures; 0 = never.
+    max_captures: int = Field(0, ge=0)
+    #: Continuous mode: finger positions (ANSI/NIST 1..10) cycled through on finger devices.
+    finger_positions: list[Annotated[int, Field(ge=0, le=10)]] = Field(
+        default_factory=lambda: list(range(1, 11))
+    )
+    #: Attempts per capture when the person must retry (no finger, no face).
+    max_attempts: int = Field(3, ge=1, le=20)
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: "auto": journald-friendly (no timestamps) under systemd, timestamps on a terminal.
+    format: Literal["auto", "journal", "text", "json"] = "auto"
+
+
+class ReceiverConfig(Section):
+    """The reference receiver (central side); ignored by the kiosk daemon."""
+
+    output_dir: Path = Path("/var/lib/kiosk-agent-receiver")
+    #: Receivers in one group split the fleet's captures (MQTT 5 shared subscription).
+    share_group: TopicSegment = "receivers"
+    #: Which kiosks to serve: "+" for all, or one kiosk id.
+    kiosk_filter: str = "+"
+    name: str = "receiver"
+
+
+class AgentConfig(Section):
+    kiosk: KioskConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    #: Filled from the [devices.NAME] tables by load_config, each with its driver's model.
+    devices: dict[str, SerializeAsAny[DriverConfig]] = Field(default_factory=dict)
+
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"kiosk-agent-{self.kiosk.id}"
+
+
+class ReceiverServiceConfig(Section):
+    """The reference receiver's own config file: no kiosk, no devices."""
+
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    #: Accepted and ignored, so one file can serve a kiosk and a receiver in a demo.
+    kiosk: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None
+    capture: dict[str, Any] | None = None
+    devices: dict[str, Any] | None = None
+
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"kiosk-receiver-{self.receiver.name}"
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def config_path(cli_path: str | os.PathLike[str] | None) -> Path:
+    """--config beats KIOSK_AGENT_CONFIG beats the default path."""
+    if cli_path:
+        return Path(cli_path)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> AgentConfig:
+    """Read, override from the environment and validate; raise ConfigError naming every problem."""
+    return validate_config(read_raw(path, environ), str(path))
+
+
+def load_receiver_config(path: str | os.PathLike[str],
+                         environ: dict[str, str] | None = None) -> ReceiverServiceConfig:
+    raw = read_raw(path, environ)
+    try:
+        return ReceiverServiceConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(str(path), _describe(exc, (), ReceiverServiceConfig)) from None
+
+
+def read_raw(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The TOML tree with environment overrides applied, not yet validated."""
+    path = Path(path)
+    source = str(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            source,
+            ["file not found; pass --config PATH or set KIOSK_AGENT_CONFIG "
+             "(examples are in the config/ folder of the project)"],
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(source, ["is a directory, not a TOML file"]) from None
+    except PermissionError:
+        raise ConfigError(source, ["permission denied; run as the kiosk user or fix the file mode"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text: {exc}"]) from None
+    apply_env_overrides(raw, os.environ if environ is None else environ)
+    return raw
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> AgentConfig:
+    raw = dict(raw)
+    devices_raw = raw.pop("devices", {})
+    problems: list[str] = []
+    config: AgentConfig | None = None
+    try:
+        config = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems += _describe(exc, (), AgentConfig)
+    devices: dict[str, DriverConfig] = {}
+    if not isinstance(devices_raw, dict):
+        problems.append("devices: must be a table of [devices.NAME] tables")
+        devices_raw = {}
+    for name, table in devices_raw.items():
+        device = _validate_device(name, table, problems)
+        if device is not None:
+            devices[name] = device
+    if problems or config is None:
+        raise ConfigError(source, problems)
+    return config.model_copy(update={"devices": devices})
+
+
+def _validate_device(name: str, table: Any, problems: list[str]) -> DriverConfig | None:
+    where = f"devices.{name}"
+    try:
+        _topic_segment(name)
+    except ValueError as exc:
+        problems.append(f"{where}: device name {exc}")
+        return None
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table with at least a driver key")
+        return None
+    driver = table.get("driver")
+    if driver is None:
+        problems.append(f"{where}.driver: missing; one of: {', '.join(driver_names())}")
+        return None
+    try:
+        model = driver_class(str(driver)).config_model
+    except KeyError as exc:
+        problems.append(f"{where}.driver: {exc.args[0]}")
+        return None
+    try:
+        return model.model_validate(table)
+    except ValidationError as exc:
+        problems += _describe(exc, ("devices", name), model)
+        return None
+
+
+def _describe(exc: ValidationError, prefix: tuple[str, ...], model: type[BaseModel]) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(str(p) for p in err["loc"])
+        where = ".".join(loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(model, err["loc"][:-1])
+            msg = "unknown key" + (f"; known keys here: {', '.join(known)}" if known else "")
+        elif err["type"] == "missing":
+            msg = "missing; this setting is required"
+        out.append(f"{where}: {msg}")
+    return out
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names at ``loc`` inside ``model``, for 'did you mean' style help."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        current = field.annotation
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Any) -> None:
+    """Apply KIOSK_AGENT_<SECTION>__<KEY>[__<KEY>...] variables onto the raw TOML tree."""
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = _env_value(value)
+
+
+def _env_value(value: str) -> Any:
+    # Lists and tables come as JSON; everything else stays a string for pydantic to coerce.
+    if value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the config file, with each driver's table, for editors to validate."""
+    schema = AgentConfig.model_json_schema()
+    variants = []
+    for name in driver_names():
+        sub = driver_class(name).config_model.model_json_schema()
+        for def_name, definition in sub.pop("$defs", {}).items():
+            schema.setdefault("$defs", {})[def_name] = definition
+        variants.append(sub)
+    schema["properties"]["devices"] = {
+        "type": "object",
+        "description": "One [devices.NAME] table per device; `driver` selects its settings.",
+        "additionalProperties": {"oneOf": variants},
+    }
+    return schema
+
+
+def redacted(config: AgentConfig) -> dict[str, Any]:
+    """The config as plain data with secrets masked, for logs and diagnostics."""
+    data = config.model_dump(mode="json")
+    if data["mqtt"].get("password"):
+        data["mqtt"]["password"] = "**********"
+    return data

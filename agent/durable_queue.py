@@ -1,0 +1,284 @@
+"""The durable capture queue: SQLite in WAL mode with synchronous=FULL.
+
+A capture counts as taken only once ``put`` has returned: the row is then on disk and
+survives a power cut. Items leave only through ``ack`` (the central side has the capture).
+The queue, not the MQTT client, is the source of truth for what still has to be sent.
+
+Start-up does not grow with the backlog: running totals are kept by triggers in the same
+transaction as each insert and delete, and nothing is scanned or loaded at open. Payloads
+live in their own table so that bookkeeping updates never rewrite image bytes.
+
+One connection, guarded by a lock: capture workers and the publisher share it. SQLite
+serialises writers anyway, and one connection keeps the commit order equal to ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',   -- queued | sent | rejected
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_attempt REAL,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS blobs (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS totals (
+    one INTEGER PRIMARY KEY CHECK (one = 1), items INTEGER NOT NULL, bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals VALUES (1, 0, 0);
+CREATE TRIGGER IF NOT EXISTS items_added AFTER INSERT ON items BEGIN
+    UPDATE totals SET items = items + 1, bytes = bytes + new.size WHERE one = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS items_removed AFTER DELETE ON items BEGIN
+    DELETE FROM blobs WHERE seq = old.seq;
+    UPDATE totals SET items = items - 1, bytes = bytes - old.size WHERE one = 1;
+END;
+"""
+
+
+class QueueError(Exception):
+    """Base of the queue's errors."""
+
+
+class QueueFull(QueueError):
+    """A new capture was refused (quota or free disk); nothing queued was dropped."""
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    seq: int
+    id: str
+    kind: str
+    payload: bytes = field(repr=False)
+    attempts: int
+    created: float
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending: int
+    pending_bytes: int
+    oldest_age_s: float | None
+    by_state: dict[str, int]
+    max_bytes: int
+    disk_free_bytes: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "pending": self.pending,
+            "pending_bytes": self.pending_bytes,
+            "oldest_age_s": self.oldest_age_s,
+            "by_state": self.by_state,
+            "max_bytes": self.max_bytes,
+            "disk_free_bytes": self.disk_free_bytes,
+        }
+
+
+class DurableQueue:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, min_free_bytes: int) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            self._quarantine(exc)
+            self._db = self._connect()
+        self._next_seq = self._db.execute(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0) + 1"
+        ).fetchone()[0]
+
+    # --- opening ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise QueueError(f"{self.path}: SQLite refused WAL mode (got {mode}); "
+                                 "put the queue on a local file system")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if version is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(version[0]) != SCHEMA_VERSION:
+                raise QueueError(
+                    f"{self.path}: queue schema {version[0]} is not {SCHEMA_VERSION}; "
+                    "this agent version cannot read it, install the version that wrote it"
+                )
+            # Reads the first rows of every table: a damaged header or root page fails here.
+            db.execute("SELECT * FROM totals").fetchone()
+            db.execute("SELECT seq FROM items ORDER BY seq LIMIT 1").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _quarantine(self, exc: Exception) -> None:
+        """Move a damaged database aside, never delete it: it may still hold captures."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        moved = []
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                dst = Path(f"{self.path}.corrupt-{stamp}{suffix}")
+                os.replace(src, dst)
+                moved.append(str(dst))
+        log.critical(
+            "queue database %s is damaged (%s); moved it aside to %s and started a new, empty "
+            "queue. Captures in the damaged file were NOT sent: keep the file and ask support "
+            "to recover it (sqlite3 .recover).", self.path, exc, ", ".join(moved),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- writing ------------------------------------------------------------------------
+
+    def put(self, item_id: str, kind: str, encode: Callable[[int], bytes]) -> int:
+        """Durably commit one item and return its sequence number.
+
+        ``encode(seq)`` builds the payload once the sequence number is known, inside the
+        transaction, so the number in the payload and the queue order always agree.
+        Raises QueueFull (nothing written) when the quota or free disk would be breached.
+        """
+        with self._lock:
+            seq = self._next_seq
+            payload = encode(seq)
+            self._check_space(len(payload))
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO items (seq, id, kind, created, size) VALUES (?, ?, ?, ?, ?)",
+                    (seq, item_id, kind, time.time(), len(payload)),
+                )
+                db.execute("INSERT INTO blobs (seq, payload) VALUES (?, ?)", (seq, payload))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._next_seq = seq + 1
+            return seq
+
+    def _check_space(self, size: int) -> None:
+        queued = self._db.execute("SELECT bytes FROM totals").fetchone()[0]
+        if queued + size > self.max_bytes:
+            raise QueueFull(
+                f"capture refused: the queue holds {queued:,} bytes and its quota "
+                f"(queue.max_bytes) is {self.max_bytes:,}. Queued captures are kept; "
+                "reconnect the kiosk so they can be sent, or raise the quota."
+            )
+        free = shutil.disk_usage(self.path.parent).free
+        if free - size < self.min_free_bytes:
+            raise QueueFull(
+                f"capture refused: only {free:,} bytes free on the disk holding {self.path.parent} "
+                f"(queue.min_free_bytes is {self.min_free_bytes:,}). Queued captures are kept; "
+                "free disk space or reconnect the kiosk so they can be sent."
+            )
+
+    def mark_sent(self, seqs: Iterable[int]) -> None:
+        """Count one more send attempt for each item (kept for statistics and support)."""
+        rows = [(time.time(), s) for s in seqs]
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE items SET state = 'sent', attempts = attempts + 1, last_attempt = ? "
+                "WHERE seq = ? AND state != 'rejected'",
+                rows,
+            )
+            self._db.execute("COMMIT")
+
+    def ack(self, item_ids: Iterable[str]) -> int:
+        """Delete acknowledged items; returns how many were still here."""
+        ids = [(i,) for i in item_ids]
+        if not ids:
+            return 0
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            # rowcount counts rows of the statement itself, not the trigger's.
+            deleted = db.executemany("DELETE FROM items WHERE id = ?", ids).rowcount
+            db.execute("COMMIT")
+            return deleted
+
+    def reject(self, item_id: str, reason: str) -> None:
+        """Keep an item the central side refused aside, out of the send order, for support."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE items SET state = 'rejected', reason = ? WHERE id = ?", (reason, item_id)
+            )
+
+    # --- reading ------------------------------------------------------------------------
+
+    def next_batch(self, after_seq: int, limit: int) -> list[QueuedItem]:
+        """Items to send, in order, with seq > after_seq (rejected ones skipped)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT i.seq, i.id, i.kind, b.payload, i.attempts, i.created "
+                "FROM items i JOIN blobs b ON b.seq = i.seq "
+                "WHERE i.seq > ? AND i.state != 'rejected' ORDER BY i.seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [QueuedItem(*row) for row in rows]
+
+    def get(self, item_id: str) -> QueuedItem | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT i.seq, i.id, i.kind, b.payload, i.attempts, i.created "
+                "FROM items i JOIN blobs b ON b.seq = i.seq WHERE i.id = ?",
+                (item_id,),
+            ).fetchone()
+        return QueuedItem(*row) if row else None
+
+    def totals(self) -> tuple[int, int]:
+        """(items, bytes) queued, from the running totals: O(1)."""
+        with self._lock:
+            items, size = self._db.execute("SELECT items, bytes FROM totals").fetchone()
+        return items, size
+
+    def stats(self) -> QueueStats:
+        with self._lock:
+            db = self._db
+            items, size = db.execute("SELECT items, bytes FROM totals").fetchone()
+            oldest = db.execute("SELECT created FROM items ORDER BY seq LIMIT 1").fetchone()
+            by_state = dict(db.execute("SELECT state, count(*) FROM items GROUP BY state"))
+        return QueueStats(
+            pending=items,
+            pending_bytes=size,
+            oldest_age_s=round(time.time() - oldest[0], 3) if oldest else None,
+            by_state={s: by_state.get(s, 0) for s in ("queued", "sent", "rejected")},
+            max_bytes=self.max_bytes,
+            disk_free_bytes=shutil.disk_usage(self.path.parent).free,
+        )
+
+    def integrity_check(self) -> str:
+        """SQLite's full integrity check ('ok' when sound); reads the whole file."""
+        with self._lock:
+            return self._db.execute("PRAGMA integrity_check").fetchone()[0]

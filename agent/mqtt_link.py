@@ -1,0 +1,301 @@
+"""One MQTT connection, owned by one thread.
+
+The thread runs paho's network loop itself (no ``loop_start``) so that paho's callbacks and
+the handler's own work (``tick``) happen on the same thread: the handler's state needs no
+locks, and nothing can run concurrently with a callback. It reconnects with jittered
+exponential backoff, reset after a connection has been stable for a while, and reads the
+broker's CONNACK limits (Receive Maximum, Maximum Packet Size) that paho ignores.
+
+Every paho callback catches and logs its own errors: an exception escaping a callback
+would kill the network loop (see shared notes on paho pitfalls).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from agent.backoff import Backoff
+from agent.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+#: MQTT's own ceiling for a packet (268,435,455 bytes) when the broker states no smaller one.
+MQTT_MAX_PACKET = 268_435_455
+#: How long the loop may sleep in select() when the handler has nothing to do.
+IDLE_WAIT_S = 0.05
+
+
+@dataclass(frozen=True)
+class BrokerLimits:
+    receive_maximum: int = 65535
+    maximum_packet_size: int = MQTT_MAX_PACKET
+
+
+class LinkHandler(Protocol):
+    """What a connection's owner does; all methods run on the link's thread."""
+
+    def on_connected(self, link: MqttLink, limits: BrokerLimits) -> None: ...
+    def on_disconnected(self, link: MqttLink) -> None: ...
+    def on_message(self, link: MqttLink, message: mqtt.MQTTMessage) -> None: ...
+    def on_puback(self, link: MqttLink, mid: int) -> None: ...
+    def tick(self, link: MqttLink) -> bool:
+        """Do pending work; return True when there may be more to do right away."""
+        ...
+    def on_stopping(self, link: MqttLink) -> None:
+        """Last words before a clean disconnect (for example an offline status)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class MqttLink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        handler: LinkHandler,
+        *,
+        client_id: str,
+        name: str,
+        will: Will | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.name = name
+        self.v5 = config.protocol == "5"
+        self.connected = False
+        self.limits = BrokerLimits()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self._connected_at = 0.0
+        self._connect_started = 0.0
+        self.connects = 0
+        self._params_set = False
+        self._client = self._make_client(client_id, will)
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def _make_client(self, client_id: str, will: Will | None) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            # Under 3.1.1 a clean session; under 5 clean_start is set at connect().
+            clean_session=None if self.v5 else True,
+            reconnect_on_failure=False,  # this class owns reconnects (with jitter)
+        )
+        client.connect_timeout = cfg.connect_timeout_s
+        password = cfg.resolved_password()
+        if cfg.username is not None or password is not None:
+            client.username_pw_set(cfg.username, password)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        # paho's own buffers stay small: the handler feeds a bounded window.
+        client.max_inflight_messages_set(cfg.inflight_window + 8)
+        return client
+
+    # --- thread life cycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("MQTT thread %s did not stop within %.0f s", self.name, timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._client.is_connected() and not self._connect_started:
+                    self._try_connect()
+                    continue
+                self._serve_once()
+            self._shutdown()
+        except Exception:
+            # Last line of defence: the link must never die silently.
+            log.exception("MQTT link %s crashed; the agent will stop", self.name)
+            raise
+
+    def _try_connect(self) -> None:
+        cfg = self.config
+        try:
+            if not self._params_set:
+                # Stores host, port and CONNECT properties without touching the network.
+                self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
+                                           clean_start=True, properties=self._connect_properties())
+                self._params_set = True
+            self._client.reconnect()
+            self._connect_started = time.monotonic()
+        except (OSError, socket.timeout) as exc:
+            self._wait_before_retry(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}")
+
+    def _connect_properties(self) -> Properties | None:
+        if not self.v5:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        # Ask for up to what our window can use; the broker may grant less.
+        props.ReceiveMaximum = max(self.config.inflight_window, 16)
+        return props
+
+    def _wait_before_retry(self, why: str) -> None:
+        delay = self._backoff.next_delay()
+        log.warning("%s; retrying in %.1f s (attempt %d)", why, delay, self._backoff.attempt)
+        self._connect_started = 0.0
+        self._stop.wait(delay)
+
+    def _serve_once(self) -> None:
+        busy = False
+        if self.connected:
+            busy = self._safe_tick()
+            if self._connected_at and time.monotonic() - self._connected_at >= self.config.stable_after_s:
+                self._backoff.reset()
+        rc = self._client.loop(timeout=0.0 if busy else IDLE_WAIT_S)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost(f"connection to {self.config.host}:{self.config.port} lost ({mqtt.error_string(rc)})")
+        elif not self.connected and self._connect_started:
+            if time.monotonic() - self._connect_started > self.config.connect_timeout_s:
+                self._client.disconnect()
+                self._lost("broker did not answer CONNECT in time")
+
+    def _lost(self, why: str) -> None:
+        if self.connected:
+            self.connected = False
+            self._safe(self.handler.on_disconnected, self)
+        self._connected_at = 0.0
+        self._wait_before_retry(why)
+
+    def _safe_tick(self) -> bool:
+        try:
+            return bool(self.handler.tick(self))
+        except Exception:
+            log.exception("error in %s work loop; continuing", self.name)
+            return False
+
+    def _safe(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("error in %s handler %s; continuing", self.name, getattr(fn, "__name__", fn))
+
+    def _shutdown(self) -> None:
+        if self.connected:
+            self._safe(self.handler.on_stopping, self)
+            self._client.disconnect()  # a clean DISCONNECT: the broker drops the will
+            self.flush(1.0, lambda: not self._client.is_connected())
+            self.connected = False
+
+    # --- used by handlers (on the link thread) ------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                properties: Properties | None = None) -> int:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise OSError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info.mid
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        rc, _ = self._client.subscribe(topic, qos=qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("subscribe to %s failed: %s", topic, mqtt.error_string(rc))
+
+    def flush(self, deadline_s: float, done) -> bool:  # type: ignore[no-untyped-def]
+        """Run the network loop until ``done()`` or the deadline; for last words at stop."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if done():
+                return True
+            if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+        return done()
+
+    # --- paho callbacks (each catches its own errors) -----------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if reason_code.is_failure:
+                self._connect_started = 0.0
+                log.error("broker refused the connection: %s", reason_code)
+                return
+            self.limits = self._limits_from(properties)
+            self.connected = True
+            self.connects += 1
+            self._connect_started = 0.0
+            self._connected_at = time.monotonic()
+            log.info("connected to MQTT broker %s:%d (MQTT %s; receive maximum %d, "
+                     "maximum packet %d bytes)", self.config.host, self.config.port,
+                     self.config.protocol, self.limits.receive_maximum,
+                     self.limits.maximum_packet_size)
+            self.handler.on_connected(self, self.limits)
+        except Exception:
+            log.exception("error handling CONNACK; continuing")
+
+    def _limits_from(self, properties: Properties | None) -> BrokerLimits:
+        if properties is None or not self.v5:
+            return BrokerLimits()
+        return BrokerLimits(
+            receive_maximum=getattr(properties, "ReceiveMaximum", 65535),
+            maximum_packet_size=getattr(properties, "MaximumPacketSize", MQTT_MAX_PACKET),
+        )
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if self.connected and not self._stop.is_set():
+                log.warning("disconnected from broker: %s", reason_code)
+        except Exception:
+            log.exception("error handling disconnect; continuing")
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self.handler.on_message(self, message)
+        except Exception:
+            log.exception("error handling a message on %s; continuing", message.topic)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if reason_code.is_failure:
+                log.warning("broker refused message %d: %s", mid, reason_code)
+                return
+            self.handler.on_puback(self, mid)
+        except Exception:
+            log.exception("error handling PUBACK %d; continuing", mid)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            for rc in reason_codes:
+                if rc.is_failure:
+                    log.error("broker refused a subscription: %s", rc)
+        except Exception:
+            log.exception("error handling SUBACK; continuing")

@@ -1,0 +1,120 @@
+"""The driver interface every device adapter implements.
+
+A driver is synchronous and blocking: the agent calls it from one named worker thread per
+device (see agent/devices.py), never from two threads at once, so drivers need no locks.
+Hardware libraries are imported inside ``open()`` so the package imports on any machine.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Modality(str, enum.Enum):
+    FINGER = "finger"
+    FACE = "face"
+
+
+class DriverConfig(BaseModel):
+    """Settings every driver accepts; each driver subclasses this with its own fields.
+
+    ``extra="forbid"`` makes a misspelt key an error that names the key instead of a
+    setting that is silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    driver: str
+    enabled: bool = True
+    #: Seconds to wait for the person (finger on the glass, face in view) per attempt.
+    capture_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What ``probe()`` learns about a device without changing its state."""
+
+    driver: str
+    model: str
+    serial: str
+    firmware: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What the agent asks of a device for one capture."""
+
+    #: ANSI/NIST finger position 0..10 (0 = unknown); 0 for a face.
+    position: int = 0
+    timeout_s: float | None = None  # None: the driver config's capture_timeout_s
+
+
+@dataclass(frozen=True)
+class CapturedImage:
+    """One image as the device produced it, already encoded in a standard format."""
+
+    modality: Modality
+    position: int
+    image_format: str  # "png", "jpeg", "wsq"
+    image: bytes
+    width: int
+    height: int
+    #: Native resolution in pixels per inch; 0 when unknown (cameras).
+    ppi: int
+    #: Quality measured on the device or kiosk, 0..100, None when not measured.
+    quality: int | None = None
+    quality_detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Driver(abc.ABC):
+    """Base class of every device driver.
+
+    Life cycle: ``probe()`` (optional, side-effect free) -> ``open()`` -> ``capture()`` any
+    number of times, ``health()`` between captures -> ``close()``. ``open()`` leaves no state
+    behind when it fails. Errors come from drivers/errors.py only.
+    """
+
+    #: The ``driver`` key in a ``[devices.NAME]`` config table.
+    name: ClassVar[str]
+    modality: ClassVar[Modality]
+    vendor: ClassVar[str] = ""
+    #: USB (vendor id, product id) pairs this driver recognises, for hot-plug matching.
+    usb_ids: ClassVar[tuple[tuple[int, int], ...]] = ()
+    #: The pydantic model of this driver's config table.
+    config_model: ClassVar[type[DriverConfig]] = DriverConfig
+
+    def __init__(self, device_id: str, config: DriverConfig) -> None:
+        self.device_id = device_id
+        self.config = config
+
+    @abc.abstractmethod
+    def probe(self) -> DeviceInfo:
+        """Identify the device without side effects (no LED, no state change)."""
+
+    @abc.abstractmethod
+    def open(self) -> DeviceInfo:
+        """Open the device for capture and return what it reported."""
+
+    @abc.abstractmethod
+    def capture(self, request: CaptureRequest) -> CapturedImage:
+        """Take one image; raise CaptureRetry, TransientDeviceError or PermanentDeviceError."""
+
+    @abc.abstractmethod
+    def health(self) -> Health:
+        """A cheap liveness check of an open device."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the device; safe to call twice or after a failed open."""

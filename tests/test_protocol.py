@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from agent.protocol import ProtocolError, Receipt, Topics, decode_capture, encode_capture
+from agent.record import CaptureRecord
+from drivers import Modality
+
+
+def record(image: bytes = b"\x89PNG fake image \x00\xff" * 50, **kw) -> CaptureRecord:  # type: ignore[no-untyped-def]
+    fields = dict(id="0190d4c2-0000-7000-8000-000000000001", kiosk_id="k1", site="s", operator_id=None,
+                  device_id="finger", driver="sim-finger", device_serial="SN1", modality=Modality.FINGER,
+                  position=2, captured_at="2026-11-28T12:00:00.000Z", image_format="png", width=10,
+                  height=20, ppi=500, image_sha256=hashlib.sha256(image).hexdigest(), quality=None,
+                  image=image, seq=7)
+    fields.update(kw)
+    return CaptureRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_round_trip_is_binary_safe_and_small() -> None:
+    image = bytes(range(256)) * 400
+    rec = record(image)
+    payload = encode_capture(rec)
+    assert payload.endswith(image)  # raw bytes, no base64
+    assert len(payload) - len(image) < 1024
+    assert decode_capture(payload) == rec
+
+
+def test_tampered_image_is_rejected_with_its_id() -> None:
+    payload = bytearray(encode_capture(record()))
+    payload[-1] ^= 0xFF
+    with pytest.raises(ProtocolError, match="SHA-256") as info:
+        decode_capture(bytes(payload))
+    assert info.value.item_id == "0190d4c2-0000-7000-8000-000000000001"
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "too short"),
+    (b"XYZ\x01\x00\x00\x00\x02{}", "bad magic"),
+    (b"KAE\x09\x00\x00\x00\x02{}", "version 9"),
+    (b"KAE\x01\x00\x00\xff\xff{}", "does not fit"),
+    (b"KAE\x01\x00\x00\x00\x02{]", "not JSON"),
+    (b'KAE\x01\x00\x00\x00\x10{"type":"other"}', "not a capture header"),
+])
+def test_malformed_envelopes(payload: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        decode_capture(payload)
+
+
+def test_truncated_image_detected() -> None:
+    payload = encode_capture(record())
+    with pytest.raises(ProtocolError, match="header says"):
+        decode_capture(payload[:-5])
+
+
+def test_receipts() -> None:
+    r = Receipt("abc", "duplicate", "r1")
+    assert Receipt.decode(r.encode()) == r and r.settled
+    assert not Receipt("abc", "rejected", "r1", "bad").settled
+    for bad in (b"{}", b"nope", b'{"id": "x", "status": "maybe"}'):
+        with pytest.raises(ProtocolError):
+            Receipt.decode(bad)
+
+
+def test_topics() -> None:
+    t = Topics("org/kiosk", "k1")
+    assert t.captures == "org/kiosk/k1/captures"
+    assert Topics("org/kiosk", "+").kiosk_of("org/kiosk/k9/captures") == "k9"
+    with pytest.raises(ProtocolError):
+        t.kiosk_of("org/k9/captures")
