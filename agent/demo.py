@@ -48,7 +48,9 @@ def parse_broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def run_demo(opts: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run_demo(opts: DemoOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up per call: tests and callers may redirect them
+    err = err or sys.stderr
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="kiosk-demo-"))
     broker, host, port, protocol = _start_broker(opts, err)
     try:
