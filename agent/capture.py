@@ -16,13 +16,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from itertools import cycle
 
-from drivers import CaptureRequest, CaptureRetry, Driver, DriverError, Modality
-
 from agent.config import AgentConfig
 from agent.devices import DeviceWorker
 from agent.durable_queue import DurableQueue, QueueError
 from agent.protocol import encode_capture
 from agent.record import new_record
+from drivers import CaptureRequest, CaptureRetry, Driver, DriverError, Modality
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,6 @@ import time
 from types import FrameType
 from typing import Any
 
-from drivers import driver_class
-
 from agent import __version__
 from agent.capture import CaptureService, ContinuousCapture
 from agent.config import AgentConfig
@@ -25,6 +23,7 @@ from agent.durable_queue import DurableQueue
 from agent.mqtt_link import MqttLink, Will
 from agent.protocol import Topics, status_payload
 from agent.publisher import Publisher
+from drivers import driver_class
 
 log = logging.getLogger(__name__)
 

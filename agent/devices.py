@@ -18,9 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from drivers import DeviceInfo, Driver, PermanentDeviceError, TransientDeviceError
-
 from agent.backoff import Backoff
+from drivers import DeviceInfo, Driver, PermanentDeviceError, TransientDeviceError
 
 log = logging.getLogger(__name__)
 

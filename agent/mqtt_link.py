@@ -13,7 +13,6 @@ would kill the network loop (see shared notes on paho pitfalls).
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.backoff import Backoff
 from agent.config import MqttConfig
@@ -159,7 +158,7 @@ class MqttLink:
                 self._params_set = True
             self._client.reconnect()
             self._connect_started = time.monotonic()
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             self._wait_before_retry(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}")
 
     def _connect_properties(self) -> Properties | None:

@@ -16,9 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from drivers import Modality
-
 from agent.record import CaptureRecord
+from drivers import Modality
 
 MAGIC = b"KAE"
 VERSION = 1

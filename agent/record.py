@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from drivers import CapturedImage, Modality
-
 from agent.ids import uuid7
+from drivers import CapturedImage, Modality
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class CaptureRecord:
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_record(

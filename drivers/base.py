@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     FINGER = "finger"
     FACE = "face"
 
