@@ -215,6 +215,9 @@ class MqttLink:
             self._client.disconnect()  # a clean DISCONNECT: the broker drops the will
             self.flush(1.0, lambda: not self._client.is_connected())
             self.connected = False
+        # paho keeps a loopback socket pair for wake-ups that only reconnect() or garbage
+        # collection closes; close it now so a stopped link holds no descriptors.
+        self._client._reset_sockets()
 
     # --- used by handlers (on the link thread) ------------------------------------------
 

@@ -274,3 +274,17 @@ def test_sigterm_stops_cleanly_and_keeps_backlog(tmp_path: Path) -> None:
     assert len(queue_ids(tmp_path / "queue.db")) == 5
     text = log_path.read_text()
     assert "5 captures remain queued" in text and "cannot reach broker" in text
+
+
+def test_demo_waits_for_a_broker_that_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    late = MosquittoBroker()
+    starter = threading.Timer(2.0, late.start)
+    starter.start()
+    try:
+        code = main(["demo", "--count", "4", "--json", "--broker", f"127.0.0.1:{late.port}"])
+    finally:
+        starter.join()
+        late.close()
+    out = capsys.readouterr()
+    assert code == 0 and json.loads(out.out)["acknowledged"] == 4
+    assert "waiting for it if it is down" in out.err
