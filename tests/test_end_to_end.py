@@ -37,6 +37,14 @@ def queue_ids(path: Path) -> set[str]:
         db.close()
 
 
+def queued_while_running(path: Path) -> int:
+    """Items in a queue another process is writing; -1 before its schema exists."""
+    try:
+        return len(queue_ids(path)) if path.exists() else -1
+    except sqlite3.OperationalError:  # "no such table": the agent is still creating it
+        return -1
+
+
 class Running:
     """An in-process agent and receiver, stopped on exit."""
 
@@ -237,7 +245,7 @@ def test_sigkill_mid_stream_loses_no_committed_capture(tmp_path: Path, broker: M
         config_path = write_config(tmp_path, broker.port, max_captures=0, rate_per_s=0)
         config_path.write_text(config_path.read_text().replace('mode = "continuous"', 'mode = "on-demand"'))
         proc = spawn_agent(config_path, log_path)
-        wait_until(lambda: not queue_ids(tmp_path / "queue.db"), timeout_s=60,
+        wait_until(lambda: queued_while_running(tmp_path / "queue.db") == 0, timeout_s=60,
                    what="backlog drained after restart")
         assert left <= stored_ids(out), "every committed capture arrives"
         assert before <= stored_ids(out)
@@ -263,7 +271,7 @@ def test_sigterm_stops_cleanly_and_keeps_backlog(tmp_path: Path) -> None:
     log_path = tmp_path / "agent.log"
     proc = spawn_agent(config_path, log_path)
     try:
-        wait_until(lambda: (tmp_path / "queue.db").exists() and len(queue_ids(tmp_path / "queue.db")) == 5,
+        wait_until(lambda: queued_while_running(tmp_path / "queue.db") == 5,
                    what="5 captures queued while offline")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
