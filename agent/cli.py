@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
     p.add_argument("path", nargs="?", metavar="PATH",
                    help=f"config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--receiver", action="store_true",
+                   help="check a reference receiver's config instead of a kiosk's")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check_config)
 
@@ -182,18 +184,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = config_path(args.path)
     try:
-        config = load_config(path)
+        config = load_receiver_config(path) if args.receiver else load_config(path)
     except ConfigError as exc:
         if args.json:
             print(json.dumps({"valid": False, "path": str(path), "problems": exc.problems}))
         else:
             _print_config_error(exc)
         return EXIT_USAGE
-    if args.json:
-        print(json.dumps({"valid": True, "path": str(path), "devices": sorted(config.devices)}))
+    if isinstance(config, AgentConfig):
+        summary = (f"kiosk {config.kiosk.id}, {len(config.devices)} devices: "
+                   f"{', '.join(sorted(config.devices)) or 'none'}")
     else:
-        print(f"{path}: valid (kiosk {config.kiosk.id}, {len(config.devices)} devices: "
-              f"{', '.join(sorted(config.devices)) or 'none'})")
+        summary = f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}"
+    if args.json:
+        print(json.dumps({"valid": True, "path": str(path), "summary": summary}))
+    else:
+        print(f"{path}: valid ({summary})")
     return EXIT_OK
 
 

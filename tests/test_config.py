@@ -110,6 +110,13 @@ def test_shipped_examples_are_valid(name: str) -> None:
     assert main(["check-config", str(path)]) == 0
 
 
+def test_receiver_config_checked_with_its_own_model(capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(__file__).parent.parent / "config" / "receiver.toml"
+    assert main(["check-config", "--receiver", str(path)]) == 0
+    assert main(["check-config", str(path)]) == 2  # not a kiosk config: no [kiosk]
+    assert "kiosk: missing" in capsys.readouterr().err
+
+
 def test_schema_covers_drivers() -> None:
     schema = json_schema()
     variants = schema["properties"]["devices"]["additionalProperties"]["oneOf"]
