@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 COUNT  ?= 20
 
-.PHONY: demo test deps-demo deps-test mosquitto python-venv apt-python3-venv schema lint clean
+.PHONY: demo test deps-demo deps-test mosquitto systemd-tools python-venv apt-python3-venv schema lint \
+        clean install uninstall
 
 demo: deps-demo
 	$(BIN)/kiosk-agent demo --count $(COUNT)
 
-test: deps-test mosquitto
+test: deps-test mosquitto systemd-tools
 	$(BIN)/python -m pytest
 
 lint: deps-test
@@ -61,6 +62,25 @@ mosquitto:
 	  echo "mosquitto is missing: run 'sudo apt-get install mosquitto', then 'make test' again."; \
 	  exit 1; \
 	fi
+
+# The tests run `systemd-analyze verify` on the units.
+systemd-tools:
+	@if command -v systemd-analyze >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing systemd (for systemd-analyze) with apt-get"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd; \
+	else \
+	  echo "systemd-analyze is missing: run 'sudo apt-get install systemd', then 'make test' again."; \
+	  exit 1; \
+	fi
+
+# sudo make install: user kiosk, /opt/kiosk-agent, units, udev rules, a default config.
+# DESTDIR=/some/root stages the files there instead (no users, no systemctl).
+install:
+	DESTDIR="$(DESTDIR)" PYTHON="$(PYTHON)" PIP_ARGS="$(PIP_ARGS)" sh systemd/install.sh install
+
+uninstall:
+	DESTDIR="$(DESTDIR)" sh systemd/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -23,9 +23,13 @@ from agent.durable_queue import DurableQueue
 from agent.mqtt_link import MqttLink, Will
 from agent.protocol import Topics, status_payload
 from agent.publisher import Publisher
+from agent.sd_notify import Notifier
 from drivers import driver_class
 
 log = logging.getLogger(__name__)
+
+#: How long start-up waits for each device's first open before reporting ready anyway.
+DEVICE_OPEN_WAIT_S = 10.0
 
 
 class Agent:
@@ -39,6 +43,7 @@ class Agent:
         self.publisher: Publisher | None = None
         self.link: MqttLink | None = None
         self.started_at = 0.0
+        self.notifier = Notifier()
         self._stop_requested = threading.Event()
 
     # --- life cycle ---------------------------------------------------------------------
@@ -65,13 +70,17 @@ class Agent:
         if cfg.capture.mode == "continuous":
             self.continuous = ContinuousCapture(self.capture)
             self.continuous.start()
+        for worker in self.workers.values():
+            worker.wait_first_open(DEVICE_OPEN_WAIT_S)
         items, size = self.queue.totals()
         log.info("kiosk-agent %s started: kiosk %s, %d devices, %d captures (%d bytes) queued",
                  __version__, cfg.kiosk.id, len(self.workers), items, size)
+        self.notifier.ready(self.status_line())
 
     def stop(self) -> None:
         """Stop taking captures, finish the one in hand, publish offline, close the queue."""
         log.info("stopping")
+        self.notifier.stopping("stopping: finishing the capture in hand, publishing offline")
         if self.continuous is not None:
             self.continuous.stop()
         for worker in self.workers.values():
@@ -88,8 +97,7 @@ class Agent:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
-            while not self._stop_requested.wait(1.0):
-                self._check_threads()
+            self.supervise(self._stop_requested)
         finally:
             self.stop()
             for sig, handler in previous.items():
@@ -102,10 +110,42 @@ class Agent:
         log.info("received %s", signal.Signals(signum).name)
         self._stop_requested.set()
 
-    def _check_threads(self) -> None:
-        if self.link is not None and not self.link.alive:
-            log.critical("the MQTT thread died; stopping so the service manager restarts the agent")
-            self._stop_requested.set()
+    def supervise(self, stop: threading.Event) -> None:
+        """The main thread's loop until ``stop``: watchdog pings and STATUS= lines.
+
+        WATCHDOG=1 goes out only while the MQTT loop turns: if it hangs, systemd stops
+        hearing from us and restarts the service.
+        """
+        watchdog = self.notifier.watchdog_s
+        period = min(1.0, watchdog / 4) if watchdog else 1.0
+        last_status = ""
+        while not stop.wait(period):
+            if self.link is not None and not self.link.alive:
+                log.critical("the MQTT thread died; stopping so the service manager restarts the agent")
+                stop.set()
+                break
+            if watchdog and self.healthy(stale_after_s=watchdog / 2):
+                self.notifier.watchdog()
+            status = self.status_line()
+            if status != last_status:
+                self.notifier.status(status)
+                last_status = status
+
+    def healthy(self, stale_after_s: float) -> bool:
+        link = self.link
+        return link is not None and link.alive and time.monotonic() - link.heartbeat < stale_after_s
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: connection, backlog, devices."""
+        items = self.queue.totals()[0] if self.queue else 0
+        link = self.link
+        if link is None or not link.connected:
+            cfg = self.config.mqtt
+            connection = f"waiting for broker {cfg.host}:{cfg.port}"
+        else:
+            connection = "connected"
+        devices = ", ".join(f"{n} {w.state}" for n, w in self.workers.items()) or "no devices"
+        return f"{connection}; {items} queued; {devices}"
 
     # --- status -------------------------------------------------------------------------
 

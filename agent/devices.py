@@ -52,6 +52,7 @@ class DeviceWorker:
         self._jobs: queue.Queue[tuple[Callable[[Driver], Any], Future[Any]] | None] = queue.Queue()
         self._backoff = Backoff(reopen_min_s, reopen_max_s)
         self._next_reopen = 0.0
+        self._first_open_done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"device-{name}", daemon=True)
 
     def start(self) -> None:
@@ -76,8 +77,13 @@ class DeviceWorker:
 
     # --- the thread ---------------------------------------------------------------------
 
+    def wait_first_open(self, timeout_s: float) -> bool:
+        """Wait until the first attempt to open the device has ended (either way)."""
+        return self._first_open_done.wait(timeout_s)
+
     def _run(self) -> None:
         self._ensure_open()
+        self._first_open_done.set()
         while True:
             try:
                 entry = self._jobs.get(timeout=self._idle_wait())
@@ -130,6 +136,10 @@ class DeviceWorker:
             return False
         except PermanentDeviceError as exc:
             self._failed(exc)
+            return False
+        except Exception as exc:  # a driver bug must not kill the device thread
+            log.exception("device %s: unexpected error while opening", self.name)
+            self._went_offline(exc)
             return False
         self.state = "online"
         self.error = ""

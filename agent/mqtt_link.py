@@ -84,6 +84,9 @@ class MqttLink:
         self._connected_at = 0.0
         self._connect_started = 0.0
         self.connects = 0
+        #: Monotonic time of the loop's last turn; the service watchdog checks it.
+        self.heartbeat = time.monotonic()
+        self.next_retry_at = 0.0
         self._params_set = False
         self._client = self._make_client(client_id, will)
 
@@ -138,6 +141,7 @@ class MqttLink:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                self.heartbeat = time.monotonic()
                 if not self._client.is_connected() and not self._connect_started:
                     self._try_connect()
                     continue
@@ -173,7 +177,11 @@ class MqttLink:
         delay = self._backoff.next_delay()
         log.warning("%s; retrying in %.1f s (attempt %d)", why, delay, self._backoff.attempt)
         self._connect_started = 0.0
-        self._stop.wait(delay)
+        self.next_retry_at = time.monotonic() + delay
+        # Wait in short slices so the heartbeat shows a live loop during long backoffs.
+        while not self._stop.is_set() and time.monotonic() < self.next_retry_at:
+            self.heartbeat = time.monotonic()
+            self._stop.wait(min(1.0, self.next_retry_at - time.monotonic()))
 
     def _serve_once(self) -> None:
         busy = False

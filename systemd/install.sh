@@ -1,0 +1,108 @@
+#!/bin/sh
+# Install or remove kiosk-agent as a systemd service. Called by `make install` / `make uninstall`.
+#   DESTDIR   stage into this root instead of / (packaging, tests): no users, no systemctl
+#   PYTHON    interpreter for the virtual environment (default python3)
+#   PIP_ARGS  extra pip arguments (for example --no-deps for an offline staging install)
+# Upgrades: the queue (/var/lib/kiosk-agent) and the config (/etc/kiosk-agent) are kept.
+set -eu
+
+action=${1:-install}
+DESTDIR=${DESTDIR:-}
+PYTHON=${PYTHON:-python3}
+PIP_ARGS=${PIP_ARGS:-}
+src=$(cd "$(dirname "$0")/.." && pwd)
+venv=$DESTDIR/opt/kiosk-agent
+etc=$DESTDIR/etc/kiosk-agent
+units=$DESTDIR/etc/systemd/system
+rules=$DESTDIR/etc/udev/rules.d
+state=$DESTDIR/var/lib/kiosk-agent
+live=false
+[ -z "$DESTDIR" ] && live=true
+systemd_running=false
+$live && [ -d /run/systemd/system ] && systemd_running=true
+
+say() { printf 'kiosk-agent install: %s\n' "$*"; }
+
+need_root() {
+    if $live && [ "$(id -u)" != 0 ]; then
+        echo "kiosk-agent install: run as root (sudo make $action)" >&2
+        exit 1
+    fi
+}
+
+kiosk_id() {
+    # The host name, reduced to what an MQTT topic level may hold.
+    hostname -s 2>/dev/null | tr -c 'A-Za-z0-9._\n-' '-' | sed 's/^[^A-Za-z0-9]*//' | cut -c1-64
+}
+
+install_config() {
+    # $1 template, $2 target: never overwrite an existing config (upgrades keep it).
+    if [ -e "$2" ]; then
+        say "keeping existing $2"
+        return
+    fi
+    id=$(kiosk_id)
+    [ -n "$id" ] || id=kiosk
+    sed "s/@KIOSK_ID@/$id/g" "$1" > "$2.tmp"
+    chmod 0640 "$2.tmp"
+    $live && chgrp kiosk "$2.tmp"
+    mv "$2.tmp" "$2"
+    say "wrote $2 (kiosk id $id)"
+}
+
+do_install() {
+    need_root
+    if $live && ! id kiosk >/dev/null 2>&1; then
+        useradd --system --user-group --home-dir /var/lib/kiosk-agent --no-create-home \
+            --shell /usr/sbin/nologin --comment "kiosk-agent service" kiosk
+        say "created user kiosk"
+    fi
+    if $live; then
+        for group in dialout video plugdev; do
+            getent group "$group" >/dev/null || groupadd --system "$group"
+        done
+    fi
+    install -d -m 0755 "$DESTDIR/opt" "$units" "$rules"
+    install -d -m 0750 "$etc"
+    install -d -m 0700 "$state"
+    if $live; then
+        chgrp kiosk "$etc"
+        chown kiosk:kiosk "$state"
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        "$PYTHON" -m venv "$venv"
+        say "created virtual environment $venv"
+    fi
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install --quiet --upgrade $PIP_ARGS "$src"
+    say "installed kiosk-agent $("$venv/bin/python" -c 'import agent; print(agent.__version__)') into $venv"
+    install -m 0644 "$src/systemd/kiosk-agent.service" "$src/systemd/kiosk-agent-receiver.service" "$units/"
+    install -m 0644 "$src/systemd/60-kiosk-agent.rules" "$rules/"
+    install_config "$src/config/kiosk-default.toml" "$etc/agent.toml"
+    install_config "$src/config/receiver.toml" "$etc/receiver.toml"
+    "$venv/bin/kiosk-agent" check-config "$etc/agent.toml"
+    if $systemd_running; then
+        systemctl daemon-reload
+        udevadm control --reload-rules 2>/dev/null && udevadm trigger --subsystem-match=usb 2>/dev/null || true
+        systemctl enable kiosk-agent.service
+        say "enabled kiosk-agent.service; after editing $etc/agent.toml: sudo systemctl restart kiosk-agent"
+    fi
+}
+
+do_uninstall() {
+    need_root
+    if $systemd_running; then
+        systemctl disable --now kiosk-agent.service kiosk-agent-receiver.service 2>/dev/null || true
+    fi
+    rm -f "$units/kiosk-agent.service" "$units/kiosk-agent-receiver.service" "$rules/60-kiosk-agent.rules"
+    rm -rf "$venv"
+    $systemd_running && systemctl daemon-reload
+    say "removed the service, udev rules and $venv"
+    say "kept $etc (config) and $state (queue: captures not yet delivered); delete them by hand if you mean to"
+}
+
+case "$action" in
+    install) do_install ;;
+    uninstall) do_uninstall ;;
+    *) echo "usage: $0 install|uninstall" >&2; exit 2 ;;
+esac
