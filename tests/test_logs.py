@@ -7,7 +7,8 @@ import pytest
 from agent.logs import setup_logging
 
 
-def test_journal_format_under_systemd(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_journal_format_under_systemd(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -23,7 +24,8 @@ def test_journal_format_under_systemd(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert err == "<4>agent.test: device finger offline\n"
 
 
-def test_text_format_has_timestamps(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_format_has_timestamps(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
