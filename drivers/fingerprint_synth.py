@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 ORIENTATIONS = 16
-PASSES = 10
+PASSES = 8
 #: Ridge period at 500 ppi; real adult fingers are about 8-11 px.
 RIDGE_PERIOD_PX = 9.0
 BACKGROUND = 225  # an empty, clean platen
@@ -65,14 +65,15 @@ def choose_pattern(seed: int, width: int, height: int) -> Pattern:
     tilt = float(rng.uniform(-0.15, 0.15))
     if kind == "arch":
         return Pattern(kind, (), (), tilt)
-    core = complex(cx + rng.uniform(-0.08, 0.08) * width, cy - rng.uniform(0.0, 0.12) * height)
+    core = complex(cx + rng.uniform(-0.08, 0.08) * width, cy - rng.uniform(0.02, 0.12) * height)
+    # The delta sits out to the side and a little below; the loop opens away from it.
     side = rng.choice([-1.0, 1.0])
-    delta = complex(cx + side * rng.uniform(0.22, 0.32) * width, cy + rng.uniform(0.22, 0.32) * height)
+    delta = core + complex(side * rng.uniform(0.24, 0.32) * width, rng.uniform(0.06, 0.16) * height)
     if kind == "loop":
         return Pattern(kind, (core,), (delta,), tilt)
     # A whorl: a second core just below the first and a delta on each side.
     core2 = core + complex(rng.uniform(-0.04, 0.04) * width, rng.uniform(0.06, 0.12) * height)
-    delta2 = complex(2 * cx - delta.real + rng.uniform(-0.04, 0.04) * width,
+    delta2 = complex(2 * core.real - delta.real + rng.uniform(-0.04, 0.04) * width,
                      delta.imag + rng.uniform(-0.04, 0.04) * height)
     return Pattern(kind, (core, core2), (delta, delta2), tilt)
 
