@@ -21,7 +21,8 @@ from agent.devices import DeviceWorker
 from agent.durable_queue import DurableQueue, QueueError
 from agent.protocol import encode_capture
 from agent.record import new_record
-from drivers import CaptureRequest, CaptureRetry, Driver, DriverError, Modality
+from agent.sealing import Sealer
+from drivers import CapturedImage, CaptureRequest, CaptureRetry, Driver, DriverError, Modality
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,11 @@ class CaptureOutcome:
 
 
 class CaptureService:
-    def __init__(self, config: AgentConfig, queue: DurableQueue, workers: dict[str, DeviceWorker]) -> None:
+    def __init__(self, config: AgentConfig, queue: DurableQueue, workers: dict[str, DeviceWorker],
+                 sealer: Sealer) -> None:
         self.config = config
         self.queue = queue
+        self.sealer = sealer
         self.workers = workers
         self._lock = threading.Lock()
         self.captured = 0
@@ -63,7 +66,7 @@ class CaptureService:
             return self._commit(device, driver, image, attempt)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _commit(self, device: str, driver: Driver, image, attempt: int) -> CaptureOutcome:  # type: ignore[no-untyped-def]
+    def _commit(self, device: str, driver: Driver, image: CapturedImage, attempt: int) -> CaptureOutcome:
         kiosk = self.config.kiosk
         worker = self.workers[device]
         record = new_record(
@@ -71,9 +74,15 @@ class CaptureService:
             device_id=device, driver=driver.name,
             device_serial=worker.info.serial if worker.info else "",
         )
+
+        def sealed(seq: int) -> bytes:
+            # Signed and encrypted before it reaches the disk: the queue never holds plaintext.
+            inner = encode_capture(replace(record, seq=seq))
+            return self.sealer.seal(item_id=record.id, kiosk_id=kiosk.id, seq=seq, kind="capture",
+                                    inner=inner)
+
         try:
-            seq = self.queue.put(record.id, "capture",
-                                 lambda seq: encode_capture(replace(record, seq=seq)))
+            seq = self.queue.put(record.id, "capture", sealed)
         except QueueError:
             with self._lock:
                 self.refused += 1

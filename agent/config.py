@@ -81,6 +81,36 @@ class KioskConfig(Section):
     operator_id: str | None = None
 
 
+class TlsConfig(Section):
+    """TLS to the broker. When enabled there is no plaintext fallback, ever."""
+
+    enabled: bool = False
+    #: CA certificate(s) that signed the broker's certificate (PEM).
+    ca_file: Path | None = None
+    #: Client certificate and its private key (PEM), for brokers that require them.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Warn (log, later telemetry) when the client certificate expires within this many days.
+    expiry_warning_days: int = Field(30, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TlsConfig:
+        if self.enabled and self.ca_file is None:
+            raise ValueError("ca_file is required when TLS is enabled (the broker must be verified)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file, or neither")
+        return self
+
+
+class SecurityConfig(Section):
+    """Keys that protect captures before they touch disk (see docs/security.md)."""
+
+    #: The kiosk's Ed25519 private key; `kiosk-agent keys init` creates it (mode 0600).
+    kiosk_key: Path = Path("/var/lib/kiosk-agent/keys/kiosk.key")
+    #: The central service's X25519 public key: captures are encrypted to it.
+    central_public_key: Path = Path("/etc/kiosk-agent/central.pub")
+
+
 class MqttConfig(Section):
     host: str = "127.0.0.1"
     port: Port = 1883
@@ -105,6 +135,7 @@ class MqttConfig(Section):
     ack_mode: Literal["receipt", "puback"] = "receipt"
     #: Send a capture again when its receipt has not come within this time.
     receipt_timeout_s: float = Field(60.0, gt=0)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
 
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
@@ -131,6 +162,9 @@ class QueueConfig(Section):
     max_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
     #: Refuse new captures when the queue's file system would have less free space than this.
     min_free_bytes: int = Field(256 * 1024**2, ge=0)
+    #: After acknowledgements, the WAL is checkpointed and truncated at most this often, so
+    #: erased captures leave no copy in the WAL file either.
+    erase_interval_s: float = Field(5.0, ge=0)
 
 
 class CaptureConfig(Section):
@@ -164,6 +198,10 @@ class ReceiverConfig(Section):
     #: Which kiosks to serve: "+" for all, or one kiosk id.
     kiosk_filter: str = "+"
     name: str = "receiver"
+    #: The central service's X25519 private key (`kiosk-agent keys init --central`).
+    central_private_key: Path = Path("/var/lib/kiosk-agent-receiver/keys/central.key")
+    #: Enrolled kiosks: one `<kiosk_id>.pub` Ed25519 public key file each (`kiosk-agent keys enrol`).
+    kiosk_keys_dir: Path = Path("/etc/kiosk-agent/kiosks")
 
 
 class AgentConfig(Section):
@@ -172,6 +210,7 @@ class AgentConfig(Section):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     #: Filled from the [devices.NAME] tables by load_config, each with its driver's model.
     devices: dict[str, SerializeAsAny[DriverConfig]] = Field(default_factory=dict)
@@ -190,6 +229,7 @@ class ReceiverServiceConfig(Section):
     kiosk: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None
     capture: dict[str, Any] | None = None
+    security: dict[str, Any] | None = None
     devices: dict[str, Any] | None = None
 
     def client_id(self) -> str:

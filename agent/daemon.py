@@ -17,13 +17,15 @@ from typing import Any
 
 from agent import __version__
 from agent.capture import CaptureService, ContinuousCapture
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from agent.devices import DeviceWorker
 from agent.durable_queue import DurableQueue
+from agent.keys import KeyFileError, load_encryption_public, load_signing_key
 from agent.mqtt_link import MqttLink, Will
 from agent.protocol import Topics, status_payload
 from agent.publisher import Publisher
 from agent.sd_notify import Notifier
+from agent.sealing import Sealer
 from drivers import driver_class
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,10 @@ class Agent:
     def start(self) -> None:
         cfg = self.config
         self.started_at = time.time()
+        sealer = self._sealer()  # before anything starts: no keys, no captures
         self.queue = DurableQueue(cfg.queue.path, max_bytes=cfg.queue.max_bytes,
-                                  min_free_bytes=cfg.queue.min_free_bytes)
+                                  min_free_bytes=cfg.queue.min_free_bytes,
+                                  erase_interval_s=cfg.queue.erase_interval_s)
         for name, dev_cfg in cfg.devices.items():
             if not dev_cfg.enabled:
                 continue
@@ -60,7 +64,7 @@ class Agent:
             self.workers[name] = DeviceWorker(name, driver)
         for worker in self.workers.values():
             worker.start()
-        self.capture = CaptureService(cfg, self.queue, self.workers)
+        self.capture = CaptureService(cfg, self.queue, self.workers, sealer)
         status = self.status_fields()
         self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status)
         will = Will(self.topics.status, status_payload("offline", **status))
@@ -76,6 +80,13 @@ class Agent:
         log.info("kiosk-agent %s started: kiosk %s, %d devices, %d captures (%d bytes) queued",
                  __version__, cfg.kiosk.id, len(self.workers), items, size)
         self.notifier.ready(self.status_line())
+
+    def _sealer(self) -> Sealer:
+        sec = self.config.security
+        try:
+            return Sealer(load_signing_key(sec.kiosk_key), load_encryption_public(sec.central_public_key))
+        except KeyFileError as exc:
+            raise ConfigError("security", [str(exc)]) from None
 
     def stop(self) -> None:
         """Stop taking captures, finish the one in hand, publish offline, close the queue."""

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from agent.broker import EmbeddedBroker, MosquittoBroker
 from agent.config import ReceiverConfig, ReceiverServiceConfig, validate_config
 from agent.daemon import Agent
+from agent.keys import provision
 from agent.receiver import Receiver
 
 log = logging.getLogger(__name__)
@@ -97,12 +98,14 @@ def _start_broker(opts: DemoOptions, err: TextIO) -> tuple[Any, str, int, str]:
 def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: str):  # type: ignore[no-untyped-def]
     mqtt = {"host": host, "port": port, "protocol": protocol, "reconnect_min_s": 0.2,
             "reconnect_max_s": 5.0, "receipt_timeout_s": 10.0}
+    keys = provision(workdir / "keys", "demo-kiosk")
     agent_cfg = validate_config({
         "kiosk": {"id": "demo-kiosk", "site": "demo"},
         "mqtt": mqtt,
         "queue": {"path": str(workdir / "queue.db"), "min_free_bytes": 0},
         "capture": {"mode": "continuous", "rate_per_s": opts.rate, "max_captures": opts.count},
         "logging": {"level": "WARNING"},
+        "security": {"kiosk_key": str(keys.kiosk_key), "central_public_key": str(keys.central_public)},
         "devices": {
             "finger": {"driver": "sim-finger", "seed": 1},
             "camera": {"driver": "sim-camera", "seed": 1},
@@ -110,7 +113,8 @@ def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: s
     }, "demo")
     receiver_cfg = ReceiverServiceConfig(
         mqtt=agent_cfg.mqtt,
-        receiver=ReceiverConfig(output_dir=workdir / "received", name="demo-receiver"),
+        receiver=ReceiverConfig(output_dir=workdir / "received", name="demo-receiver",
+                                central_private_key=keys.central_key, kiosk_keys_dir=keys.kiosks_dir),
     )
     return agent_cfg, receiver_cfg
 

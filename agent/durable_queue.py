@@ -95,10 +95,14 @@ class QueueStats:
 
 
 class DurableQueue:
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, min_free_bytes: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, min_free_bytes: int,
+                 erase_interval_s: float = 5.0) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
+        self.erase_interval_s = erase_interval_s
+        self._erase_due = False
+        self._last_erase = 0.0
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -120,6 +124,8 @@ class DurableQueue:
                 raise QueueError(f"{self.path}: SQLite refused WAL mode (got {mode}); "
                                  "put the queue on a local file system")
             db.execute("PRAGMA synchronous=FULL")
+            # Deleted captures are overwritten with zeros, not just unlinked from the b-tree.
+            db.execute("PRAGMA secure_delete=ON")
             db.executescript(_SCHEMA)
             version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if version is None:
@@ -154,6 +160,7 @@ class DurableQueue:
         )
 
     def close(self) -> None:
+        self.erase_if_due(force=True)
         with self._lock:
             self._db.close()
 
@@ -226,7 +233,26 @@ class DurableQueue:
             # rowcount counts rows of the statement itself, not the trigger's.
             deleted = db.executemany("DELETE FROM items WHERE id = ?", ids).rowcount
             db.execute("COMMIT")
-            return deleted
+            self._erase_due = self._erase_due or deleted > 0
+        self.erase_if_due()
+        return deleted
+
+    def erase_if_due(self, force: bool = False) -> bool:
+        """Checkpoint and truncate the WAL so acknowledged captures leave no copy in it.
+
+        secure_delete zeroes deleted rows in the database, but the WAL still holds the
+        frames written when they were inserted until it is checkpointed and truncated.
+        Done at most every ``erase_interval_s``, as each checkpoint costs an fsync.
+        """
+        if not self._erase_due or (not force and time.monotonic() - self._last_erase < self.erase_interval_s):
+            return False
+        with self._lock:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._last_erase = time.monotonic()
+        if busy:  # another connection (queue stats) is reading: try again next time
+            return False
+        self._erase_due = False
+        return True
 
     def reject(self, item_id: str, reason: str) -> None:
         """Keep an item the central side refused aside, out of the send order, for support."""

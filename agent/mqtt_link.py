@@ -13,9 +13,11 @@ would kill the network loop (see shared notes on paho pitfalls).
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
@@ -24,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.backoff import Backoff
-from agent.config import MqttConfig
+from agent.config import ConfigError, MqttConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class MqttLink:
         #: Monotonic time of the loop's last turn; the service watchdog checks it.
         self.heartbeat = time.monotonic()
         self.next_retry_at = 0.0
+        self.cert_expires_at: datetime | None = None
         self._params_set = False
         self._client = self._make_client(client_id, will)
 
@@ -108,6 +111,9 @@ class MqttLink:
             client.username_pw_set(cfg.username, password)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        if cfg.tls.enabled:
+            client.tls_set_context(tls_context(cfg.tls))
+            self.cert_expires_at = check_certificate_expiry(cfg.tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -162,6 +168,12 @@ class MqttLink:
                 self._params_set = True
             self._client.reconnect()
             self._connect_started = time.monotonic()
+        except ssl.SSLError as exc:
+            # Retried with TLS only: there is no plaintext fallback, ever.
+            detail = getattr(exc, "verify_message", "") or exc.reason or str(exc)
+            self._wait_before_retry(
+                f"TLS handshake with broker {cfg.host}:{cfg.port} failed ({detail}); check "
+                "mqtt.tls.ca_file, cert_file, key_file and the certificates' dates")
         except (TimeoutError, OSError) as exc:
             self._wait_before_retry(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}")
 
@@ -309,3 +321,43 @@ class MqttLink:
                     log.error("broker refused a subscription: %s", rc)
         except Exception:
             log.exception("error handling SUBACK; continuing")
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Verify the broker against the configured CA, present the client certificate, TLS >= 1.2."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=str(tls.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("mqtt.tls.ca_file",
+                          [f"cannot load CA certificates from {tls.ca_file}: {exc}"]) from None
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("mqtt.tls.cert_file", [
+                f"cannot load client certificate {tls.cert_file} with key {tls.key_file}: {exc}"]) from None
+    return context
+
+
+def check_certificate_expiry(tls: TlsConfig, now: datetime | None = None) -> datetime | None:
+    """Log when the client certificate has expired or expires soon; return its end date."""
+    if tls.cert_file is None:
+        return None
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+    expires = cert.not_valid_after_utc
+    now = now or datetime.now(UTC)
+    days = (expires - now).total_seconds() / 86400
+    if days < 0:
+        log.error("client certificate %s expired on %s: the broker will refuse it; install a renewed "
+                  "certificate", tls.cert_file, expires.date())
+    elif days < tls.expiry_warning_days:
+        log.warning("client certificate %s expires in %.0f days (%s); renew it", tls.cert_file, days,
+                    expires.date())
+    return expires

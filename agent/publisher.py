@@ -117,6 +117,7 @@ class Publisher:
         busy = self._settle()
         busy |= self._fill_window(link)
         self._resend_overdue(link)
+        self.queue.erase_if_due()
         return busy
 
     def _settle(self) -> bool:

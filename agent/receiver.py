@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
-from agent.config import ReceiverServiceConfig
+from agent.config import ConfigError, ReceiverServiceConfig
+from agent.keys import KeyFileError, load_decryption_key, load_kiosk_keys
 from agent.mqtt_link import BrokerLimits, MqttLink
 from agent.protocol import ProtocolError, Receipt, Topics, decode_capture
 from agent.receiver_store import CaptureStore
+from agent.sealing import Opener, SealError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,11 @@ class ReceiverCounters:
     duplicates: int = 0
     rejected: int = 0
     unreadable: int = 0
+    #: Envelopes whose signature did not verify (forged, tampered, unknown kiosk): no receipt.
+    unauthenticated: int = 0
+
+#: An unknown kiosk makes the receiver re-read the enrolled keys, at most this often.
+KEY_RELOAD_INTERVAL_S = 10.0
 
 
 class Receiver:
@@ -37,6 +45,12 @@ class Receiver:
         self.store = CaptureStore(rc.output_dir)
         self.topics = Topics(config.mqtt.topic_prefix, rc.kiosk_filter)
         self.counters = ReceiverCounters()
+        try:
+            self.opener = Opener(load_decryption_key(rc.central_private_key),
+                                 load_kiosk_keys(rc.kiosk_keys_dir))
+        except KeyFileError as exc:
+            raise ConfigError("receiver", [str(exc)]) from None
+        self._keys_loaded_at = time.monotonic()
         self._lock = threading.Lock()  # counters are read by other threads (demo, tests)
         self.link = MqttLink(config.mqtt, self, client_id=config.client_id(), name=f"receiver-{rc.name}")
 
@@ -86,20 +100,29 @@ class Receiver:
     def _handle(self, kiosk_id: str, payload: bytes) -> Receipt | None:
         name = self.config.receiver.name
         try:
-            record = decode_capture(payload)
-            if record.kiosk_id != kiosk_id:
-                raise ProtocolError(f"kiosk id {record.kiosk_id!r} in the header does not match "
-                                    f"the topic's {kiosk_id!r}", record.id)
+            header, inner = self._open(payload)
+            if header.kiosk_id != kiosk_id:
+                raise SealError(f"sealed for kiosk {header.kiosk_id!r} but sent on {kiosk_id!r}'s topic",
+                                header.id, header.kiosk_id)
+        except SealError as exc:
+            # Not provably from the kiosk: report it, store nothing, and send no receipt, so a
+            # forger cannot make a kiosk set its genuine capture aside.
+            with self._lock:
+                self.counters.unauthenticated += 1
+            log.error("rejected an envelope on kiosk %s's topic (id %s): %s", kiosk_id,
+                      exc.item_id or "unreadable", exc)
+            return None
+        try:
+            record = decode_capture(inner)
+            if (record.id, record.kiosk_id, record.seq) != (header.id, header.kiosk_id, header.seq):
+                raise ProtocolError("the signed capture does not match its envelope's routing header",
+                                    header.id)
         except ProtocolError as exc:
-            if exc.item_id is None:
-                with self._lock:
-                    self.counters.unreadable += 1
-                log.error("unreadable capture from kiosk %s (no receipt possible): %s", kiosk_id, exc)
-                return None
+            # Authentic but unusable: tell the kiosk, which keeps it aside for support.
             with self._lock:
                 self.counters.rejected += 1
-            log.error("rejected capture %s from kiosk %s: %s", exc.item_id, kiosk_id, exc)
-            return Receipt(exc.item_id, "rejected", name, str(exc))
+            log.error("rejected capture %s from kiosk %s: %s", header.id, kiosk_id, exc)
+            return Receipt(header.id, "rejected", name, str(exc))
         outcome = self.store.store(record)
         with self._lock:
             if outcome == "stored":
@@ -108,3 +131,23 @@ class Receiver:
                 self.counters.duplicates += 1
         log.debug("capture %s from %s: %s", record.id, kiosk_id, outcome)
         return Receipt(record.id, outcome, name)
+
+    def _open(self, payload: bytes):  # type: ignore[no-untyped-def]
+        try:
+            return self.opener.open(payload)
+        except SealError as exc:
+            if "not enrolled" not in str(exc) or not self._reload_kiosk_keys():
+                raise
+        return self.opener.open(payload)
+
+    def _reload_kiosk_keys(self) -> bool:
+        """Pick up kiosks enrolled since start; rate-limited against floods of unknown ids."""
+        if time.monotonic() - self._keys_loaded_at < KEY_RELOAD_INTERVAL_S:
+            return False
+        self._keys_loaded_at = time.monotonic()
+        try:
+            self.opener.kiosk_keys = load_kiosk_keys(self.config.receiver.kiosk_keys_dir)
+        except KeyFileError as exc:
+            log.error("cannot reload enrolled kiosk keys: %s", exc)
+            return False
+        return True

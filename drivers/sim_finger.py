@@ -1,32 +1,38 @@
-"""Simulated fingerprint scanner: synthetic 500 ppi prints with scriptable faults."""
+"""Simulated fingerprint scanner: synthetic 500 ppi prints with scriptable faults.
+
+Each finger (device seed + finger position) has one master print, synthesised when first
+asked for (about 0.25 s) and kept in memory; every capture is a cheap variation of it, so
+two captures of one finger match each other and not another finger, as a matcher expects.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import zlib
+from collections import OrderedDict
+from typing import Literal, get_args
 
-import cv2
 import numpy as np
 from pydantic import Field
 
-from drivers.base import CapturedImage, CaptureRequest, DriverConfig, Modality
+from drivers.base import CapturedImage, CaptureRequest, Modality
 from drivers.errors import CaptureRetry
 from drivers.fingerprint_synth import synthesize, vary
-from drivers.sim_common import SimDevice
+from drivers.sim_common import SimConfig, SimDevice, encode
 
 FingerFault = Literal["ok", "no-finger", "too-messy", "timeout", "disconnect"]
 
 
-class SimFingerConfig(DriverConfig):
+class SimFingerConfig(SimConfig):
     driver: Literal["sim-finger"] = "sim-finger"
-    width: int = Field(320, ge=64, le=1600)
-    height: int = Field(400, ge=64, le=1600)
-    ppi: int = Field(500, ge=100, le=2000)
-    #: Different seeds give different people's fingers.
-    seed: int = 0
-    #: Distinct master prints kept per finger position; captures are variations of them.
-    pool_size: int = Field(1, ge=1, le=16)
-    #: Simulated time for the person to place the finger.
-    capture_delay_s: float = Field(0.0, ge=0)
+    #: Image width in pixels (320 px is 16 mm at 500 ppi, a typical single-finger platen).
+    width: int = Field(320, ge=128, le=1600)
+    #: Image height in pixels.
+    height: int = Field(400, ge=128, le=1600)
+    #: Resolution reported with the image; the ridge period scales with it (~9 px at 500).
+    ppi: int = Field(500, ge=250, le=1000)
+    #: How many master prints (one per finger position) to keep in memory; the least recently
+    #: used one is dropped beyond that and synthesised again, identically, when next needed.
+    pool_size: int = Field(10, ge=1, le=64)
     #: Scripted faults, one per capture attempt, then "ok" for ever.
     faults: list[FingerFault] = Field(default_factory=list)
 
@@ -34,38 +40,40 @@ class SimFingerConfig(DriverConfig):
 class SimFingerDriver(SimDevice):
     name = "sim-finger"
     modality = Modality.FINGER
-    vendor = "kiosk-agent simulator"
     model = "SimFinger 500"
     config_model = SimFingerConfig
+    fault_names = frozenset(get_args(FingerFault))
+    config: SimFingerConfig
 
     def __init__(self, device_id: str, config: SimFingerConfig) -> None:
-        super().__init__(device_id, config)
-        self.config: SimFingerConfig = config
-        self._masters: dict[tuple[int, int], np.ndarray] = {}
+        super().__init__(device_id, config, config.faults)
+        self._masters: OrderedDict[int, np.ndarray] = OrderedDict()
         self._rng = np.random.default_rng(config.seed)
-        self._count = 0
 
     def capture(self, request: CaptureRequest) -> CapturedImage:
         fault = self._begin_capture()
         if fault == "no-finger":
             raise CaptureRetry("no finger", "place your finger flat on the glass")
         if fault == "too-messy":
-            raise CaptureRetry("image too messy", "wipe the finger and the glass, then press gently")
-        self._count += 1
-        master = self._master(request.position, self._count % self.config.pool_size)
-        image = vary(master, self._rng)
-        ok, png = cv2.imencode(".png", image)
-        if not ok:  # OpenCV reports failure by return value, not exception
-            raise RuntimeError("PNG encoding failed")
+            raise CaptureRetry("image too smudged",
+                               "wipe the finger and the glass, then press gently without rolling")
+        image = vary(self.master(request.position), self._rng)
         return CapturedImage(
             modality=Modality.FINGER, position=request.position, image_format="png",
-            image=png.tobytes(), width=self.config.width, height=self.config.height,
+            image=encode(image, ".png"), width=image.shape[1], height=image.shape[0],
             ppi=self.config.ppi,
         )
 
-    def _master(self, position: int, variant: int) -> np.ndarray:
-        key = (position, variant)
-        if key not in self._masters:
-            seed = self.config.seed * 1000 + position * 16 + variant
-            self._masters[key] = synthesize(seed, self.config.width, self.config.height)
-        return self._masters[key]
+    def master(self, position: int) -> np.ndarray:
+        """The master print of the finger at ``position`` (read-only: it is shared)."""
+        if position in self._masters:
+            self._masters.move_to_end(position)
+            return self._masters[position]
+        # A hash rather than arithmetic so any (seed, position) pair names a distinct finger.
+        finger_seed = zlib.crc32(f"{self.config.seed}:{position}".encode())
+        master = synthesize(finger_seed, self.config.width, self.config.height, self.config.ppi)
+        master.flags.writeable = False
+        self._masters[position] = master
+        if len(self._masters) > self.config.pool_size:
+            self._masters.popitem(last=False)
+        return master

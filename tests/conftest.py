@@ -13,6 +13,7 @@ import pytest
 
 from agent.broker import MosquittoBroker
 from agent.config import AgentConfig, ReceiverConfig, ReceiverServiceConfig, validate_config
+from agent.keys import KeySet, provision
 
 
 @pytest.fixture
@@ -28,9 +29,22 @@ def broker() -> Iterator[MosquittoBroker]:
         b.close()
 
 
+def keys_for(tmp_path: Path, kiosk_id: str) -> KeySet:
+    """Kiosk and central keys under tmp_path/keys, the kiosk enrolled (made once per test)."""
+    directory = tmp_path / "keys"
+    keys = KeySet(directory / "kiosk.key", directory / "central.key", directory / "kiosks")
+    return keys if keys.kiosk_key.exists() else provision(directory, kiosk_id)
+
+
+def security_section(tmp_path: Path, kiosk_id: str) -> dict[str, str]:
+    keys = keys_for(tmp_path, kiosk_id)
+    return {"kiosk_key": str(keys.kiosk_key), "central_public_key": str(keys.central_public)}
+
+
 def agent_config(tmp_path: Path, port: int, **overrides: Any) -> AgentConfig:
     """A kiosk config on the given broker port with one simulated finger scanner."""
     raw: dict[str, Any] = {
+        "security": security_section(tmp_path, "kiosk-t1"),
         "kiosk": {"id": "kiosk-t1", "site": "test-site"},
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0,
                  "receipt_timeout_s": 5.0},
@@ -47,9 +61,12 @@ def agent_config(tmp_path: Path, port: int, **overrides: Any) -> AgentConfig:
 
 
 def receiver_config(out_dir: Path, config: AgentConfig, name: str = "r1") -> ReceiverServiceConfig:
+    """The central side for a config made by agent_config (same keys folder)."""
+    directory = config.security.kiosk_key.parent
     return ReceiverServiceConfig(
         mqtt=config.mqtt.model_copy(update={"client_id": None}),
-        receiver=ReceiverConfig(output_dir=out_dir, name=name),
+        receiver=ReceiverConfig(output_dir=out_dir, name=name, central_private_key=directory / "central.key",
+                                kiosk_keys_dir=directory / "kiosks"),
     )
 
 

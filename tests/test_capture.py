@@ -11,9 +11,11 @@ from agent.backoff import Backoff
 from agent.capture import CaptureService
 from agent.devices import DeviceWorker
 from agent.durable_queue import DurableQueue, QueueFull
+from agent.keys import load_decryption_key, load_encryption_public, load_kiosk_keys, load_signing_key
 from agent.protocol import decode_capture
+from agent.sealing import Opener, Sealer
 from drivers import CaptureRetry, TransientDeviceError, driver_class
-from tests.conftest import agent_config, wait_until
+from tests.conftest import agent_config, keys_for, wait_until
 
 
 def service(tmp_path: Path, faults: list[str], **queue: int) -> tuple[CaptureService, DeviceWorker]:
@@ -24,8 +26,17 @@ def service(tmp_path: Path, faults: list[str], **queue: int) -> tuple[CaptureSer
     worker = DeviceWorker("finger", driver_class(dev.driver)("finger", dev), reopen_min_s=0.05,
                           reopen_max_s=0.1)
     q = DurableQueue(config.queue.path, max_bytes=config.queue.max_bytes, min_free_bytes=0)
+    sealer = Sealer(load_signing_key(config.security.kiosk_key),
+                    load_encryption_public(config.security.central_public_key))
     worker.start()
-    return CaptureService(config, q, {"finger": worker}), worker
+    return CaptureService(config, q, {"finger": worker}, sealer), worker
+
+
+def open_item(tmp_path: Path, payload: bytes) -> bytes:
+    """The central side's view of a queued payload: decrypted and verified."""
+    keys = keys_for(tmp_path, "kiosk-t1")
+    opener = Opener(load_decryption_key(keys.central_key), load_kiosk_keys(keys.kiosks_dir))
+    return opener.open(payload)[1]
 
 
 def stop(svc: CaptureService, worker: DeviceWorker) -> None:
@@ -39,7 +50,7 @@ def test_person_fixable_retries_then_commit(tmp_path: Path) -> None:
         outcome = svc.capture("finger", position=7).result(30)
         assert outcome.attempts == 3 and outcome.position == 7
         (item,) = svc.queue.next_batch(0, 10)
-        record = decode_capture(item.payload)
+        record = decode_capture(open_item(tmp_path, item.payload))
         assert record.id == outcome.id and record.seq == item.seq and record.position == 7
         assert record.device_serial.startswith("SIM-") and record.kiosk_id == "kiosk-t1"
     finally:

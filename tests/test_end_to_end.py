@@ -22,7 +22,7 @@ from agent.cli import main
 from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.receiver import Receiver
-from tests.conftest import agent_config, receiver_config, to_toml, wait_until
+from tests.conftest import agent_config, receiver_config, security_section, to_toml, wait_until
 
 
 def stored_ids(out_dir: Path) -> set[str]:
@@ -182,6 +182,7 @@ def write_config(tmp_path: Path, port: int, **capture: Any) -> Path:
         "queue": {"path": str(tmp_path / "queue.db"), "min_free_bytes": 0},
         "capture": {"mode": "continuous", "rate_per_s": 0, **capture},
         "logging": {"level": "INFO", "format": "text"},
+        "security": security_section(tmp_path, "kiosk-p1"),
         "devices": {"finger": {"driver": "sim-finger", "seed": 5}},
     }
     path = tmp_path / "agent.toml"

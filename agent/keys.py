@@ -1,0 +1,175 @@
+"""Key files: the kiosk's Ed25519 signing key and the central service's X25519 key pair.
+
+Keys are PEM files (PKCS#8 private, SubjectPublicKeyInfo public) written with the
+``cryptography`` package. Private keys are created with mode 0600 from the first byte
+(``O_EXCL``, umask-proof), and never overwritten: a kiosk that lost its key must be
+enrolled again, which is a decision for a person, not for a command.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+
+class KeyFileError(Exception):
+    """A key file that is missing, unreadable or of the wrong type; the text says which."""
+
+
+def raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey | X25519PublicKey) -> str:
+    """Short id that travels in envelopes: 16 hex digits of the key's SHA-256."""
+    return hashlib.sha256(raw_public(key)).hexdigest()[:16]
+
+
+def fingerprint(key: Ed25519PublicKey | X25519PublicKey) -> str:
+    """What a person compares when enrolling a key: SHA256:<base64>, as OpenSSH shows it."""
+    digest = hashlib.sha256(raw_public(key)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def public_pem(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _write_private(path: Path, pem: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key (move it away first "
+                        "if you really mean to replace it, then enrol the new public key)") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_public(path: Path, pem: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(pem)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _private_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def create_signing_key(path: Path) -> Ed25519PublicKey:
+    """A new kiosk key pair: private key at ``path`` (0600), public key beside it (.pub)."""
+    key = Ed25519PrivateKey.generate()
+    _write_private(path, _private_pem(key))
+    _write_public(public_path(path), public_pem(key.public_key()))
+    return key.public_key()
+
+
+def create_encryption_key(path: Path) -> X25519PublicKey:
+    """A new central service key pair (X25519) for sealing captures to it."""
+    key = X25519PrivateKey.generate()
+    _write_private(path, _private_pem(key))
+    _write_public(public_path(path), public_pem(key.public_key()))
+    return key.public_key()
+
+
+def public_path(private_path: Path) -> Path:
+    return private_path.with_name(private_path.name + ".pub")
+
+
+def _read(path: Path, what: str, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"{setting}: {what} {path} not found; create it with `kiosk-agent keys init`"
+                        f"{' --central' if 'central' in what else ''} or fix the path") from None
+    except PermissionError:
+        raise KeyFileError(f"{setting}: cannot read {what} {path}: permission denied "
+                        "(run as the kiosk user, or fix the owner)") from None
+
+
+def load_signing_key(path: Path, setting: str = "security.kiosk_key") -> Ed25519PrivateKey:
+    key = _load_private(_read(path, "kiosk private key", setting), path, setting)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{setting}: {path} is not an Ed25519 private key")
+    return key
+
+
+def load_decryption_key(path: Path, setting: str = "receiver.central_private_key") -> X25519PrivateKey:
+    key = _load_private(_read(path, "central private key", setting), path, setting)
+    if not isinstance(key, X25519PrivateKey):
+        raise KeyFileError(f"{setting}: {path} is not an X25519 private key")
+    return key
+
+
+def _load_private(data: bytes, path: Path, setting: str):  # type: ignore[no-untyped-def]
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{setting}: {path} is not a readable PEM private key ({exc})") from None
+
+
+def load_public(path: Path, setting: str, kind: type) -> Ed25519PublicKey | X25519PublicKey:
+    data = _read(path, "public key", setting)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise KeyFileError(f"{setting}: {path} is not a readable PEM public key ({exc})") from None
+    if not isinstance(key, kind):
+        name = kind.__name__.removesuffix("PublicKey")
+        raise KeyFileError(f"{setting}: {path} is not an {name} public key")
+    return key
+
+
+def load_encryption_public(path: Path, setting: str = "security.central_public_key") -> X25519PublicKey:
+    return load_public(path, setting, X25519PublicKey)  # type: ignore[return-value]
+
+
+def load_kiosk_keys(directory: Path, setting: str = "receiver.kiosk_keys_dir") -> dict[str, Ed25519PublicKey]:
+    """Enrolled kiosks: ``<kiosk_id>.pub`` files in one directory."""
+    if not directory.is_dir():
+        raise KeyFileError(f"{setting}: {directory} is not a directory; enrol kiosks with "
+                        "`kiosk-agent keys enrol`")
+    return {p.name.removesuffix(".pub"): load_public(p, setting, Ed25519PublicKey)  # type: ignore[misc]
+            for p in sorted(directory.glob("*.pub"))}
+
+
+def enrol(kiosk_id: str, public_key_file: Path, kiosks_dir: Path) -> Ed25519PublicKey:
+    """Accept a kiosk's public key on the central side: ``<kiosks_dir>/<kiosk_id>.pub``."""
+    key = load_public(public_key_file, "public key file", Ed25519PublicKey)
+    kiosks_dir.mkdir(parents=True, exist_ok=True)
+    _write_public(kiosks_dir / f"{kiosk_id}.pub", public_pem(key))
+    return key  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """Paths of a complete set of keys for one kiosk and one central service."""
+
+    kiosk_key: Path
+    central_key: Path
+    kiosks_dir: Path
+
+    @property
+    def central_public(self) -> Path:
+        return public_path(self.central_key)
+
+
+def provision(directory: Path, kiosk_id: str) -> KeySet:
+    """Create kiosk and central keys under ``directory`` and enrol the kiosk (demo, tests)."""
+    keys = KeySet(directory / "kiosk.key", directory / "central.key", directory / "kiosks")
+    create_signing_key(keys.kiosk_key)
+    create_encryption_key(keys.central_key)
+    enrol(kiosk_id, public_path(keys.kiosk_key), keys.kiosks_dir)
+    return keys
