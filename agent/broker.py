@@ -45,7 +45,9 @@ class MosquittoBroker:
     protocol = "5"
 
     def __init__(self, port: int | None = None, *, binary: str | None = None,
-                 max_packet_size: int | None = None) -> None:
+                 max_packet_size: int | None = None, tls: dict[str, str] | None = None) -> None:
+        """``tls``: {"cafile", "certfile", "keyfile"} for a TLS-only listener that requires
+        client certificates signed by that CA."""
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -55,6 +57,17 @@ class MosquittoBroker:
                  "log_dest stderr", "log_type error", "log_type warning"]
         if max_packet_size:
             lines.append(f"max_packet_size {max_packet_size}")
+        if tls:
+            # mosquitto started as root drops to its own user, which cannot read files in
+            # private test folders: give it copies in its own, readable folder.
+            self._dir.chmod(0o755)
+            copies = {}
+            for key in ("cafile", "certfile", "keyfile"):
+                copies[key] = self._dir / f"{key}.pem"
+                shutil.copyfile(tls[key], copies[key])
+                copies[key].chmod(0o644)
+            lines += [f"cafile {copies['cafile']}", f"certfile {copies['certfile']}",
+                      f"keyfile {copies['keyfile']}", "require_certificate true", "tls_version tlsv1.2"]
         self._conf.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -71,7 +84,8 @@ class MosquittoBroker:
             wait_for_port(self.host, self.port, timeout_s)
         except TimeoutError:
             self.stop()
-            raise
+            log_text = (self._dir / "mosquitto.log").read_text(errors="replace")[-2000:]
+            raise TimeoutError(f"mosquitto did not start on port {self.port}; its log:\n{log_text}") from None
 
     def stop(self) -> None:
         if self._proc is None:

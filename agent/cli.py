@@ -81,6 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-schema", help="print the config file's JSON Schema")
     p.set_defaults(func=cmd_config_schema)
 
+    p = sub.add_parser("keys", help="create, show and enrol the keys that protect captures")
+    ksub = p.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
+    k = ksub.add_parser("init", help="create the kiosk's Ed25519 key pair (security.kiosk_key), or "
+                                     "with --central the central service's X25519 pair")
+    config_arg(k)
+    k.add_argument("--central", action="store_true",
+                   help="create the central service's key pair (receiver.central_private_key)")
+    k.add_argument("--json", action="store_true", help="print the public key as JSON")
+    k.set_defaults(func=cmd_keys_init)
+    k = ksub.add_parser("show", help="print the public key and its fingerprint for enrolment")
+    config_arg(k)
+    k.add_argument("--central", action="store_true", help="the central service's key")
+    k.add_argument("--json", action="store_true", help="print as JSON")
+    k.set_defaults(func=cmd_keys_show)
+    k = ksub.add_parser("enrol", help="central side: accept a kiosk's public key (receiver.kiosk_keys_dir)")
+    config_arg(k)
+    k.add_argument("--kiosk-id", required=True, help="the kiosk's id (kiosk.id in its config)")
+    k.add_argument("public_key", type=Path, metavar="PUBLIC_KEY_FILE", help="the kiosk's .pub file")
+    k.set_defaults(func=cmd_keys_enrol)
+
     p = sub.add_parser("queue", help="inspect the local capture queue")
     qsub = p.add_subparsers(dest="queue_command", metavar="SUBCOMMAND", required=True)
     q = qsub.add_parser("stats", help="pending captures and bytes, oldest age, counts by state")
@@ -232,4 +252,81 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     print(f"  oldest:      {age}")
     print("  by state:    " + ", ".join(f"{k} {v}" for k, v in stats.by_state.items()))
     print(f"  disk free:   {stats.disk_free_bytes:,} bytes")
+    return EXIT_OK
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def _key_paths(args: argparse.Namespace) -> tuple[Path, str]:
+    """(private key path, what) from a kiosk config, or a receiver config with --central."""
+    if args.central:
+        return load_receiver_config(config_path(args.config)).receiver.central_private_key, "central"
+    return load_config(config_path(args.config)).security.kiosk_key, "kiosk"
+
+
+def _print_public(path: Path, what: str, as_json: bool) -> None:
+    from agent import keys
+
+    pub_path = keys.public_path(path)
+    kind = keys.X25519PublicKey if what == "central" else keys.Ed25519PublicKey
+    public = keys.load_public(pub_path, str(pub_path), kind)
+    pem = keys.public_pem(public).decode()
+    if as_json:
+        print(json.dumps({"key": what, "private_key_file": str(path), "public_key_file": str(pub_path),
+                          "fingerprint": keys.fingerprint(public), "key_id": keys.key_id(public),
+                          "public_key_pem": pem}))
+    else:
+        print(f"{what} public key {pub_path}\nfingerprint {keys.fingerprint(public)} (key id "
+              f"{keys.key_id(public)})\n{pem}", end="")
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from agent import keys
+
+    path, what = _key_paths(args)
+    try:
+        if what == "central":
+            keys.create_encryption_key(path)
+        else:
+            keys.create_signing_key(path)
+    except keys.KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PermissionError as exc:
+        print(f"error: cannot write {path}: {exc.strerror}; run as the service user "
+              "(sudo -u kiosk kiosk-agent keys init)", file=sys.stderr)
+        return EXIT_FAILED
+    keys.chown_to_service_user(path)
+    if not args.json:
+        print(f"created {what} private key {path} (mode 0600)")
+    _print_public(path, what, args.json)
+    return EXIT_OK
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    from agent import keys
+
+    path, what = _key_paths(args)
+    try:
+        _print_public(path, what, args.json)
+    except keys.KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_keys_enrol(args: argparse.Namespace) -> int:
+    from agent import keys
+    from agent.config import _topic_segment
+
+    config = load_receiver_config(config_path(args.config))
+    try:
+        _topic_segment(args.kiosk_id)
+        public = keys.enrol(args.kiosk_id, args.public_key, config.receiver.kiosk_keys_dir)
+    except (ValueError, keys.KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+    print(f"enrolled kiosk {args.kiosk_id}: {keys.fingerprint(public)} -> "
+          f"{config.receiver.kiosk_keys_dir / (args.kiosk_id + '.pub')}")
     return EXIT_OK

@@ -173,3 +173,20 @@ def provision(directory: Path, kiosk_id: str) -> KeySet:
     create_encryption_key(keys.central_key)
     enrol(kiosk_id, public_path(keys.kiosk_key), keys.kiosks_dir)
     return keys
+
+
+SERVICE_USER = "kiosk"
+
+
+def chown_to_service_user(private_path: Path) -> None:
+    """When run as root, hand the new key files to the service user so the agent can read them."""
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return  # no service user on this machine (development)
+    for path in (private_path.parent, private_path, public_path(private_path)):
+        os.chown(path, user.pw_uid, user.pw_gid)

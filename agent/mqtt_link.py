@@ -90,6 +90,7 @@ class MqttLink:
         self.heartbeat = time.monotonic()
         self.next_retry_at = 0.0
         self.cert_expires_at: datetime | None = None
+        self._tls: ClosingTlsContext | None = None
         self._params_set = False
         self._client = self._make_client(client_id, will)
 
@@ -112,7 +113,8 @@ class MqttLink:
         if will is not None:
             client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         if cfg.tls.enabled:
-            client.tls_set_context(tls_context(cfg.tls))
+            self._tls = tls_context(cfg.tls)
+            client.tls_set_context(self._tls)
             self.cert_expires_at = check_certificate_expiry(cfg.tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -170,11 +172,15 @@ class MqttLink:
             self._connect_started = time.monotonic()
         except ssl.SSLError as exc:
             # Retried with TLS only: there is no plaintext fallback, ever.
+            if self._tls is not None:
+                self._tls.close_failed()
             detail = getattr(exc, "verify_message", "") or exc.reason or str(exc)
             self._wait_before_retry(
                 f"TLS handshake with broker {cfg.host}:{cfg.port} failed ({detail}); check "
                 "mqtt.tls.ca_file, cert_file, key_file and the certificates' dates")
         except (TimeoutError, OSError) as exc:
+            if self._tls is not None:
+                self._tls.close_failed()
             self._wait_before_retry(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}")
 
     def _connect_properties(self) -> Properties | None:
@@ -203,7 +209,12 @@ class MqttLink:
                 self._backoff.reset()
         rc = self._client.loop(timeout=0.0 if busy else IDLE_WAIT_S)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._lost(f"connection to {self.config.host}:{self.config.port} lost ({mqtt.error_string(rc)})")
+            why = f"connection to {self.config.host}:{self.config.port} lost ({mqtt.error_string(rc)})"
+            if self._tls is not None and not self.connected:
+                # With TLS 1.3 a refused client certificate shows up only now, as a closed line.
+                why += ("; the broker closed the TLS connection before accepting it: check that "
+                        "mqtt.tls.cert_file is set, valid and signed by a CA the broker trusts")
+            self._lost(why)
         elif not self.connected and self._connect_started:
             if time.monotonic() - self._connect_started > self.config.connect_timeout_s:
                 self._client.disconnect()
@@ -326,9 +337,28 @@ class MqttLink:
 # --- TLS ------------------------------------------------------------------------------
 
 
-def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+class ClosingTlsContext(ssl.SSLContext):
+    """Remembers the socket of the latest handshake so that a failed one can be closed.
+
+    paho leaves a socket whose TLS handshake failed to the garbage collector; a kiosk
+    retrying a bad certificate for days would otherwise leak a descriptor per attempt.
+    """
+
+    last_socket: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args, **kwargs) -> ssl.SSLSocket:  # type: ignore[no-untyped-def, override]
+        self.last_socket = super().wrap_socket(*args, **kwargs)
+        return self.last_socket
+
+    def close_failed(self) -> None:
+        if self.last_socket is not None:
+            self.last_socket.close()
+            self.last_socket = None
+
+
+def tls_context(tls: TlsConfig) -> ClosingTlsContext:
     """Verify the broker against the configured CA, present the client certificate, TLS >= 1.2."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
+    context = ClosingTlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_verify_locations(cafile=str(tls.ca_file))
