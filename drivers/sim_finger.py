@@ -1,7 +1,7 @@
 """Simulated fingerprint scanner: synthetic 500 ppi prints with scriptable faults.
 
 Each finger (device seed + finger position) has one master print, synthesised when first
-asked for (about 0.25 s) and kept in memory; every capture is a cheap variation of it, so
+asked for (about 0.3 s) and kept in memory; every capture is a cheap variation of it, so
 two captures of one finger match each other and not another finger, as a matcher expects.
 """
 

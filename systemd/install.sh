@@ -81,6 +81,11 @@ do_install() {
     install_config "$src/config/kiosk-default.toml" "$etc/agent.toml"
     install_config "$src/config/receiver.toml" "$etc/receiver.toml"
     "$venv/bin/kiosk-agent" check-config "$etc/agent.toml"
+    if $live && [ ! -e "$state/keys/kiosk.key" ]; then
+        # The kiosk's signing key, owned by the service user (mode 0600).
+        "$venv/bin/kiosk-agent" keys init --config "$etc/agent.toml" >/dev/null
+        say "created the kiosk key; enrol it centrally: kiosk-agent keys show --config $etc/agent.toml"
+    fi
     if $systemd_running; then
         systemctl daemon-reload
         udevadm control --reload-rules 2>/dev/null && udevadm trigger --subsystem-match=usb 2>/dev/null || true

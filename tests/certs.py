@@ -41,7 +41,8 @@ class CA:
         )
         self.path, _ = _write(directory / f"{name}.pem", self.key, self.cert)
 
-    def issue(self, name: str, *, server: bool = False, days: int = 30, expired: bool = False) -> tuple[Path, Path]:
+    def issue(self, name: str, *, server: bool = False, days: int = 30,
+              expired: bool = False) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         start, end = (now - timedelta(days=10), now - timedelta(days=1)) if expired else \

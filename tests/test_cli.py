@@ -12,7 +12,7 @@ from agent.cli import build_parser, main
 from tests.conftest import to_toml
 
 COMMANDS = [["run"], ["demo"], ["receiver"], ["check-config"], ["config-schema"], ["queue"],
-            ["queue", "stats"]]
+            ["queue", "stats"], ["keys"], ["keys", "init"], ["keys", "show"], ["keys", "enrol"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
@@ -67,3 +67,31 @@ def test_run_with_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     config.write_text('[kiosk]\nid = "k"\n[mqtt]\nport = "x"\n')
     assert main(["run", "--config", str(config)]) == 2
     assert "mqtt.port" in capsys.readouterr().err
+
+
+def test_keys_init_show_enrol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kiosk_cfg = tmp_path / "agent.toml"
+    kiosk_cfg.write_text(to_toml({"kiosk": {"id": "k7"},
+                                  "security": {"kiosk_key": str(tmp_path / "k" / "kiosk.key")}}))
+    central_cfg = tmp_path / "receiver.toml"
+    central_cfg.write_text(to_toml({"receiver": {"central_private_key": str(tmp_path / "c" / "central.key"),
+                                                 "kiosk_keys_dir": str(tmp_path / "kiosks")}}))
+    assert main(["keys", "init", "--config", str(kiosk_cfg), "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["fingerprint"].startswith("SHA256:") and "BEGIN PUBLIC KEY" in created["public_key_pem"]
+    assert main(["keys", "init", "--config", str(kiosk_cfg)]) == 1  # never overwrites
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["keys", "show", "--config", str(kiosk_cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fingerprint"] == created["fingerprint"]
+    assert main(["keys", "init", "--central", "--config", str(central_cfg)]) == 0
+    capsys.readouterr()
+    assert main(["keys", "enrol", "--config", str(central_cfg), "--kiosk-id", "k7",
+                 created["public_key_file"]]) == 0
+    assert created["fingerprint"] in capsys.readouterr().out
+    assert (tmp_path / "kiosks" / "k7.pub").exists()
+    # A central (X25519) key is not a kiosk key: enrolment refuses it.
+    assert main(["keys", "enrol", "--config", str(central_cfg), "--kiosk-id", "k8",
+                 str(tmp_path / "c" / "central.key.pub")]) == 1
+    assert "not an Ed25519 public key" in capsys.readouterr().err
+    assert main(["keys", "enrol", "--config", str(central_cfg), "--kiosk-id", "a/b",
+                 created["public_key_file"]]) == 2

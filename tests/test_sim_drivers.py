@@ -54,7 +54,7 @@ def decode(data: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scanner() -> Iterator[SimFingerDriver]:
-    """One full-size scanner shared by the image tests: each new finger costs ~0.25 s."""
+    """One full-size scanner shared by the image tests: each new finger costs ~0.3 s."""
     driver = finger(seed=7)
     yield driver
     driver.close()
