@@ -180,3 +180,50 @@ def test_tls_failures_are_clear_and_lose_nothing(
     db = sqlite3.connect(tmp_path / "queue.db")
     assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 3, "captures stay queued"
     db.close()
+
+
+def test_receiver_rejects_forged_envelopes_without_receipts(tmp_path: Path, broker: MosquittoBroker) -> None:
+    """On the wire: tampered, truncated and re-signed envelopes are reported, not stored, not
+    acknowledged; the genuine capture still goes through."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.keys import load_encryption_public
+    from agent.sealing import Sealer
+
+    config = agent_config(tmp_path, broker.port, capture={"max_captures": 1})
+    agent = Agent(config)
+    agent.start()
+    try:
+        wait_until(lambda: agent.capture.captured >= 1, what="one capture queued")  # type: ignore[union-attr]
+        (item,) = agent.queue.next_batch(0, 1)  # type: ignore[union-attr]
+    finally:
+        agent.stop()
+    genuine = item.payload
+    tampered = bytearray(genuine)
+    tampered[-50] ^= 0x01
+    forger = Sealer(Ed25519PrivateKey.generate(), load_encryption_public(config.security.central_public_key))
+    resigned = forger.seal(item_id="forged-1", kiosk_id="kiosk-t1", seq=99, kind="capture", inner=b"KAE")
+    forgeries = [bytes(tampered), genuine[:len(genuine) // 2], resigned, b"KAE\x01 plaintext"]
+
+    receipts: list[bytes] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watcher.on_message = lambda c, u, m: receipts.append(bytes(m.payload))
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe("kiosk/kiosk-t1/receipts", qos=1)
+    watcher.loop_start()
+    out = tmp_path / "out"
+    receiver = Receiver(receiver_config(out, config))
+    receiver.start()
+    try:
+        wait_until(lambda: receiver.link.connected, what="receiver connected")
+        for payload in [*forgeries, genuine]:
+            watcher.publish("kiosk/kiosk-t1/captures", payload, qos=1).wait_for_publish(5)
+        wait_until(lambda: receiver.counters.stored == 1 and receiver.counters.unauthenticated == 4,
+                   what="forgeries counted, the genuine capture stored")
+        wait_until(lambda: len(receipts) >= 1, what="the genuine capture's receipt")
+    finally:
+        receiver.stop()
+        watcher.loop_stop()
+        watcher.disconnect()
+    assert len(receipts) == 1 and item.id.encode() in receipts[0]
+    assert [p.stem for p in out.glob("*/*.json")] == [item.id]
