@@ -140,8 +140,12 @@ class ContinuousCapture:
     def _wait(self, future: Future[CaptureOutcome], device: str) -> None:
         try:
             future.result()
+            self.errors = 0
+            return
         except (DriverError, QueueError) as exc:
-            self.errors += 1
             log.warning("continuous capture from %s failed: %s", device, exc)
-            # Do not spin on a device that is offline or a queue that is full.
-            self._stop.wait(min(1.0, 0.05 * self.errors))
+        except Exception:  # a bug must not end continuous capture silently
+            log.exception("continuous capture from %s failed unexpectedly", device)
+        self.errors += 1
+        # Do not spin on a device that is offline or a queue that is full.
+        self._stop.wait(min(1.0, 0.05 * self.errors))

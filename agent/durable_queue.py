@@ -20,7 +20,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class QueueError(Exception):
 
 class QueueFull(QueueError):
     """A new capture was refused (quota or free disk); nothing queued was dropped."""
+
+
+class QueueWriteError(QueueError):
+    """SQLite could not write (I/O error, read-only file system); nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -177,20 +182,36 @@ class DurableQueue:
             seq = self._next_seq
             payload = encode(seq)
             self._check_space(len(payload))
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction("commit a capture") as db:
                 db.execute(
                     "INSERT INTO items (seq, id, kind, created, size) VALUES (?, ?, ?, ?, ?)",
                     (seq, item_id, kind, time.time(), len(payload)),
                 )
                 db.execute("INSERT INTO blobs (seq, payload) VALUES (?, ?)", (seq, payload))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             self._next_seq = seq + 1
             return seq
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (caller holds the lock); SQLite errors become QueueErrors."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+                raise QueueFull(
+                    f"cannot {what}: the disk holding {self.path.parent} is full. Queued captures "
+                    "are kept; free disk space (and raise queue.min_free_bytes so the agent "
+                    "refuses captures before the disk fills)."
+                ) from exc
+            raise QueueWriteError(f"cannot {what} in {self.path}: {exc}") from exc
 
     def _check_space(self, size: int) -> None:
         queued = self._db.execute("SELECT bytes FROM totals").fetchone()[0]
@@ -213,14 +234,12 @@ class DurableQueue:
         rows = [(time.time(), s) for s in seqs]
         if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
+        with self._lock, self._transaction("count send attempts") as db:
+            db.executemany(
                 "UPDATE items SET state = 'sent', attempts = attempts + 1, last_attempt = ? "
                 "WHERE seq = ? AND state != 'rejected'",
                 rows,
             )
-            self._db.execute("COMMIT")
 
     def ack(self, item_ids: Iterable[str]) -> int:
         """Delete acknowledged items; returns how many were still here."""
@@ -228,11 +247,9 @@ class DurableQueue:
         if not ids:
             return 0
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            # rowcount counts rows of the statement itself, not the trigger's.
-            deleted = db.executemany("DELETE FROM items WHERE id = ?", ids).rowcount
-            db.execute("COMMIT")
+            with self._transaction("delete acknowledged captures") as db:
+                # rowcount counts rows of the statement itself, not the trigger's.
+                deleted = db.executemany("DELETE FROM items WHERE id = ?", ids).rowcount
             self._erase_due = self._erase_due or deleted > 0
         self.erase_if_due()
         return deleted
@@ -256,10 +273,8 @@ class DurableQueue:
 
     def reject(self, item_id: str, reason: str) -> None:
         """Keep an item the central side refused aside, out of the send order, for support."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE items SET state = 'rejected', reason = ? WHERE id = ?", (reason, item_id)
-            )
+        with self._lock, self._transaction("set a rejected capture aside") as db:
+            db.execute("UPDATE items SET state = 'rejected', reason = ? WHERE id = ?", (reason, item_id))
 
     # --- reading ------------------------------------------------------------------------
 

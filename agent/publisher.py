@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.config import MqttConfig
-from agent.durable_queue import DurableQueue, QueuedItem
+from agent.durable_queue import DurableQueue, QueuedItem, QueueError
 from agent.mqtt_link import BrokerLimits, MqttLink
 from agent.protocol import ProtocolError, Receipt, Topics, status_payload
 
@@ -62,6 +62,8 @@ class Publisher:
         self._settled: list[str] = []
         self._refused: list[Receipt] = []
         self._offline_mid: int | None = None
+        self._last_warning = ""
+        self._last_warning_at = 0.0
         self._offline_acked = False
 
     # --- link events --------------------------------------------------------------------
@@ -124,9 +126,15 @@ class Publisher:
         if not (self._settled or self._refused):
             return False
         settled, self._settled = self._settled, []
+        try:
+            deleted = self.queue.ack(settled)
+        except QueueError as exc:
+            # Keep them for the next turn: nothing is lost, the receiver de-duplicates.
+            self._settled = settled + self._settled
+            self._warn_once(f"cannot record receipts yet: {exc}")
+            return False
         for item_id in settled:
             self._inflight.pop(item_id, None)
-        deleted = self.queue.ack(settled)
         self.counters.acknowledged += deleted
         refused, self._refused = self._refused, []
         for receipt in refused:
@@ -146,9 +154,19 @@ class Publisher:
             return False
         sent = [item.seq for item in batch if self._send(link, item)]
         self._cursor = batch[-1].seq
-        self.queue.mark_sent(sent)
         self.counters.published += len(sent)
+        try:
+            self.queue.mark_sent(sent)
+        except QueueError as exc:  # only statistics are lost; the captures are on their way
+            self._warn_once(f"cannot count send attempts: {exc}")
         return True
+
+    def _warn_once(self, message: str) -> None:
+        """A warning per distinct problem and minute, not one per loop turn."""
+        now = time.monotonic()
+        if message != self._last_warning or now - self._last_warning_at > 60:
+            log.warning("%s", message)
+            self._last_warning, self._last_warning_at = message, now
 
     def _send(self, link: MqttLink, item: QueuedItem) -> bool:
         topic = f"{self.topics.prefix}/{self.topics.kiosk_id}/{KIND_TOPIC.get(item.kind, item.kind)}"
