@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -22,27 +18,8 @@ from agent.cli import main
 from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.receiver import Receiver
-from tests.conftest import agent_config, receiver_config, security_section, to_toml, wait_until
-
-
-def stored_ids(out_dir: Path) -> set[str]:
-    return {p.stem for p in out_dir.glob("*/*.json")}
-
-
-def queue_ids(path: Path) -> set[str]:
-    db = sqlite3.connect(path)
-    try:
-        return {row[0] for row in db.execute("SELECT id FROM items")}
-    finally:
-        db.close()
-
-
-def queued_while_running(path: Path) -> int:
-    """Items in a queue another process is writing; -1 before its schema exists."""
-    try:
-        return len(queue_ids(path)) if path.exists() else -1
-    except sqlite3.OperationalError:  # "no such table": the agent is still creating it
-        return -1
+from tests.conftest import agent_config, receiver_config, wait_until
+from tests.helpers import queue_ids, queued_while_running, spawn_agent, stored_ids, write_config
 
 
 class Running:
@@ -172,29 +149,6 @@ def test_two_receivers_share_the_load(tmp_path: Path, broker: MosquittoBroker) -
 
 
 # --- the agent as a separate process --------------------------------------------------
-
-
-def write_config(tmp_path: Path, port: int, **capture: Any) -> Path:
-    raw = {
-        "kiosk": {"id": "kiosk-p1"},
-        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "reconnect_min_s": 0.1,
-                 "reconnect_max_s": 1.0, "receipt_timeout_s": 5.0},
-        "queue": {"path": str(tmp_path / "queue.db"), "min_free_bytes": 0},
-        "capture": {"mode": "continuous", "rate_per_s": 0, **capture},
-        "logging": {"level": "INFO", "format": "text"},
-        "security": security_section(tmp_path, "kiosk-p1"),
-        "devices": {"finger": {"driver": "sim-finger", "seed": 5}},
-    }
-    path = tmp_path / "agent.toml"
-    path.write_text(to_toml(raw))
-    return path
-
-
-def spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
-    with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config_path)],
-                                stdout=log, stderr=log, env=env)
 
 
 class StatusWatcher:

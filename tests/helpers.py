@@ -1,0 +1,56 @@
+"""Helpers for tests that run the agent as a separate process or inspect its files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import security_section, to_toml
+
+
+def stored_ids(out_dir: Path) -> set[str]:
+    return {p.stem for p in out_dir.glob("*/*.json")}
+
+
+def queue_ids(path: Path) -> set[str]:
+    db = sqlite3.connect(path)
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM items")}
+    finally:
+        db.close()
+
+
+def queued_while_running(path: Path) -> int:
+    """Items in a queue another process is writing; -1 before its schema exists."""
+    try:
+        return len(queue_ids(path)) if path.exists() else -1
+    except sqlite3.OperationalError:  # "no such table": the agent is still creating it
+        return -1
+
+
+def write_config(tmp_path: Path, port: int, *, kiosk_id: str = "kiosk-p1", level: str = "INFO",
+                 **capture: Any) -> Path:
+    raw = {
+        "kiosk": {"id": kiosk_id},
+        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "reconnect_min_s": 0.1,
+                 "reconnect_max_s": 1.0, "receipt_timeout_s": 5.0},
+        "queue": {"path": str(tmp_path / "queue.db"), "min_free_bytes": 0},
+        "capture": {"mode": "continuous", "rate_per_s": 0, **capture},
+        "logging": {"level": level, "format": "text"},
+        "security": security_section(tmp_path, kiosk_id),
+        "devices": {"finger": {"driver": "sim-finger", "seed": 5}},
+    }
+    path = tmp_path / "agent.toml"
+    path.write_text(to_toml(raw))
+    return path
+
+
+def spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config_path)],
+                                stdout=log, stderr=log, env=env)
