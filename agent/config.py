@@ -165,6 +165,9 @@ class QueueConfig(Section):
     #: After acknowledgements, the WAL is checkpointed and truncated at most this often, so
     #: erased captures leave no copy in the WAL file either.
     erase_interval_s: float = Field(5.0, ge=0)
+    #: Disk space kept in reserve beside the queue and given back when the disk fills up, so
+    #: the backlog can still drain (deleting a capture needs room in the WAL first).
+    reserve_bytes: int = Field(16 * 1024**2, ge=0)
 
 
 class CaptureConfig(Section):

@@ -56,7 +56,8 @@ class Agent:
         sealer = self._sealer()  # before anything starts: no keys, no captures
         self.queue = DurableQueue(cfg.queue.path, max_bytes=cfg.queue.max_bytes,
                                   min_free_bytes=cfg.queue.min_free_bytes,
-                                  erase_interval_s=cfg.queue.erase_interval_s)
+                                  erase_interval_s=cfg.queue.erase_interval_s,
+                                  reserve_bytes=cfg.queue.reserve_bytes)
         for name, dev_cfg in cfg.devices.items():
             if not dev_cfg.enabled:
                 continue

@@ -101,8 +101,12 @@ class QueueStats:
 
 class DurableQueue:
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, min_free_bytes: int,
-                 erase_interval_s: float = 5.0) -> None:
+                 erase_interval_s: float = 5.0, reserve_bytes: int = 0) -> None:
         self.path = Path(path)
+        #: Ballast file given back when the disk is full, so acknowledged captures can still be
+        #: deleted (with secure_delete a delete writes as much as the capture's size to the WAL).
+        self.reserve_path = Path(f"{self.path}.reserve")
+        self.reserve_bytes = reserve_bytes
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.erase_interval_s = erase_interval_s
@@ -118,6 +122,7 @@ class DurableQueue:
         self._next_seq = self._db.execute(
             "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0) + 1"
         ).fetchone()[0]
+        self._refill_reserve()
 
     # --- opening ------------------------------------------------------------------------
 
@@ -247,12 +252,48 @@ class DurableQueue:
         if not ids:
             return 0
         with self._lock:
-            with self._transaction("delete acknowledged captures") as db:
-                # rowcount counts rows of the statement itself, not the trigger's.
-                deleted = db.executemany("DELETE FROM items WHERE id = ?", ids).rowcount
+            try:
+                deleted = self._delete(ids)
+            except QueueFull:
+                # A full disk must not stop the queue from draining: with the reserve given
+                # back, delete one capture per transaction and truncate the WAL in between,
+                # so no transaction needs more room than one capture.
+                self._release_reserve()
+                deleted = 0
+                for one in ids:
+                    deleted += self._delete([one])
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._erase_due = self._erase_due or deleted > 0
         self.erase_if_due()
         return deleted
+
+    def _release_reserve(self) -> None:
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return
+        log.warning("disk full: released the queue's %d-byte reserve so acknowledged captures can "
+                    "be deleted; free disk space", self.reserve_bytes)
+
+    def _refill_reserve(self) -> None:
+        """Recreate the reserve once there is room for it beside the free-space watermark."""
+        if not self.reserve_bytes or self.reserve_path.exists():
+            return
+        if shutil.disk_usage(self.path.parent).free < self.reserve_bytes + self.min_free_bytes:
+            return
+        tmp = self.reserve_path.with_suffix(".tmp")
+        try:
+            with tmp.open("wb") as fh:
+                os.posix_fallocate(fh.fileno(), 0, self.reserve_bytes)  # real blocks, not a sparse file
+            os.replace(tmp, self.reserve_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("cannot create the queue's disk reserve %s: %s", self.reserve_path, exc)
+
+    def _delete(self, ids: list[tuple[str]]) -> int:
+        with self._transaction("delete acknowledged captures") as db:
+            # rowcount counts rows of the statement itself, not the trigger's.
+            return db.executemany("DELETE FROM items WHERE id = ?", ids).rowcount
 
     def erase_if_due(self, force: bool = False) -> bool:
         """Checkpoint and truncate the WAL so acknowledged captures leave no copy in it.
@@ -269,6 +310,7 @@ class DurableQueue:
         if busy:  # another connection (queue stats) is reading: try again next time
             return False
         self._erase_due = False
+        self._refill_reserve()
         return True
 
     def reject(self, item_id: str, reason: str) -> None:

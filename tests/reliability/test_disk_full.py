@@ -1,0 +1,134 @@
+"""Disk full: captures refused with a clear error, nothing corrupted, recovery when space
+returns. On a small tmpfs when the test may mount one (root), otherwise against the quota."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.broker import MosquittoBroker
+from agent.daemon import Agent
+from agent.durable_queue import DurableQueue, QueueFull
+from agent.receiver import Receiver
+from tests.conftest import agent_config, receiver_config, wait_until
+from tests.helpers import stored_ids
+from tests.reliability.common import integrity
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path | None]:
+    """A 12 MiB file system of its own, or None where mounting is not allowed."""
+    mount_point = tmp_path / "fs"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        yield None
+        return
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        yield None
+        return
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill(directory: Path, leave_free: int) -> Path:
+    """A filler file that leaves about ``leave_free`` bytes on the file system."""
+    filler = directory / "filler"
+    stat = os.statvfs(directory)
+    size = stat.f_bavail * stat.f_frsize - leave_free
+    with filler.open("wb") as fh:
+        fh.write(b"\0" * max(size, 0))
+    return filler
+
+
+@pytest.mark.parametrize("limit", ["disk", "watermark"])
+def test_disk_full_refuses_then_recovers(tmp_path: Path, small_fs: Path | None, limit: str,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    broker = MosquittoBroker()  # not started yet: nothing drains while the disk fills
+    if small_fs is None:
+        # No file system of our own: the quota stands in for the disk.
+        queue_dir, queue_cfg = tmp_path, {"max_bytes": 2 * MB, "min_free_bytes": 0}
+        expected = "queue.max_bytes"
+    elif limit == "disk":
+        queue_dir, queue_cfg = small_fs, {"min_free_bytes": 0}  # let SQLite hit ENOSPC itself
+        # Refused by the pre-check ("only N bytes free") or by SQLite's own "disk is full".
+        expected = "free on the disk|is full"
+    else:
+        queue_dir, queue_cfg = small_fs, {"min_free_bytes": 3 * MB}
+        expected = "queue.min_free_bytes"
+    queue_cfg["path"] = str(queue_dir / "queue.db")
+    config = agent_config(tmp_path, broker.port, queue=queue_cfg,
+                          capture={"finger_positions": [1], "max_captures": 0},
+                          devices={"finger": {"driver": "sim-finger", "seed": 3}})
+    filler = fill(queue_dir, 4 * MB) if small_fs is not None else None
+    agent = Agent(config)
+    agent.start()
+    receiver = None
+    try:
+        assert agent.capture is not None and agent.queue is not None
+        wait_until(lambda: agent.capture.refused > 0, timeout_s=60, what="captures refused")
+        wait_until(lambda: any(re.search(expected, r.getMessage()) for r in caplog.records),
+                   what="a clear error")
+        held = agent.queue.totals()[0]
+        assert held > 0 and integrity(Path(queue_cfg["path"])) == "ok"
+        assert agent.link is not None and agent.link.alive, "the agent keeps running"
+
+        # Space returns (filler removed, or the backlog drains): captures resume, all delivered.
+        if filler is not None:
+            filler.unlink()
+            wait_until(lambda: agent.capture.captured > held + 5, what="captures resume")
+        broker.start()
+        receiver = Receiver(receiver_config(tmp_path / "out", config))
+        receiver.start()
+        agent.continuous.stop()  # type: ignore[union-attr]
+        wait_until(lambda: agent.queue.totals()[0] == 0, timeout_s=60, what="backlog drained")
+        assert len(stored_ids(tmp_path / "out")) == agent.capture.captured
+        assert integrity(Path(queue_cfg["path"])) == "ok"
+    finally:
+        agent.stop()
+        if receiver is not None:
+            receiver.stop()
+        broker.close()
+
+
+class NoPrecheckQueue(DurableQueue):
+    """The queue without its free-space pre-check, so SQLite itself meets ENOSPC."""
+
+    def _check_space(self, size: int) -> None:
+        return None
+
+
+def test_sqlite_disk_full_becomes_a_clear_queue_error(small_fs: Path | None,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    if small_fs is None:
+        pytest.fail("needs a small file system: run the suite as root (as `make test` in CI does)")
+    queue = NoPrecheckQueue(small_fs / "queue.db", max_bytes=1 << 40, min_free_bytes=0,
+                            reserve_bytes=2 * MB)
+    assert queue.reserve_path.stat().st_size == 2 * MB
+    committed = []
+    try:
+        with pytest.raises(QueueFull, match="is full") as info:
+            for i in range(1000):
+                queue.put(f"id-{i}", "capture", lambda seq: os.urandom(100_000))
+                committed.append(f"id-{i}")
+        assert "free disk space" in str(info.value)
+        assert committed and queue.totals()[0] == len(committed)
+        # The disk is full, yet acknowledged captures can be deleted (the reserve is given
+        # back), and then new captures are taken again.
+        assert queue.ack(committed[: len(committed) // 2]) == len(committed) // 2
+        assert any("released the queue's" in r.getMessage() for r in caplog.records)
+        queue.put("after", "capture", lambda seq: os.urandom(50_000))
+        assert queue.reserve_path.exists(), "the reserve is refilled once there is room"
+    finally:
+        queue.close()
+    assert integrity(small_fs / "queue.db") == "ok"
