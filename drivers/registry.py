@@ -13,6 +13,8 @@ from drivers.base import Driver
 _DRIVERS: dict[str, str] = {
     "sim-finger": "drivers.sim_finger:SimFingerDriver",
     "sim-camera": "drivers.sim_camera:SimCameraDriver",
+    "zfm": "drivers.zfm:ZfmDriver",
+    "gt521f": "drivers.gt521f:Gt521fDriver",
 }
 
 
