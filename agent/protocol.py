@@ -22,6 +22,8 @@ from drivers import Modality
 MAGIC = b"KAE"
 VERSION = 1
 _PREFIX = struct.Struct(">3sBI")
+#: Where a frame's header starts (after magic, version and header length).
+HEADER_OFFSET = _PREFIX.size
 MAX_HEADER_BYTES = 64 * 1024
 IMAGE_FORMATS = frozenset({"png", "jpeg", "wsq"})
 
@@ -79,29 +81,39 @@ class Topics:
 # --- captures ----------------------------------------------------------------------------
 
 
+def pack_frame(magic: bytes, header: bytes, body: bytes) -> bytes:
+    """magic (3) | version (1) | header length (4, big-endian) | header | body."""
+    return _PREFIX.pack(magic, VERSION, len(header)) + header + body
+
+
+def unpack_frame(payload: bytes, magic: bytes, name: str, max_header: int) -> tuple[bytes, bytes]:
+    """Split a frame made by pack_frame into (header, body); ProtocolError names what is wrong."""
+    if len(payload) < _PREFIX.size:
+        raise ProtocolError(f"{name} too short ({len(payload)} bytes)")
+    found, version, header_len = _PREFIX.unpack_from(payload)
+    if found != magic:
+        raise ProtocolError(f"not a {name} (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"{name} version {version} not supported (this side speaks {VERSION})")
+    if header_len > max_header or _PREFIX.size + header_len > len(payload):
+        raise ProtocolError(f"{name} header length {header_len} does not fit")
+    end = _PREFIX.size + header_len
+    return bytes(payload[_PREFIX.size:end]), bytes(payload[end:])
+
+
 def encode_capture(record: CaptureRecord) -> bytes:
     header = dict(record.metadata(), v=VERSION, type="capture")
-    header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    return _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + record.image
+    return pack_frame(MAGIC, json.dumps(header, separators=(",", ":"), sort_keys=True).encode(),
+                      record.image)
 
 
 def decode_capture(payload: bytes) -> CaptureRecord:
     """Parse and verify an envelope; ProtocolError says what is wrong with a bad one."""
-    if len(payload) < _PREFIX.size:
-        raise ProtocolError(f"envelope too short ({len(payload)} bytes)")
-    magic, version, header_len = _PREFIX.unpack_from(payload)
-    if magic != MAGIC:
-        raise ProtocolError("not a kiosk-agent envelope (bad magic)")
-    if version != VERSION:
-        raise ProtocolError(f"envelope version {version} not supported (this side speaks {VERSION})")
-    if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
-        raise ProtocolError(f"header length {header_len} does not fit the envelope")
-    start = _PREFIX.size
+    header_bytes, image = unpack_frame(payload, MAGIC, "capture envelope", MAX_HEADER_BYTES)
     try:
-        header = json.loads(payload[start : start + header_len])
+        header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"header is not JSON: {exc}") from None
-    image = bytes(payload[start + header_len :])
     return _record_from_header(header, image)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +34,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.keys import key_id, raw_public
+from agent.protocol import HEADER_OFFSET, VERSION, ProtocolError, pack_frame, unpack_frame
 
 MAGIC = b"KAS"
-VERSION = 1
 ALGORITHM = "X25519-HKDF-SHA256-A256GCM+Ed25519"
 CONTEXT = b"kiosk-agent sealed envelope v1\x00"
-_PREFIX = struct.Struct(">3sBI")
 _SIGNATURE_LEN = 64
 MAX_HEADER_BYTES = 4096
 
@@ -101,21 +99,16 @@ class Sealer:
         signature = self._signing_key.sign(CONTEXT + header + inner)
         key = _derive(ephemeral.exchange(self._recipient), epk, self._recipient_raw)
         ciphertext = AESGCM(key).encrypt(nonce, signature + inner, header)
-        return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + ciphertext
+        return pack_frame(MAGIC, header, ciphertext)
 
 
 def read_header(payload: bytes) -> SealedHeader:
     """Parse the clear header (for routing) without decrypting anything."""
-    if len(payload) < _PREFIX.size:
-        raise SealError(f"sealed envelope too short ({len(payload)} bytes)")
-    magic, version, length = _PREFIX.unpack_from(payload)
-    if magic != MAGIC:
-        raise SealError("not a sealed envelope (bad magic); plaintext captures are never accepted")
-    if version != VERSION:
-        raise SealError(f"sealed envelope version {version} not supported (this side speaks {VERSION})")
-    if length > MAX_HEADER_BYTES or _PREFIX.size + length > len(payload):
-        raise SealError(f"sealed header length {length} does not fit the envelope")
-    raw = bytes(payload[_PREFIX.size:_PREFIX.size + length])
+    try:
+        raw, _ = unpack_frame(payload, MAGIC, "sealed envelope", MAX_HEADER_BYTES)
+    except ProtocolError as exc:
+        hint = "; plaintext captures are never accepted" if "bad magic" in str(exc) else ""
+        raise SealError(f"{exc}{hint}") from None
     try:
         body: dict[str, Any] = json.loads(raw)
         header = SealedHeader(
@@ -155,7 +148,7 @@ class Opener:
         if header.signer != key_id(kiosk_key):
             raise SealError(f"signed by key {header.signer}, kiosk {header.kiosk_id!r} is enrolled "
                             f"with {key_id(kiosk_key)}", *where)
-        ciphertext = payload[_PREFIX.size + len(header.raw):]
+        ciphertext = payload[HEADER_OFFSET + len(header.raw):]
         try:
             shared = self._private.exchange(X25519PublicKey.from_public_bytes(header.epk))
             key = _derive(shared, header.epk, self._public_raw)
