@@ -20,6 +20,12 @@ lint: deps-test
 schema: deps-demo
 	$(BIN)/kiosk-agent config-schema > config/agent.schema.json
 
+# Benchmarks against the raw libraries (docs/performance.md): quick sizes, or FULL=1 for the
+# full ones. Writes bench/last-run.json and the generated section of docs/performance.md.
+.PHONY: bench
+bench: deps-demo mosquitto
+	$(BIN)/python -m bench.run $(if $(filter 1,$(FULL)),--full)
+
 deps-demo: $(VENV)/.installed-demo
 deps-test: $(VENV)/.installed-test
 

@@ -42,7 +42,11 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(fields).encode(), self.address)
+                # Never block the main thread: a full socket (nobody reading) drops the line.
+                sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            log.debug("systemd notify socket full; dropped %s", fields[0])
+            return False
         except OSError as exc:
             log.warning("cannot notify systemd at %s: %s", self.address.replace("\0", "@"), exc)
             return False

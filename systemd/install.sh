@@ -77,7 +77,7 @@ do_install() {
     "$venv/bin/python" -m pip install --quiet --upgrade $PIP_ARGS "$src"
     say "installed kiosk-agent $("$venv/bin/python" -c 'import agent; print(agent.__version__)') into $venv"
     install -m 0644 "$src/systemd/kiosk-agent.service" "$src/systemd/kiosk-agent-receiver.service" "$units/"
-    install -m 0644 "$src/systemd/60-kiosk-agent.rules" "$rules/"
+    install -m 0644 "$src/systemd/60-kiosk-agent.rules" "$src/systemd/61-kiosk-serial.rules" "$rules/"
     install_config "$src/config/kiosk-default.toml" "$etc/agent.toml"
     install_config "$src/config/receiver.toml" "$etc/receiver.toml"
     "$venv/bin/kiosk-agent" check-config "$etc/agent.toml"
@@ -88,7 +88,7 @@ do_install() {
     fi
     if $systemd_running; then
         systemctl daemon-reload
-        udevadm control --reload-rules 2>/dev/null && udevadm trigger --subsystem-match=usb 2>/dev/null || true
+        udevadm control --reload-rules 2>/dev/null && udevadm trigger --subsystem-match=usb --subsystem-match=tty 2>/dev/null || true
         systemctl enable kiosk-agent.service
         say "enabled kiosk-agent.service; after editing $etc/agent.toml: sudo systemctl restart kiosk-agent"
     fi
@@ -99,7 +99,8 @@ do_uninstall() {
     if $systemd_running; then
         systemctl disable --now kiosk-agent.service kiosk-agent-receiver.service 2>/dev/null || true
     fi
-    rm -f "$units/kiosk-agent.service" "$units/kiosk-agent-receiver.service" "$rules/60-kiosk-agent.rules"
+    rm -f "$units/kiosk-agent.service" "$units/kiosk-agent-receiver.service" "$rules/60-kiosk-agent.rules" \
+        "$rules/61-kiosk-serial.rules"
     rm -rf "$venv"
     $systemd_running && systemctl daemon-reload
     say "removed the service, udev rules and $venv"

@@ -12,7 +12,8 @@ from agent.cli import build_parser, main
 from tests.conftest import to_toml
 
 COMMANDS = [["run"], ["demo"], ["receiver"], ["check-config"], ["config-schema"], ["queue"],
-            ["queue", "stats"], ["keys"], ["keys", "init"], ["keys", "show"], ["keys", "enrol"]]
+            ["queue", "stats"], ["keys"], ["keys", "init"], ["keys", "show"], ["keys", "enrol"],
+            ["devices"], ["devices", "scan"], ["capture"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)

@@ -138,6 +138,7 @@ def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     assert mode("var/lib/kiosk-agent") == 0o700
     assert mode("etc/systemd/system/kiosk-agent.service") == 0o644
     assert mode("etc/udev/rules.d/60-kiosk-agent.rules") == 0o644
+    assert mode("etc/udev/rules.d/61-kiosk-serial.rules") == 0o644
     assert "05ba" in (root / "etc/udev/rules.d/60-kiosk-agent.rules").read_text()
     cli = root / "opt/kiosk-agent/bin/kiosk-agent"
     check = subprocess.run([str(cli), "check-config", str(root / "etc/kiosk-agent/agent.toml")],

@@ -80,5 +80,6 @@ def test_drop_stall_and_slow_links(tmp_path: Path, broker: MosquittoBroker) -> N
         receiver.stop()
         proxy.close()
     assert len(stored_ids(out)) == total
-    print(f"network faults (reset, half-open stall until the keepalive noticed, 3 s at 20 KB/s): {total} captures, lost 0, "
+    print("network faults (reset, half-open stall until the keepalive noticed, 3 s at 20 KB/s): "
+          f"{total} captures, lost 0, "
           f"{link.connects} connections")

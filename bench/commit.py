@@ -1,0 +1,124 @@
+"""Durable commit: captures committed per second, the agent against raw sqlite3.
+
+Agent: the real capture path, one capture at a time and each waited for (as the continuous
+capture loop does): CaptureService hands the job to the device's thread, the fixed-image
+device returns a 100 KB image, then record (SHA-256, UUIDv7), capture envelope, sealing
+(Ed25519 signature, X25519 + HKDF + AES-256-GCM) and DurableQueue.put (quota and free-disk
+checks, one transaction with two rows and a trigger, WAL with synchronous=FULL).
+
+Raw: sqlite3 in WAL mode with synchronous=FULL, in the same folder, inserting the same
+number of sealed 100 KB captures (the same bytes the agent commits) as one row per
+transaction. It runs before and after the agent; the faster run is the baseline.
+
+The agent's queue is kept: it is the backlog the drain and start-up benchmarks use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    KIOSK_ID,
+    BenchError,
+    ImagePool,
+    Sizes,
+    Workspace,
+    capture_service,
+    ms,
+    open_queue,
+    percentile,
+    ratio,
+    seal_capture,
+)
+
+
+@dataclass
+class CommitRun:
+    count: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def per_s(self) -> float:
+        return self.count / self.seconds
+
+    def summary(self) -> dict[str, float]:
+        return {"per_s": round(self.per_s, 1), "p50_ms": ms(percentile(self.latencies, 50)),
+                "p99_ms": ms(percentile(self.latencies, 99)),
+                "max_ms": ms(max(self.latencies)), "mean_ms": ms(self.seconds / self.count)}
+
+
+def agent_commits(ws: Workspace, pool: ImagePool, db_path: Path, count: int) -> CommitRun:
+    config = ws.agent_config(port=1883, queue_path=db_path)  # no broker: nothing is sent
+    queue = open_queue(config)
+    try:
+        with capture_service(config, queue, ws.sealer(), pool) as service:
+            latencies = []
+            started = time.perf_counter()
+            for i in range(count):
+                t = time.perf_counter()
+                service.capture("bench", position=1 + i % 10).result(timeout=60)
+                latencies.append(time.perf_counter() - t)
+            seconds = time.perf_counter() - started
+        items, _ = queue.totals()
+    finally:
+        queue.close()
+    if items != count:
+        raise BenchError(f"the agent's queue holds {items} captures, expected {count}")
+    return CommitRun(count, seconds, latencies)
+
+
+def raw_commits(db_path: Path, payloads: list[bytes], count: int) -> CommitRun:
+    db = sqlite3.connect(db_path, isolation_level=None)  # autocommit: one transaction per INSERT
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise BenchError(f"{db_path}: SQLite refused WAL mode ({mode})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE blobs (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+        latencies = []
+        source = itertools.cycle(payloads)
+        started = time.perf_counter()
+        for _ in range(count):
+            payload = next(source)
+            t = time.perf_counter()
+            db.execute("INSERT INTO blobs (payload) VALUES (?)", (payload,))
+            latencies.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - started
+    finally:
+        db.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    return CommitRun(count, seconds, latencies)
+
+
+def run(ws: Workspace, sizes: Sizes) -> tuple[dict[str, Any], Path]:
+    """Returns the figures and the agent's queue (a backlog of ``sizes.backlog`` captures)."""
+    pool = ImagePool()
+    # The agent seals each image afresh; the raw side inserts the same kind of sealed bytes.
+    payloads = [seal_capture(ws.sealer(), KIOSK_ID, seq, image)[1]
+                for seq, image in enumerate(pool.images, 1)]
+    raw_dir = ws.fresh_dir("raw-sqlite")
+    raw_before = raw_commits(raw_dir / "raw.db", payloads, sizes.backlog)
+    backlog = ws.fresh_dir("backlog") / "queue.db"
+    agent = agent_commits(ws, pool, backlog, sizes.backlog)
+    raw_after = raw_commits(raw_dir / "raw.db", payloads, sizes.backlog)
+    raw = max(raw_before, raw_after, key=lambda r: r.per_s)
+    figures = {
+        "commit_ratio_vs_sqlite": ratio(agent.per_s, raw.per_s),
+        "commit_p50_ms": ms(percentile(agent.latencies, 50)),
+        "commit_p99_ms": ms(percentile(agent.latencies, 99)),
+        "commit": {
+            "count": sizes.backlog,
+            "payload_bytes": len(payloads[0]),
+            "agent": agent.summary(),
+            "raw_sqlite": raw.summary(),
+            "raw_runs_per_s": [round(raw_before.per_s, 1), round(raw_after.per_s, 1)],
+        },
+    }
+    return figures, backlog
