@@ -18,6 +18,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from drivers.byte_buffer import ByteBuffer
+
 COMMAND_START = b"\x55\xaa"
 DATA_START = b"\x5a\xa5"
 PACKET_SIZE = 12
@@ -124,28 +126,13 @@ class Corrupt:
     received: int
 
 
-class PacketDecoder:
+class PacketDecoder(ByteBuffer):
     """Finds response and data packets in a byte stream, skipping garbage.
 
     The caller says what it expects next (``next_response`` or ``next_data(n)``), because a
     data packet's length is known only from the command that asked for it, and a data packet
     must not be scanned over as noise while a response is looked for (or the reverse).
     """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.skipped = 0
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def reset(self) -> None:
-        self.skipped += len(self._buf)
-        self._buf.clear()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
 
     def next_response(self) -> Response | Corrupt | None:
         while True:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drivers.byte_buffer import ByteBuffer
+
 HEADER = b"\xef\x01"
 _PREFIX = 9  # header 2 + address 4 + packet id 1 + length 2
 DEFAULT_ADDRESS = 0xFFFFFFFF
@@ -122,7 +124,7 @@ def img2tz(address: int, buffer_id: int = 1) -> bytes:
     return command(address, Instruction.IMG2TZ, bytes([buffer_id]))
 
 
-class PacketDecoder:
+class PacketDecoder(ByteBuffer):
     """Turns a byte stream into packets, skipping garbage and corrupt packets.
 
     ``feed`` appends bytes; ``next`` returns the next Packet, a Corrupt notice, or None when
@@ -130,22 +132,6 @@ class PacketDecoder:
     real packet swallowed by a false header (a dropped byte, noise that looks like EF 01) is
     still found on the rescan.
     """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        #: Bytes thrown away as noise so far (for logs and tests).
-        self.skipped = 0
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def reset(self) -> None:
-        self.skipped += len(self._buf)
-        self._buf.clear()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
 
     def next(self) -> Packet | Corrupt | None:
         while True:
