@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("public_key", type=Path, metavar="PUBLIC_KEY_FILE", help="the kiosk's .pub file")
     k.set_defaults(func=cmd_keys_enrol)
 
+    from agent import quality_cli
+
+    quality_cli.add_parser(sub)
+
     p = sub.add_parser("queue", help="inspect the local capture queue")
     qsub = p.add_subparsers(dest="queue_command", metavar="SUBCOMMAND", required=True)
     q = qsub.add_parser("stats", help="pending captures and bytes, oldest age, counts by state")
