@@ -9,6 +9,7 @@ production the registration application requests them.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -47,6 +48,9 @@ class CaptureService:
         self._lock = threading.Lock()
         self.captured = 0
         self.refused = 0
+        #: Captures committed since local midnight (telemetry).
+        self.day = datetime.date.today()
+        self.captured_today = 0
 
     def capture(self, device: str, position: int = 0) -> Future[CaptureOutcome]:
         worker = self.workers[device]
@@ -89,6 +93,10 @@ class CaptureService:
             raise
         with self._lock:
             self.captured += 1
+            today = datetime.date.today()
+            if today != self.day:
+                self.day, self.captured_today = today, 0
+            self.captured_today += 1
         log.debug("capture %s committed (seq %d, %d bytes)", record.id, seq, record.image_size)
         return CaptureOutcome(record.id, seq, device, image.position, attempt, record.image_size)
 

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(k)
     k.add_argument("--central", action="store_true",
                    help="create the central service's key pair (receiver.central_private_key)")
+    k.add_argument("--operator", type=Path, metavar="PATH",
+                   help="create a support operator's Ed25519 key pair at PATH (list PATH.pub in "
+                        "the kiosks' remote.operators); needs no config file")
     k.add_argument("--json", action="store_true", help="print the public key as JSON")
     k.set_defaults(func=cmd_keys_init)
     k = ksub.add_parser("show", help="print the public key and its fingerprint for enrolment")
@@ -103,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("public_key", type=Path, metavar="PUBLIC_KEY_FILE", help="the kiosk's .pub file")
     k.set_defaults(func=cmd_keys_enrol)
 
-    from agent import quality_cli
+    from agent import quality_cli, remote_cli
 
     quality_cli.add_parser(sub)
+    remote_cli.add_parser(sub)
 
     p = sub.add_parser("queue", help="inspect the local capture queue")
     qsub = p.add_subparsers(dest="queue_command", metavar="SUBCOMMAND", required=True)
@@ -198,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     setup_logging(config.logging.level, config.logging.format)
-    Agent(config).run_until_signalled()
+    Agent(config, config_path(args.config)).run_until_signalled()
     return EXIT_OK
 
 
@@ -301,6 +305,8 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 
 def _key_paths(args: argparse.Namespace) -> tuple[Path, str]:
     """(private key path, what) from a kiosk config, or a receiver config with --central."""
+    if getattr(args, "operator", None):
+        return args.operator, "operator"
     if args.central:
         return load_receiver_config(config_path(args.config)).receiver.central_private_key, "central"
     return load_config(config_path(args.config)).security.kiosk_key, "kiosk"
@@ -425,8 +431,16 @@ def cmd_devices_scan(args: argparse.Namespace) -> int:
         config = load_config(path)
         extra += [d.port for d in config.devices.values() if isinstance(d, SerialDriverConfig)]
     results = scan(candidate_ports(extra), probe_timeout_s=args.probe_timeout)
+    from drivers.usb_scan import UsbUnavailable, scan_usb
+
+    try:  # USB scanners by vendor and product id: descriptors only, nothing claimed
+        usb_found, usb_error = scan_usb(), ""
+    except UsbUnavailable as exc:
+        usb_found, usb_error = [], str(exc)
     if getattr(args, "json", False):
-        print(json.dumps({"ports": [r.as_dict() for r in results]}, default=str))
+        print(json.dumps({"ports": [r.as_dict() for r in results],
+                          "usb": {"available": not usb_error, "error": usb_error,
+                                  "scanners": [u.as_dict() for u in usb_found]}}, default=str))
         return EXIT_OK
     if not results:
         print("no serial ports found")
@@ -436,6 +450,13 @@ def cmd_devices_scan(args: argparse.Namespace) -> int:
                   f"at {r.info.extra.get('baud', '?')} baud")
         else:
             print(f"{r.port}: nothing usable answers ({r.error})")
+    if usb_error:
+        print(f"USB: not scanned: {usb_error}")
+    elif not usb_found:
+        print("USB: no recognised scanners")
+    for u in usb_found:
+        print(f"USB {u.usb_port} ({u.usb_id}): {u.driver} {u.model} serial {u.serial or '?'}"
+              f"{' (' + u.error + ')' if u.error else ''}")
     return EXIT_OK
 
 
@@ -443,7 +464,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     import hashlib
     import time
 
-    from drivers import CaptureRequest, CaptureRetry, DriverError, driver_class
+    from drivers import CaptureRequest, CaptureRetry, DriverError
 
     config = _load(args)
     device = config.devices.get(args.device)
@@ -451,7 +472,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(f"error: no device {args.device!r} in the config; configured: "
               f"{', '.join(sorted(config.devices)) or 'none'}", file=sys.stderr)
         return EXIT_USAGE
-    driver = driver_class(device.driver)(args.device, device)
+    from agent.daemon import build_driver
+
+    driver = build_driver(args.device, device, config)
     attempts = config.capture.max_attempts
     started = time.monotonic()
     try:

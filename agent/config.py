@@ -192,6 +192,45 @@ class LoggingConfig(Section):
     format: Literal["auto", "journal", "text", "json"] = "auto"
 
 
+Role = Literal["viewer", "operator", "admin"]
+
+
+class OperatorConfig(Section):
+    """A person allowed to send signed commands to this kiosk (docs/remote-management.md)."""
+
+    #: The operator's Ed25519 public key (PEM), made by `kiosk-agent keys init --operator`.
+    public_key: Path
+    #: viewer reads status; operator also tests devices, captures, retries the queue, reads
+    #: diagnostics and sets the log level; admin also changes config, purges and restarts.
+    roles: list[Role] = Field(min_length=1)
+
+
+class RemoteConfig(Section):
+    """Remote management over MQTT: signed commands, audit log, config changes with rollback."""
+
+    #: false: the kiosk subscribes to no commands at all.
+    enabled: bool = True
+    #: Operators by name; a command names its operator and is verified with that key.
+    operators: dict[TopicSegment, OperatorConfig] = Field(default_factory=dict)
+    #: Clock difference tolerated between the operator's machine and the kiosk.
+    clock_skew_s: float = Field(300.0, ge=0)
+    #: Longest lifetime a command may ask for (expires_at - issued_at).
+    max_ttl_s: float = Field(3600.0, gt=0)
+    #: Audit log, remembered nonces, and the config overlay written by config.set.
+    #: Default: a "remote" folder beside the queue (/var/lib/kiosk-agent/remote).
+    state_dir: Path | None = None
+    #: After config.set, the new config must bring the MQTT connection up within this time,
+    #: or the previous config is restored by itself.
+    rollback_timeout_s: float = Field(30.0, gt=0)
+    #: Longest a command may run before its reply says "timeout" (captures wait for a person).
+    command_timeout_s: float = Field(60.0, gt=0)
+
+
+class TelemetryConfig(Section):
+    #: Seconds between telemetry messages on <prefix>/<kiosk_id>/telemetry; 0 turns them off.
+    interval_s: float = Field(60.0, ge=0)
+
+
 class ReceiverConfig(Section):
     """The reference receiver (central side); ignored by the kiosk daemon."""
 
@@ -207,6 +246,117 @@ class ReceiverConfig(Section):
     kiosk_keys_dir: Path = Path("/etc/kiosk-agent/kiosks")
 
 
+class FaceQualityConfig(Section):
+    """Thresholds of the face checks (agent/face_quality.py, docs/face-quality.md).
+
+    Defaults follow ICAO 9303 part 3 / ISO/IEC 19794-5 where they give a number; the
+    sharpness and background limits have none and were calibrated on the test images.
+    """
+
+    #: A YuNet ONNX model (cv2.FaceDetectorYN) to use instead of the Haar cascades.
+    yunet_model: Path | None = None
+    #: Faces smaller than this (box width, pixels) are not looked for; smaller is slower.
+    min_face_px: int = Field(80, ge=20)
+    #: Distance between the eye centres, pixels (ICAO: at least 90).
+    min_eye_distance_px: float = Field(90.0, gt=0)
+    #: Horizontal position of the eye midpoint, as a share of the image width.
+    centre_min: float = Field(0.45, ge=0, le=1)
+    centre_max: float = Field(0.55, ge=0, le=1)
+    #: Height of the eye line above the bottom edge, as a share of the image height.
+    eye_line_min: float = Field(0.50, ge=0, le=1)
+    eye_line_max: float = Field(0.70, ge=0, le=1)
+    #: Head roll from the eye line, degrees either way.
+    max_roll_deg: float = Field(8.0, ge=0, le=90)
+    #: Mean luminance (0..255) of the face region.
+    luminance_min: float = Field(70.0, ge=0, le=255)
+    luminance_max: float = Field(200.0, ge=0, le=255)
+    #: Face pixels at or below dark_level / at or above bright_level count as clipped.
+    dark_level: int = Field(25, ge=0, le=255)
+    bright_level: int = Field(247, ge=0, le=255)
+    #: Largest share of clipped dark / bright pixels in the face region.
+    max_dark_share: float = Field(0.05, ge=0, le=1)
+    max_bright_share: float = Field(0.05, ge=0, le=1)
+    #: Laplacian variance of the face region normalised by its grey variance (see the doc).
+    min_sharpness: float = Field(0.04, ge=0)
+    #: Mean gradient magnitude of the background around the head (grey levels per pixel).
+    max_background_gradient: float = Field(8.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FaceQualityConfig:
+        for low, high in (("centre_min", "centre_max"), ("eye_line_min", "eye_line_max"),
+                          ("luminance_min", "luminance_max"), ("dark_level", "bright_level")):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} must be less than {high}")
+        return self
+
+
+def _finger_assessor(value: str) -> str:
+    # Resolved at load time so a typo stops the kiosk at start-up, not at the first capture.
+    if value != "builtin":
+        from agent.finger_quality import resolve_factory
+
+        resolve_factory(value)
+    return value
+
+
+class FingerQualityConfig(Section):
+    """Fingerprint quality (agent/finger_quality.py, docs/finger-quality.md); not NFIQ 2.
+
+    NFIQ 2's gates keep its numbers (50,000 foreground pixels at 500 ppi); the other limits
+    were calibrated on synthetic prints.
+    """
+
+    #: "builtin", or "module:callable": a factory called with this table that returns an
+    #: object with assess(gray, ppi) -> QualityReport (for example a certified NFIQ 2 wrapper).
+    assessor: Annotated[str, AfterValidator(_finger_assessor)] = "builtin"
+    #: The overall score (0..100) a print needs to pass.
+    min_score: int = Field(40, ge=0, le=100)
+    #: Grey levels between the 5th and 95th percentile of the foreground (empty/low-contrast gate).
+    min_contrast: float = Field(40.0, ge=0, le=255)
+    #: Standard deviation of the whole image (uniform-image gate).
+    min_std: float = Field(2.0, ge=0)
+    #: Foreground pixels at 500 ppi (NFIQ 2's gate).
+    min_foreground_px: int = Field(50_000, ge=0)
+    #: A 32 x 32 block is foreground when its grey standard deviation (lightly blurred) is this high.
+    foreground_min_std: float = Field(10.0, gt=0)
+    #: Mean structure-tensor coherence of the foreground blocks, 0..1.
+    min_orientation_certainty: float = Field(0.35, ge=0, le=1)
+    #: Plausible ridge period at 500 ppi, pixels, and the share of blocks that must lie in it.
+    ridge_period_min_px: float = Field(5.0, gt=0)
+    ridge_period_max_px: float = Field(15.0, gt=0)
+    min_ridge_frequency_in_band: float = Field(0.7, ge=0, le=1)
+    #: Share of a block's spectral energy in its dominant ridge wave, 0..1.
+    min_clarity: float = Field(0.15, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> FingerQualityConfig:
+        if self.ridge_period_min_px >= self.ridge_period_max_px:
+            raise ValueError("ridge_period_min_px must be less than ridge_period_max_px")
+        return self
+
+
+class QualityConfig(Section):
+    """Image-quality thresholds, one table per modality ([quality.face], ...)."""
+
+    face: FaceQualityConfig = Field(default_factory=FaceQualityConfig)
+    finger: FingerQualityConfig = Field(default_factory=FingerQualityConfig)
+
+
+class FormatsConfig(Section):
+    """How registrations are encoded (agent/formats/, docs/formats.md)."""
+
+    #: Fingerprint images: "png" (lossless) or "wsq" (the FBI's wavelet codec), native resolution.
+    finger_format: Literal["png", "wsq"] = "png"
+    #: WSQ bits per pixel. The wsq package fixes its encoder at 0.75 (the FBI's rate for 500 ppi
+    #: prints), so no other value is accepted rather than one that would be silently ignored.
+    wsq_bitrate: Literal[0.75] = 0.75
+    #: ANSI/NIST-ITL Type-1 type of transaction (1.004), e.g. "CAR" (criminal answer required).
+    transaction_type: str = Field("CAR", pattern=r"^[A-Z0-9]{1,16}$")
+    #: Originating agency (1.008 ORI, also the source agency 14.004/10.004) and destination (1.007 DAI).
+    originating_agency: str = Field("KIOSK", pattern=r"^[A-Za-z0-9]{1,35}$")
+    destination_agency: str = Field("CENTRAL", pattern=r"^[A-Za-z0-9]{1,35}$")
+
+
 class AgentConfig(Section):
     kiosk: KioskConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -215,8 +365,18 @@ class AgentConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    remote: RemoteConfig = Field(default_factory=RemoteConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    formats: FormatsConfig = Field(default_factory=FormatsConfig)
     #: Filled from the [devices.NAME] tables by load_config, each with its driver's model.
     devices: dict[str, SerializeAsAny[DriverConfig]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _remote_state_beside_queue(self) -> AgentConfig:
+        if self.remote.state_dir is None:
+            self.remote.state_dir = self.queue.path.parent / "remote"
+        return self
 
     def client_id(self) -> str:
         return self.mqtt.client_id or f"kiosk-agent-{self.kiosk.id}"
@@ -234,6 +394,10 @@ class ReceiverServiceConfig(Section):
     capture: dict[str, Any] | None = None
     security: dict[str, Any] | None = None
     devices: dict[str, Any] | None = None
+    remote: dict[str, Any] | None = None
+    telemetry: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
+    formats: dict[str, Any] | None = None
 
     def client_id(self) -> str:
         return self.mqtt.client_id or f"kiosk-receiver-{self.receiver.name}"
@@ -284,6 +448,12 @@ def read_raw(path: str | os.PathLike[str], environ: dict[str, str] | None = None
         raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text: {exc}"]) from None
+    from agent.config_overlay import OverlayError, merge, overlay_path, read_overlay
+
+    try:
+        raw = merge(raw, read_overlay(overlay_path(raw)))
+    except OverlayError as exc:
+        raise ConfigError(source, [str(exc)]) from None
     apply_env_overrides(raw, os.environ if environ is None else environ)
     return raw
 

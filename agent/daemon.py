@@ -1,8 +1,13 @@
 """The agent daemon: wires the components together and owns their start and stop order.
 
-Start: queue -> devices -> MQTT link (publisher) -> continuous capture (if configured).
+Start: remote control (audit store, command workers) -> queue -> devices -> MQTT link
+(command replies, telemetry and events, captures) -> continuous capture (if configured).
 Stop is the reverse, so that no capture is taken that cannot be committed, and everything
 committed is either acknowledged or still safely in the queue for the next start.
+
+``reload`` stops and restarts everything but remote control with a new config: the
+``config.set`` and ``restart`` commands use it, and roll back when the new config cannot
+reach the broker.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -20,13 +26,20 @@ from agent.capture import CaptureService, ContinuousCapture
 from agent.config import AgentConfig, ConfigError
 from agent.devices import DeviceWorker
 from agent.durable_queue import DurableQueue
+from agent.events import EventBus
+from agent.handler_chain import HandlerChain
+from agent.hotplug import HotplugMonitor
 from agent.keys import KeyFileError, load_encryption_public, load_signing_key
+from agent.logs import recent_logs
 from agent.mqtt_link import MqttLink, Will
 from agent.protocol import Topics, status_payload
 from agent.publisher import Publisher
+from agent.remote import RemoteControl
+from agent.remote_store import RemoteStore
 from agent.sd_notify import Notifier
 from agent.sealing import Sealer
-from drivers import driver_class
+from agent.telemetry import TelemetryPublisher
+from drivers import Driver, Modality, driver_class
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +47,34 @@ log = logging.getLogger(__name__)
 DEVICE_OPEN_WAIT_S = 10.0
 
 
+def build_driver(name: str, dev_cfg: Any, config: AgentConfig) -> Driver:
+    """A driver for a [devices.NAME] table, given the agent-wide settings it needs.
+
+    Cameras judge faces while the person is in front of them, so they get [quality.face].
+    """
+    driver = driver_class(dev_cfg.driver)(name, dev_cfg)
+    if driver.modality is Modality.FACE and hasattr(driver, "quality_config"):
+        driver.quality_config = config.quality.face
+    return driver
+
+
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
         self.config = config
+        #: The file config.set and restart reload from; None: remote config changes refused.
+        self.config_path = config_path
+        self.events = EventBus()
+        self.remote_store: RemoteStore | None = None
+        self.remote: RemoteControl | None = None
+        self.telemetry: TelemetryPublisher | None = None
+        #: True while reload() swaps the components; commands answer "busy" meanwhile.
+        self.reloading = False
+        self._lifecycle = threading.Lock()
+        self._queue_open = False
         self.topics = Topics(config.mqtt.topic_prefix, config.kiosk.id)
         self.queue: DurableQueue | None = None
         self.workers: dict[str, DeviceWorker] = {}
+        self.hotplug: HotplugMonitor | None = None
         self.capture: CaptureService | None = None
         self.continuous: ContinuousCapture | None = None
         self.publisher: Publisher | None = None
@@ -51,36 +86,55 @@ class Agent:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        cfg = self.config
         self.started_at = time.time()
+        recent_logs()  # the diagnostics command's recent lines
+        remote = self.config.remote
+        if remote.enabled:
+            self.remote_store = RemoteStore(remote.state_dir / "remote.db")
+            self.remote = RemoteControl(self)
+            self.remote.start()
+        self._start_components()
+        items, size = self.queue.totals() if self.queue else (0, 0)
+        log.info("kiosk-agent %s started: kiosk %s, %d devices, %d captures (%d bytes) queued",
+                 __version__, self.config.kiosk.id, len(self.workers), items, size)
+        self.notifier.ready(self.status_line())
+
+    def _start_components(self) -> None:
+        cfg = self.config
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.kiosk.id)
+        self.workers = {}
         sealer = self._sealer()  # before anything starts: no keys, no captures
         self.queue = DurableQueue(cfg.queue.path, max_bytes=cfg.queue.max_bytes,
                                   min_free_bytes=cfg.queue.min_free_bytes,
                                   erase_interval_s=cfg.queue.erase_interval_s,
                                   reserve_bytes=cfg.queue.reserve_bytes)
+        self._queue_open = True
         for name, dev_cfg in cfg.devices.items():
             if not dev_cfg.enabled:
                 continue
-            driver = driver_class(dev_cfg.driver)(name, dev_cfg)
-            self.workers[name] = DeviceWorker(name, driver)
+            self.workers[name] = DeviceWorker(name, build_driver(name, dev_cfg, cfg))
         for worker in self.workers.values():
             worker.start()
+        # Scanners plugged in or out: workers reopen or go offline at once; support hears of it.
+        self.hotplug = HotplugMonitor(self.workers, on_event=lambda e: self.events.emit(
+            e["event"], **{k: v for k, v in e.items() if k != "event"}))
+        self.hotplug.start()
         self.capture = CaptureService(cfg, self.queue, self.workers, sealer)
         status = self.status_fields()
         self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status)
+        publisher = self.publisher
+        self.telemetry = TelemetryPublisher(self, self.events, cfg.telemetry.interval_s,
+                                            lambda: publisher.counters.acknowledged)
+        # Priority: command replies, then telemetry and events, then captures.
+        chain = HandlerChain(*([self.remote] if self.remote else []), self.telemetry, self.publisher)
         will = Will(self.topics.status, status_payload("offline", **status))
-        self.link = MqttLink(cfg.mqtt, self.publisher, client_id=cfg.client_id(), name="agent",
-                             will=will)
+        self.link = MqttLink(cfg.mqtt, chain, client_id=cfg.client_id(), name="agent", will=will)
         self.link.start()
         if cfg.capture.mode == "continuous":
             self.continuous = ContinuousCapture(self.capture)
             self.continuous.start()
         for worker in self.workers.values():
             worker.wait_first_open(DEVICE_OPEN_WAIT_S)
-        items, size = self.queue.totals()
-        log.info("kiosk-agent %s started: kiosk %s, %d devices, %d captures (%d bytes) queued",
-                 __version__, cfg.kiosk.id, len(self.workers), items, size)
-        self.notifier.ready(self.status_line())
 
     def _sealer(self) -> Sealer:
         sec = self.config.security
@@ -93,16 +147,56 @@ class Agent:
         """Stop taking captures, finish the one in hand, publish offline, close the queue."""
         log.info("stopping")
         self.notifier.stopping("stopping: finishing the capture in hand, publishing offline")
+        self._stop_components()
+        if self.remote is not None:
+            self.remote.stop()
+        if self.remote_store is not None:
+            self.remote_store.close()
+
+    def _stop_components(self) -> None:
         if self.continuous is not None:
             self.continuous.stop()
+            self.continuous = None
+        if self.hotplug is not None:
+            self.hotplug.stop()
+            self.hotplug = None
         for worker in self.workers.values():
             worker.stop()
         if self.link is not None:
             self.link.stop()
-        if self.queue is not None:
+        if self.queue is not None and self._queue_open:
             items, _ = self.queue.totals()
             self.queue.close()
+            self._queue_open = False
             log.info("stopped; %d captures remain queued for the next start", items)
+
+    def reload(self, config: AgentConfig, connect_within_s: float) -> bool:
+        """Restart every component with ``config``; True when MQTT connects within the time.
+
+        A config that fails to start (bad TLS files, keys) counts as not connecting. The
+        caller decides whether to roll back (commands.config_set) or keep trying (restart).
+        """
+        with self._lifecycle:
+            self.reloading = True
+            try:
+                log.warning("restarting the agent's components with %s config",
+                            "a new" if config is not self.config else "the same")
+                self._stop_components()
+                self.config = config
+                try:
+                    self._start_components()
+                except Exception as exc:
+                    log.error("the new config cannot start: %s", exc)
+                    self._stop_components()
+                    return False
+            finally:
+                self.reloading = False
+        deadline = time.monotonic() + connect_within_s
+        while time.monotonic() < deadline:
+            if self.link is not None and self.link.connected:
+                return True
+            time.sleep(0.05)
+        return False
 
     def run_until_signalled(self) -> None:
         """Run in the foreground until SIGTERM or SIGINT, then stop cleanly."""
@@ -132,6 +226,8 @@ class Agent:
         period = min(1.0, watchdog / 4) if watchdog else 1.0
         last_status = ""
         while not stop.wait(period):
+            if self.reloading:
+                continue
             if self.link is not None and not self.link.alive:
                 log.critical("the MQTT thread died; stopping so the service manager restarts the agent")
                 stop.set()

@@ -9,6 +9,7 @@ backoff, by the next job or by the idle retry, so the agent keeps running withou
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from agent.backoff import Backoff
-from drivers import DeviceInfo, Driver, PermanentDeviceError, TransientDeviceError
+from drivers import DeviceDisconnected, DeviceInfo, Driver, PermanentDeviceError, TransientDeviceError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class DeviceWorker:
         self.state: DeviceState = "starting"
         self.info: DeviceInfo | None = None
         self.error = ""
-        self._jobs: queue.Queue[tuple[Callable[[Driver], Any], Future[Any]] | None] = queue.Queue()
+        # A None future marks hot-plug news (device_present) rather than a job for the driver.
+        self._jobs: queue.Queue[tuple[Callable[[Driver], Any], Future[Any] | None] | None] = queue.Queue()
         self._backoff = Backoff(reopen_min_s, reopen_max_s)
         self._next_reopen = 0.0
         self._first_open_done = threading.Event()
@@ -69,6 +71,14 @@ class DeviceWorker:
         future: Future[T] = Future()
         self._jobs.put((job, future))
         return future
+
+    def device_present(self, present: bool, detail: str = "") -> None:
+        """Hot-plug news (agent/hotplug.py), acted on in the device thread, which owns the driver.
+
+        Gone: offline at once (not failed: it may come back). Back: reopened at once rather than
+        at the next backoff step, even from failed, since replugging is how people fix a scanner.
+        """
+        self._jobs.put((functools.partial(self._presence_changed, present, detail), None))
 
     def status(self) -> DeviceStatus:
         info = self.info
@@ -93,6 +103,9 @@ class DeviceWorker:
             if entry is None:
                 break
             job, future = entry
+            if future is None:
+                job(self.driver)
+                continue
             if not future.set_running_or_notify_cancel():
                 continue
             self._run_job(job, future)
@@ -104,6 +117,17 @@ class DeviceWorker:
         if self.state == "offline":
             return max(0.05, self._next_reopen - time.monotonic())
         return None
+
+    def _presence_changed(self, present: bool, detail: str, driver: Driver) -> None:
+        if not present:
+            self._went_offline(DeviceDisconnected(detail or "unplugged"))
+            return
+        if self.state == "online":
+            return
+        if self.state == "failed":
+            self.state = "offline"
+        self._backoff.reset()
+        self._ensure_open(force=True)
 
     def _run_job(self, job: Callable[[Driver], Any], future: Future[Any]) -> None:
         if not self._ensure_open(force=True):
@@ -174,5 +198,5 @@ class DeviceWorker:
                 entry = self._jobs.get_nowait()
             except queue.Empty:
                 return
-            if entry is not None and entry[1].set_running_or_notify_cancel():
+            if entry is not None and entry[1] is not None and entry[1].set_running_or_notify_cancel():
                 entry[1].set_exception(TransientDeviceError(f"device {self.name} is stopping"))

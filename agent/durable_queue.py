@@ -318,6 +318,25 @@ class DurableQueue:
         with self._lock, self._transaction("set a rejected capture aside") as db:
             db.execute("UPDATE items SET state = 'rejected', reason = ? WHERE id = ?", (reason, item_id))
 
+    def retry_rejected(self) -> int:
+        """Put every rejected item back in the send order (after a fix on the central side)."""
+        with self._lock, self._transaction("retry rejected captures") as db:
+            return db.execute("UPDATE items SET state = 'queued', reason = NULL "
+                              "WHERE state = 'rejected'").rowcount
+
+    def purge(self, states: tuple[str, ...]) -> tuple[int, int]:
+        """Delete every item in the given states; (items, bytes) deleted. For an audited admin
+        command only: a purged capture that was never delivered is gone for good."""
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            size = self._db.execute(
+                f"SELECT coalesce(sum(length(b.payload)), 0) FROM items i JOIN blobs b ON b.seq = i.seq "
+                f"WHERE i.state IN ({marks})", states).fetchone()[0]
+            with self._transaction("purge the queue") as db:
+                count = db.execute(f"DELETE FROM items WHERE state IN ({marks})", states).rowcount
+            self._erase_due = True
+        return count, size
+
     # --- reading ------------------------------------------------------------------------
 
     def next_batch(self, after_seq: int, limit: int) -> list[QueuedItem]:

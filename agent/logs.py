@@ -41,9 +41,42 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if not isinstance(old, RecentLogs):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     # amqtt and transitions are chatty at INFO; their warnings still show.
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class RecentLogs(logging.Handler):
+    """The last lines logged, for the `diagnostics` remote command.
+
+    Logs never carry biometric data or secrets (see docs/security.md), so recent lines are
+    safe to send to support.
+    """
+
+    def __init__(self, capacity: int = 500) -> None:
+        super().__init__(logging.INFO)
+        import collections
+
+        self.lines: collections.deque[str] = collections.deque(maxlen=capacity)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def recent_logs() -> RecentLogs:
+    """The root logger's RecentLogs handler, attached on first use."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, RecentLogs):
+            return handler
+    handler = RecentLogs()
+    root.addHandler(handler)
+    return handler

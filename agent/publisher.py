@@ -59,6 +59,7 @@ class Publisher:
         self._inflight: OrderedDict[str, _InFlight] = OrderedDict()
         self._mid_to_id: dict[int, str] = {}
         self._cursor = 0  # highest seq offered on this connection
+        self._rewind = False
         self._settled: list[str] = []
         self._refused: list[Receipt] = []
         self._offline_mid: int | None = None
@@ -116,6 +117,8 @@ class Publisher:
     # --- work ---------------------------------------------------------------------------
 
     def tick(self, link: MqttLink) -> bool:
+        if self._rewind:
+            self._rewind, self._cursor = False, 0
         busy = self._settle()
         busy |= self._fill_window(link)
         self._resend_overdue(link)
@@ -152,7 +155,8 @@ class Publisher:
         batch = self.queue.next_batch(self._cursor, room)
         if not batch:
             return False
-        sent = [item.seq for item in batch if self._send(link, item)]
+        # After a rewind the batch may hold captures already in flight: not twice.
+        sent = [item.seq for item in batch if item.id not in self._inflight and self._send(link, item)]
         self._cursor = batch[-1].seq
         self.counters.published += len(sent)
         try:
@@ -201,6 +205,12 @@ class Publisher:
         if self._send(link, item):
             self.queue.mark_sent([item.seq])
             self.counters.republished += 1
+
+    def rewind(self) -> None:
+        """Offer the queue again from its oldest item (items put back by queue.retry).
+
+        Any thread may call it; the link's thread applies it at its next turn."""
+        self._rewind = True
 
     @property
     def inflight(self) -> int:

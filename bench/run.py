@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import commit, drain, fleet, footprint, latency, profile, report, startup
+from bench import commit, drain, face_quality, fleet, footprint, latency, profile, report, startup
 from bench.common import FULL, QUICK, REPO, BenchBroker, BenchError, Workspace, machine_info, versions
 
 
@@ -74,6 +74,7 @@ def run_all(full: bool) -> dict[str, Any]:
         results.update(step("footprint", timings, lambda: footprint.run(ws)))
         results.update(step("startup", timings, lambda: startup.run(ws, sizes, backlog)))
         results.update(step("fleet", timings, lambda: fleet.run(ws, sizes)))
+        results.update(step("face_quality", timings, lambda: face_quality.run(sizes)))
     results["step_seconds"] = timings
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)

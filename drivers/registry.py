@@ -13,8 +13,10 @@ from drivers.base import Driver
 _DRIVERS: dict[str, str] = {
     "sim-finger": "drivers.sim_finger:SimFingerDriver",
     "sim-camera": "drivers.sim_camera:SimCameraDriver",
+    "opencv": "drivers.opencv_camera:OpenCvCameraDriver",
     "zfm": "drivers.zfm:ZfmDriver",
     "gt521f": "drivers.gt521f:Gt521fDriver",
+    "uru4000": "drivers.uru4000:Uru4000Driver",
 }
 
 

@@ -19,7 +19,12 @@ from drivers.errors import CaptureRetry
 from drivers.fingerprint_synth import synthesize, vary
 from drivers.sim_common import SimConfig, SimDevice, encode
 
-FingerFault = Literal["ok", "no-finger", "too-messy", "timeout", "disconnect"]
+#: "poor": an image comes back, but smudged and faint (quality checks should refuse it);
+#: "missing-finger": a slap with one finger fewer than asked for.
+FingerFault = Literal["ok", "no-finger", "too-messy", "poor", "missing-finger", "timeout", "disconnect"]
+#: ANSI/NIST slap positions and the fingers each holds (13 right four, 14 left four, 15 thumbs).
+SLAPS: dict[int, tuple[int, ...]] = {13: (2, 3, 4, 5), 14: (7, 8, 9, 10), 15: (1, 6)}
+SLAP_GAP_PX = 40
 
 
 class SimFingerConfig(SimConfig):
@@ -57,12 +62,29 @@ class SimFingerDriver(SimDevice):
         if fault == "too-messy":
             raise CaptureRetry("image too smudged",
                                "wipe the finger and the glass, then press gently without rolling")
-        image = vary(self.master(request.position), self._rng)
+        if request.position in SLAPS:
+            fingers = list(SLAPS[request.position])
+            if fault == "missing-finger":
+                fingers.pop(int(self._rng.integers(len(fingers))))
+            image = self._slap(fingers)
+        else:
+            image = vary(self.master(request.position), self._rng)
+        if fault == "poor":
+            image = _degrade(image, self._rng)
         return CapturedImage(
             modality=Modality.FINGER, position=request.position, image_format="png",
             image=encode(image, ".png"), width=image.shape[1], height=image.shape[0],
             ppi=self.config.ppi,
         )
+
+    def _slap(self, fingers: list[int]) -> np.ndarray:
+        """Fingers side by side on a wide platen, as a 4-4-2 slap scanner sees them."""
+        h, w = self.config.height, self.config.width
+        canvas = np.full((h, len(SLAPS[13]) * (w + SLAP_GAP_PX)), 225, np.uint8)
+        for i, position in enumerate(fingers):
+            x = i * (w + SLAP_GAP_PX)
+            canvas[:, x:x + w] = vary(self.master(position), self._rng)
+        return canvas
 
     def master(self, position: int) -> np.ndarray:
         """The master print of the finger at ``position`` (read-only: it is shared)."""
@@ -77,3 +99,12 @@ class SimFingerDriver(SimDevice):
         if len(self._masters) > self.config.pool_size:
             self._masters.popitem(last=False)
         return master
+
+
+def _degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A smudged, faint print: ridges blurred together, contrast mostly gone, sensor noise."""
+    import cv2
+
+    blurred = cv2.GaussianBlur(image, (0, 0), 3.0).astype(np.float32)
+    faint = 225 - (225 - blurred) * 0.5 + rng.normal(0, 6, image.shape)
+    return np.clip(faint, 0, 255).astype(np.uint8)

@@ -13,7 +13,7 @@ from tests.conftest import to_toml
 
 COMMANDS = [["run"], ["demo"], ["receiver"], ["check-config"], ["config-schema"], ["queue"],
             ["queue", "stats"], ["keys"], ["keys", "init"], ["keys", "show"], ["keys", "enrol"],
-            ["devices"], ["devices", "scan"], ["capture"]]
+            ["devices"], ["devices", "scan"], ["capture"], ["quality"], ["remote"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)

@@ -1,0 +1,230 @@
+"""One ANSI/NIST-ITL 1-2011 transaction per registration, written with the ``nistitl`` package.
+
+Records (field numbers and choices in docs/formats.md):
+
+- Type-1: version 0500, type of transaction, date, destination and originating agency, TCN =
+  the registration id, native/nominal resolution, and the user-defined domain "KIOSKAGENT".
+- Type-2: the registration's references, in user-defined fields 2.101..2.105 of that domain.
+- Type-14: one per captured finger (position, resolution, compression, quality, image), and
+  one without an image per finger that could not be captured, carrying the AMP exception.
+- Type-10: the face, a JPEG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from agent.config import FormatsConfig
+    from agent.formats.images import EncodedImage
+
+VERSION = "0500"
+DOMAIN = ("KIOSKAGENT", "1.0")
+#: ANSI/NIST-ITL compression codes (CGA) for the image formats the kiosk writes.
+CGA = {"raw": "NONE", "wsq": "WSQ20", "png": "PNG"}
+#: 14.022 NQM "not computed": the kiosk's score is not NFIQ, so it never claims an NFIQ value.
+NQM_NOT_COMPUTED = "254"
+#: 14.024 FQM quality algorithm vendor and product. 0x0000 is no registered vendor: the
+#: built-in assessor has no IBIA vendor id (docs/finger-quality.md).
+FQM_VENDOR = "0000"
+FQM_PRODUCT = "1"
+PPI_PER_PPMM = 25.4
+
+ExceptionCode = Literal["XX", "UP"]  # amputated, unable to print (e.g. bandaged)
+
+
+@dataclass(frozen=True)
+class FingerImage:
+    position: int  # 1 right thumb .. 10 left little
+    image: bytes
+    format: Literal["png", "wsq", "raw"]
+    width: int
+    height: int
+    ppi: int
+    quality: int | None = None  # 0..100 from the kiosk's assessor
+    impression: int = 0  # 0 live-scan plain, 1 live-scan rolled
+
+    @classmethod
+    def from_encoded(cls, position: int, encoded: EncodedImage, quality: int | None = None,
+                     impression: int = 0) -> FingerImage:
+        """From ``images.encode_finger``'s result, which already knows format, size and ppi."""
+        return cls(position, encoded.data, encoded.format, encoded.width, encoded.height, encoded.ppi,
+                   quality, impression)
+
+
+@dataclass(frozen=True)
+class FingerException:
+    position: int
+    code: ExceptionCode
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FaceImage:
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class RegistrationRecord:
+    id: str
+    applicant_ref: str
+    operator_id: str
+    kiosk_id: str
+    site: str
+    created_at: datetime  # timezone-aware
+    fingers: Sequence[FingerImage] = ()
+    exceptions: Sequence[FingerException] = ()
+    face: FaceImage | None = None
+
+
+@dataclass(frozen=True)
+class TransactionOptions:
+    """The [formats] settings the transaction needs (FormatsConfig carries them)."""
+
+    transaction_type: str = "CAR"
+    originating_agency: str = "KIOSK"
+    destination_agency: str = "CENTRAL"
+    extra_type2: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, formats: FormatsConfig) -> TransactionOptions:
+        return cls(formats.transaction_type, formats.originating_agency, formats.destination_agency)
+
+
+def _ppmm(ppi: int) -> str:
+    # NSR/NTR are pixels per millimetre as NN.NN; 500 ppi -> 19.69.
+    return f"{ppi / PPI_PER_PPMM:05.2f}"
+
+
+def _text(value: str) -> str:
+    # The separators FS, GS, RS, US (0x1c..0x1f) would split fields; latin-1 is the record charset.
+    cleaned = "".join(ch for ch in value if ch >= " ")
+    cleaned.encode("latin-1")  # UnicodeEncodeError for text the record cannot carry
+    return cleaned
+
+
+def _check(registration: RegistrationRecord) -> None:
+    if registration.created_at.tzinfo is None:
+        raise ValueError("created_at must be timezone-aware")
+    seen: set[int] = set()
+    for pos in [f.position for f in registration.fingers] + [e.position for e in registration.exceptions]:
+        if not 1 <= pos <= 10:
+            raise ValueError(f"finger position {pos} is not 1..10")
+        if pos in seen:
+            raise ValueError(f"finger position {pos} appears twice (a capture and an exception?)")
+        seen.add(pos)
+    for f in registration.fingers:
+        if f.format not in CGA:
+            raise ValueError(f"finger {f.position}: format {f.format!r} is not one of {sorted(CGA)}")
+        if f.quality is not None and not 0 <= f.quality <= 100:
+            raise ValueError(f"finger {f.position}: quality {f.quality} is not 0..100")
+
+
+def build_transaction(registration: RegistrationRecord, options: TransactionOptions | None = None) -> bytes:
+    """The registration as ANSI/NIST-ITL 1-2011 bytes (Type-1, Type-2, Type-14 ..., Type-10)."""
+    from nistitl import AsciiRecord, Field, Message
+
+    _check(registration)
+    opts = options or TransactionOptions()
+    created = registration.created_at.astimezone(UTC)
+    date = created.strftime("%Y%m%d")
+
+    msg = Message()
+    t1 = msg[0]
+    t1.VER = VERSION
+    t1.TOT = opts.transaction_type
+    t1.DAT = date
+    t1.DAI = opts.destination_agency
+    t1.ORI = opts.originating_agency
+    t1.TCN = _text(registration.id)
+    top_ppi = max((f.ppi for f in registration.fingers), default=0)
+    t1.NSR = _ppmm(top_ppi)
+    t1.NTR = _ppmm(top_ppi)
+    t1 += Field(1, 13, [list(DOMAIN)])  # DOM: the domain that defines our Type-2 fields
+    t1 += Field(1, 14, created.strftime("%Y%m%d%H%M%SZ"))  # GMT
+
+    t2 = AsciiRecord(2)
+    t2.IDC = 0
+    for tag, value in {101: registration.applicant_ref, 102: registration.operator_id,
+                       103: registration.kiosk_id, 104: registration.site,
+                       105: created.strftime("%Y-%m-%dT%H:%M:%SZ"), **opts.extra_type2}.items():
+        if value:
+            t2 += Field(2, tag, _text(value))
+    msg += t2
+
+    idc = 1
+    for finger in sorted(registration.fingers, key=lambda f: f.position):
+        msg += _type14(finger, idc, opts.originating_agency, date)
+        idc += 1
+    for exc in sorted(registration.exceptions, key=lambda e: e.position):
+        msg += _type14_exception(exc, idc, opts.originating_agency, date)
+        idc += 1
+    if registration.face is not None:
+        msg += _type10(registration.face, idc, opts.originating_agency, date)
+    return msg.NIST
+
+
+def _type14(finger: FingerImage, idc: int, agency: str, date: str) -> object:
+    from nistitl import AsciiRecord, BinaryField, Field
+
+    r = AsciiRecord(14)
+    r.IDC = idc
+    r += Field(14, 3, str(finger.impression))  # IMP
+    r += Field(14, 4, agency)  # SRC
+    r += Field(14, 5, date)  # FCD
+    r += Field(14, 6, str(finger.width))  # HLL
+    r += Field(14, 7, str(finger.height))  # VLL
+    r += Field(14, 8, "1")  # SLC: pixels per inch
+    r += Field(14, 9, str(finger.ppi))  # THPS
+    r += Field(14, 10, str(finger.ppi))  # TVPS
+    r += Field(14, 11, CGA[finger.format])  # CGA
+    r += Field(14, 12, "8")  # BPX
+    r += Field(14, 13, str(finger.position))  # FGP
+    r += Field(14, 16, str(finger.ppi))  # SHPS: scanned at the native resolution, never resampled
+    r += Field(14, 17, str(finger.ppi))  # SVPS
+    r += Field(14, 22, [[str(finger.position), NQM_NOT_COMPUTED]])  # NQM
+    if finger.quality is not None:
+        r += Field(14, 24, [[str(finger.position), str(finger.quality), FQM_VENDOR, FQM_PRODUCT]])  # FQM
+    r += BinaryField(14, 999, finger.image)
+    return r
+
+
+def _type14_exception(exc: FingerException, idc: int, agency: str, date: str) -> object:
+    from nistitl import AsciiRecord, Field
+
+    r = AsciiRecord(14)
+    r.IDC = idc
+    r += Field(14, 3, "0")
+    r += Field(14, 4, agency)
+    r += Field(14, 5, date)
+    r += Field(14, 13, str(exc.position))
+    r += Field(14, 18, [[str(exc.position), exc.code]])  # AMP: FRAP, ABC
+    if exc.reason:
+        r += Field(14, 20, _text(exc.reason))  # COM
+    return r
+
+
+def _type10(face: FaceImage, idc: int, agency: str, date: str) -> object:
+    from nistitl import AsciiRecord, BinaryField, Field
+
+    r = AsciiRecord(10)
+    r.IDC = idc
+    r += Field(10, 3, "FACE")  # IMT
+    r += Field(10, 4, agency)  # SRC
+    r += Field(10, 5, date)  # PHD
+    r += Field(10, 6, str(face.width))  # HLL
+    r += Field(10, 7, str(face.height))  # VLL
+    r += Field(10, 8, "0")  # SLC: no scale, square pixels
+    r += Field(10, 9, "1")  # THPS
+    r += Field(10, 10, "1")  # TVPS
+    r += Field(10, 11, "JPEGB")  # CGA: baseline JPEG
+    r += Field(10, 12, "YCC")  # CSP: a JPEG's colour space
+    r += Field(10, 13, "1")  # SAP 1: unknown profile; the kiosk certifies no face profile
+    r += Field(10, 20, "F")  # POS: full face frontal
+    r += BinaryField(10, 999, face.jpeg)
+    return r
