@@ -131,7 +131,8 @@ def _add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=cmd_devices)
     dsub = p.add_subparsers(dest="devices_command", metavar="SUBCOMMAND")
     s = dsub.add_parser("scan", help="probe serial ports (/dev/ttyUSB*, /dev/ttyACM*, /dev/ttyAMA*, "
-                                     "/dev/serial0, configured ports) for fingerprint modules")
+                                     "/dev/serial0, configured ports) for fingerprint modules "
+                                     "and list the USB scanners it recognises")
     # SUPPRESS: options given before `scan` (devices --json scan) must not be reset here.
     s.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                    help="also probe the ports of the serial devices configured here")
