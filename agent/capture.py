@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from itertools import cycle
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.devices import DeviceWorker
@@ -67,16 +68,18 @@ class CaptureService:
                 if attempt == attempts:
                     raise
                 continue
-            return self._commit(device, driver, image, attempt)
+            return self.commit(device, image, attempt)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _commit(self, device: str, driver: Driver, image: CapturedImage, attempt: int) -> CaptureOutcome:
+    def commit(self, device: str, image: CapturedImage, attempt: int, *,
+               operator_id: str | None = None, registration: dict[str, Any] | None = None) -> CaptureOutcome:
+        """Seal and durably queue one image from ``device``; any thread may call it."""
         kiosk = self.config.kiosk
         worker = self.workers[device]
         record = new_record(
-            image, kiosk_id=kiosk.id, site=kiosk.site, operator_id=kiosk.operator_id,
-            device_id=device, driver=driver.name,
-            device_serial=worker.info.serial if worker.info else "",
+            image, kiosk_id=kiosk.id, site=kiosk.site, operator_id=operator_id or kiosk.operator_id,
+            device_id=device, driver=worker.driver.name,
+            device_serial=worker.info.serial if worker.info else "", registration=registration,
         )
 
         def sealed(seq: int) -> bytes:

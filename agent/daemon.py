@@ -30,10 +30,12 @@ from agent.events import EventBus
 from agent.handler_chain import HandlerChain
 from agent.hotplug import HotplugMonitor
 from agent.keys import KeyFileError, load_encryption_public, load_signing_key
+from agent.local_api import LocalApi
 from agent.logs import recent_logs
 from agent.mqtt_link import MqttLink, Will
 from agent.protocol import Topics, status_payload
 from agent.publisher import Publisher
+from agent.registration import RegistrationService
 from agent.remote import RemoteControl
 from agent.remote_store import RemoteStore
 from agent.sd_notify import Notifier
@@ -67,6 +69,8 @@ class Agent:
         self.remote_store: RemoteStore | None = None
         self.remote: RemoteControl | None = None
         self.telemetry: TelemetryPublisher | None = None
+        self.registrations: RegistrationService | None = None
+        self.local_api: LocalApi | None = None
         #: True while reload() swaps the components; commands answer "busy" meanwhile.
         self.reloading = False
         self._lifecycle = threading.Lock()
@@ -94,6 +98,10 @@ class Agent:
             self.remote = RemoteControl(self)
             self.remote.start()
         self._start_components()
+        if self.config.local_api.enabled:
+            # Started once, not per reload: the registration app keeps its address.
+            self.local_api = LocalApi(self)
+            self.local_api.start()
         items, size = self.queue.totals() if self.queue else (0, 0)
         log.info("kiosk-agent %s started: kiosk %s, %d devices, %d captures (%d bytes) queued",
                  __version__, self.config.kiosk.id, len(self.workers), items, size)
@@ -120,6 +128,7 @@ class Agent:
             e["event"], **{k: v for k, v in e.items() if k != "event"}))
         self.hotplug.start()
         self.capture = CaptureService(cfg, self.queue, self.workers, sealer)
+        self.registrations = RegistrationService(cfg, self.capture, self.queue, sealer, self.workers)
         status = self.status_fields()
         self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status)
         publisher = self.publisher
@@ -147,6 +156,8 @@ class Agent:
         """Stop taking captures, finish the one in hand, publish offline, close the queue."""
         log.info("stopping")
         self.notifier.stopping("stopping: finishing the capture in hand, publishing offline")
+        if self.local_api is not None:
+            self.local_api.stop()
         self._stop_components()
         if self.remote is not None:
             self.remote.stop()
@@ -162,6 +173,8 @@ class Agent:
             self.hotplug = None
         for worker in self.workers.values():
             worker.stop()
+        if self.registrations is not None:
+            self.registrations.close()
         if self.link is not None:
             self.link.stop()
         if self.queue is not None and self._queue_open:

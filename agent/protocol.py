@@ -141,6 +141,7 @@ def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
             quality_detail=dict(header.get("quality_detail") or {}),
             image=image,
             seq=int(header["seq"]),
+            registration=_registration(header.get("registration")),
         )
     except KeyError as exc:
         raise ProtocolError(f"header lacks {exc.args[0]!r}") from None
@@ -149,8 +150,9 @@ def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
     if record.image_format not in IMAGE_FORMATS:
         raise ProtocolError(f"image_format {record.image_format!r} not one of "
                             f"{sorted(IMAGE_FORMATS)}", record.id)
-    if not 0 <= record.position <= 10:
-        raise ProtocolError(f"position {record.position} outside 0..10", record.id)
+    if not (0 <= record.position <= 10 or 13 <= record.position <= 15):
+        raise ProtocolError(f"position {record.position} is not a finger (0..10) or a slap (13..15)",
+                            record.id)
     if header.get("image_size") != len(image):
         raise ProtocolError(f"image is {len(image)} bytes, header says "
                             f"{header.get('image_size')}", record.id)
@@ -158,6 +160,14 @@ def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
         raise ProtocolError("image SHA-256 does not match the header "
                             "(corrupted in transit or storage)", record.id)
     return record
+
+
+def _registration(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+        raise ValueError("registration must be an object with an id")
+    return value
 
 
 def _str(header: dict[str, Any], key: str) -> str:

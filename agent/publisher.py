@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes a PUBLISH adds around topic and payload (fixed header, lengths, id, properties).
 PUBLISH_OVERHEAD = 16
-KIND_TOPIC = {"capture": "captures"}
+#: Registration manifests travel with the captures: one subscription, one ordered stream.
+KIND_TOPIC = {"capture": "captures", "registration": "captures"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from agent.keys import KeyFileError, load_decryption_key, load_kiosk_keys
 from agent.mqtt_link import BrokerLimits, MqttLink
 from agent.protocol import ProtocolError, Receipt, Topics, decode_capture
 from agent.receiver_store import CaptureStore
+from agent.registration_assembly import RegistrationAssembler, parse_manifest
 from agent.sealing import Opener, SealError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class Receiver:
         rc = config.receiver
         self.config = config
         self.store = CaptureStore(rc.output_dir)
+        from agent.formats.ansi_nist import TransactionOptions
+
+        self.registrations = RegistrationAssembler(self.store, TransactionOptions.from_config(config.formats))
         self.topics = Topics(config.mqtt.topic_prefix, rc.kiosk_filter)
         self.counters = ReceiverCounters()
         try:
@@ -112,6 +116,8 @@ class Receiver:
             log.error("rejected an envelope on kiosk %s's topic (id %s): %s", kiosk_id,
                       exc.item_id or "unreadable", exc)
             return None
+        if header.kind == "registration":
+            return self._handle_manifest(kiosk_id, header.id, inner)
         try:
             record = decode_capture(inner)
             if (record.id, record.kiosk_id, record.seq) != (header.id, header.kiosk_id, header.seq):
@@ -130,7 +136,29 @@ class Receiver:
             else:
                 self.counters.duplicates += 1
         log.debug("capture %s from %s: %s", record.id, kiosk_id, outcome)
+        self._assemble(lambda: self.registrations.on_capture(record), record.id)
         return Receipt(record.id, outcome, name)
+
+    def _handle_manifest(self, kiosk_id: str, item_id: str, inner: bytes) -> Receipt:
+        name = self.config.receiver.name
+        try:
+            manifest = parse_manifest(inner, item_id, kiosk_id)
+        except ProtocolError as exc:
+            with self._lock:
+                self.counters.rejected += 1
+            log.error("rejected registration manifest %s from kiosk %s: %s", item_id, kiosk_id, exc)
+            return Receipt(item_id, "rejected", name, str(exc))
+        outcome = self.registrations.store_manifest(kiosk_id, manifest)
+        self._assemble(lambda: self.registrations.try_complete(kiosk_id, item_id), item_id)
+        return Receipt(item_id, outcome, name)
+
+    def _assemble(self, step, item_id: str) -> None:  # type: ignore[no-untyped-def]
+        # Assembling a registration must never cost a capture its receipt.
+        try:
+            step()
+        except Exception:
+            log.exception("registration bookkeeping failed for %s; it is retried when the next part "
+                          "of that registration arrives", item_id)
 
     def _open(self, payload: bytes):  # type: ignore[no-untyped-def]
         try:

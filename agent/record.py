@@ -35,6 +35,9 @@ class CaptureRecord:
     image: bytes = field(default=b"", repr=False)  # never in repr: it would reach the logs
     #: Monotonic per kiosk; assigned by the durable queue when the capture is committed.
     seq: int = 0
+    #: Set when the capture belongs to a registration session: its id, the plan item, the
+    #: attempts it took and whether it was force-captured (agent/registration.py).
+    registration: dict[str, Any] | None = None
 
     @property
     def image_size(self) -> int:
@@ -62,6 +65,7 @@ class CaptureRecord:
             "image_sha256": self.image_sha256,
             "quality": self.quality,
             "quality_detail": self.quality_detail,
+            **({"registration": self.registration} if self.registration is not None else {}),
         }
 
 
@@ -78,6 +82,7 @@ def new_record(
     device_id: str,
     driver: str,
     device_serial: str,
+    registration: dict[str, Any] | None = None,
 ) -> CaptureRecord:
     return CaptureRecord(
         id=uuid7(),
@@ -98,4 +103,5 @@ def new_record(
         quality=image.quality,
         quality_detail=dict(image.quality_detail),
         image=image.image,
+        registration=registration,
     )

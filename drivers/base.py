@@ -115,6 +115,15 @@ class Driver(abc.ABC):
     def health(self) -> Health:
         """A cheap liveness check of an open device."""
 
+    def preview(self) -> Any:
+        """One live frame (a BGR numpy array) for the operator's preview; cameras only.
+
+        Not a capture: nothing is judged, kept or counted.
+        """
+        from drivers.errors import PermanentDeviceError
+
+        raise PermanentDeviceError(f"{self.name} devices have no live preview")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the device; safe to call twice or after a failed open."""

@@ -169,6 +169,11 @@ class OpenCvCameraDriver(Driver):
         raise DeviceDisconnected(f"{self.device_id}: no frame from {self.config.source} "
                                  f"after {self.config.max_read_failures} reads")
 
+    def preview(self) -> np.ndarray:
+        if self._path_gone():
+            raise DeviceDisconnected(f"{self.device_id}: {self.config.source} is gone")
+        return self._read()
+
     def health(self) -> Health:
         if self._cap is None and self._still is None:
             return Health(False, "not open")

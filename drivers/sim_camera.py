@@ -70,6 +70,14 @@ class SimCameraDriver(SimDevice):
         )
 
 
+    def preview(self) -> np.ndarray:
+        if not self._open:
+            from drivers.errors import DeviceDisconnected
+
+            raise DeviceDisconnected(f"{self.device_id}: camera not open")
+        return draw_face(self.config.width, self.config.height, self._rng)
+
+
 def draw_face(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """A BGR frame with one frontal face, placed and lit a little differently each call."""
     scale = width / 640

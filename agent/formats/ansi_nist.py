@@ -33,6 +33,9 @@ FQM_VENDOR = "0000"
 FQM_PRODUCT = "1"
 PPI_PER_PPMM = 25.4
 
+#: ANSI/NIST plain slap positions: right four fingers, left four fingers, both thumbs.
+SLAP_POSITIONS = frozenset({13, 14, 15})
+
 ExceptionCode = Literal["XX", "UP"]  # amputated, unable to print (e.g. bandaged)
 
 
@@ -111,10 +114,16 @@ def _text(value: str) -> str:
 def _check(registration: RegistrationRecord) -> None:
     if registration.created_at.tzinfo is None:
         raise ValueError("created_at must be timezone-aware")
+    slaps = [f.position for f in registration.fingers if f.position in SLAP_POSITIONS]
+    if len(slaps) != len(set(slaps)):
+        raise ValueError(f"a slap position appears twice: {sorted(slaps)}")
     seen: set[int] = set()
-    for pos in [f.position for f in registration.fingers] + [e.position for e in registration.exceptions]:
+    # Slaps (13 right four, 14 left four, 15 both thumbs) hold several fingers in one image;
+    # an exception for a finger inside a slap is how a slap with a missing finger is filed.
+    singles = [f.position for f in registration.fingers if f.position not in SLAP_POSITIONS]
+    for pos in singles + [e.position for e in registration.exceptions]:
         if not 1 <= pos <= 10:
-            raise ValueError(f"finger position {pos} is not 1..10")
+            raise ValueError(f"finger position {pos} is not 1..10 (or a slap, 13..15)")
         if pos in seen:
             raise ValueError(f"finger position {pos} appears twice (a capture and an exception?)")
         seen.add(pos)
