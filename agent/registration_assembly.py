@@ -113,8 +113,12 @@ class RegistrationAssembler:
                 "registration %s waits for %d of %d captures", registration_id, len(missing), len(parts)
             )
             return False
-        transaction = build_transaction(self._record(manifest, parts), self.options)  # type: ignore[arg-type]
+        record = self._record(manifest, parts)  # type: ignore[arg-type]
+        transaction = build_transaction(record, self.options)
         CaptureStore._write_durably(folder / f"{registration_id}.an2", transaction, replace=True)
+        fir = self._finger_record(record)
+        if fir is not None:
+            CaptureStore._write_durably(folder / f"{registration_id}.fir", fir, replace=True)
         summary = {
             "id": registration_id,
             "state": "complete",
@@ -139,6 +143,21 @@ class RegistrationAssembler:
                 len(transaction),
             )
         return True
+
+    @staticmethod
+    def _finger_record(record: RegistrationRecord) -> bytes | None:
+        """The fingers as one ISO/IEC 19794-4:2005 finger image record (.fir), when they share
+        a format and resolution (one record has one compression and one scale)."""
+        from agent.formats.iso19794_4 import FingerImageRecord, FingerView, acquisition_level, write_record
+
+        fingers = list(record.fingers)
+        if not fingers or len({(f.format, f.ppi) for f in fingers}) != 1:
+            return None
+        views = tuple(FingerView(f.position, f.image, f.width, f.height, f.quality, f.impression)
+                      for f in sorted(fingers, key=lambda f: f.position))
+        ppi = fingers[0].ppi
+        return write_record(FingerImageRecord(fingers[0].format, ppi, views,
+                                              acquisition_level=acquisition_level(ppi)))
 
     def _load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:
         meta_path = self.captures.root / kiosk_id / f"{capture_id}.json"

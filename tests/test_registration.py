@@ -142,6 +142,13 @@ def test_a_whole_registration_arrives_complete(kiosk: Kiosk) -> None:
     assert summary["exceptions"] == [{"position": 4, "code": "XX", "reason": "amputated (work accident)"}]
     assert summary["force_captured"] == ["finger-3"]
     check_transaction(folder / f"{sid}.an2", sid, folder.parent)
+    from agent.formats.iso19794_4 import read_record
+
+    fir = (folder / f"{sid}.fir").read_bytes()
+    assert fir[:8] == b"FIR\x00010\x00" and int.from_bytes(fir[8:14], "big") == len(fir)
+    record = read_record(fir)
+    assert [v.position for v in record.views] == [1, 2, 3, 5, 6, 7, 8, 9, 10]
+    assert record.compression == "png" and record.ppi == 500
 
 
 def check_transaction(path: Path, sid: str, captures_dir: Path) -> None:
@@ -311,3 +318,40 @@ def test_status_and_devices(kiosk: Kiosk) -> None:
     assert status["connection"]["connected"] is True and status["queue"]["pending"] >= 0
     single = kiosk.api.ok("POST", "/v1/devices/finger/capture", {"position": 7})
     assert single["position"] == 7 and single["capture_id"]
+
+
+def test_fingers_travel_as_wsq_when_configured(tmp_path: Path, broker: MosquittoBroker) -> None:
+    import io
+
+    import wsq  # noqa: F401  (registers the WSQ codec with Pillow)
+    from PIL import Image
+
+    k = Kiosk(tmp_path, broker, face=False)
+    k.agent.stop()
+    k.config = k.config.model_copy(
+        update={"formats": k.config.formats.model_copy(update={"finger_format": "wsq"})}
+    )
+    k.start_agent()
+    try:
+        sid = k.api.ok("POST", "/v1/sessions", {"applicant_ref": "A5", "operator_id": "op"})["id"]
+        for position in range(3, 11):
+            k.api.ok(
+                "POST",
+                f"/v1/sessions/{sid}/exceptions",
+                {"position": position, "code": "UP", "reason": "burns"},
+            )
+        ids = [k.api.ok("POST", f"/v1/sessions/{sid}/capture")["capture_id"] for _ in range(2)]
+        k.api.ok("POST", f"/v1/sessions/{sid}/complete")
+        folder = k.out / k.config.kiosk.id / "registrations"
+        wait_until(lambda: (folder / f"{sid}.complete.json").exists(), 30, what="registration complete")
+        for capture_id in ids:
+            data = (folder.parent / f"{capture_id}.wsq").read_bytes()
+            assert Image.open(io.BytesIO(data)).size == (320, 400)
+        import nistitl
+
+        msg = nistitl.Message()
+        msg.parse((folder / f"{sid}.an2").read_bytes())
+        images = [r for r in msg.iter(14) if r[999] is not None]
+        assert [r.CGA for r in images] == ["WSQ20", "WSQ20"]
+    finally:
+        k.stop()

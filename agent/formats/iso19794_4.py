@@ -89,8 +89,9 @@ def write_record(record: FingerImageRecord) -> bytes:
     scan = record.scan_ppi or record.ppi
     body = []
     for v in record.views:
-        if not 0 <= v.position <= 10:
-            raise ValueError(f"finger position {v.position} is not 0..10")
+        # 13..15: plain slaps (right four, left four, both thumbs), as in ANSI/NIST.
+        if not (0 <= v.position <= 10 or 13 <= v.position <= 15):
+            raise ValueError(f"finger position {v.position} is not 0..10 or a slap 13..15")
         quality = QUALITY_NOT_COMPUTED if v.quality is None else v.quality
         if not 0 <= quality <= 100 and quality != QUALITY_NOT_COMPUTED:
             raise ValueError(f"quality {quality} is not 0..100")
