@@ -117,6 +117,8 @@ class Agent:
                                   erase_interval_s=cfg.queue.erase_interval_s,
                                   reserve_bytes=cfg.queue.reserve_bytes)
         self._queue_open = True
+        if self.queue.quarantined:
+            self.events.emit("queue_quarantined", path=str(cfg.queue.path), **self.queue.quarantined)
         for name, dev_cfg in cfg.devices.items():
             if not dev_cfg.enabled:
                 continue
@@ -139,11 +141,21 @@ class Agent:
         will = Will(self.topics.status, status_payload("offline", **status))
         self.link = MqttLink(cfg.mqtt, chain, client_id=cfg.client_id(), name="agent", will=will)
         self.link.start()
+        self._warn_certificate(cfg)
         if cfg.capture.mode == "continuous":
             self.continuous = ContinuousCapture(self.capture)
             self.continuous.start()
         for worker in self.workers.values():
             worker.wait_first_open(DEVICE_OPEN_WAIT_S)
+
+    def _warn_certificate(self, cfg: AgentConfig) -> None:
+        expires = self.link.cert_expires_at if self.link else None
+        if expires is None:
+            return
+        days = (expires.timestamp() - time.time()) / 86400
+        if days < cfg.mqtt.tls.expiry_warning_days:
+            self.events.emit("certificate_expiring", cert_file=str(cfg.mqtt.tls.cert_file),
+                             expires_at=expires.isoformat(), days_left=round(days, 1))
 
     def _sealer(self) -> Sealer:
         sec = self.config.security

@@ -112,6 +112,8 @@ class DurableQueue:
         self.erase_interval_s = erase_interval_s
         self._erase_due = False
         self._last_erase = 0.0
+        #: Set when a damaged database was moved aside at open (telemetry reports it).
+        self.quarantined: dict[str, object] | None = None
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -163,6 +165,7 @@ class DurableQueue:
                 dst = Path(f"{self.path}.corrupt-{stamp}{suffix}")
                 os.replace(src, dst)
                 moved.append(str(dst))
+        self.quarantined = {"error": str(exc), "moved_to": moved}
         log.critical(
             "queue database %s is damaged (%s); moved it aside to %s and started a new, empty "
             "queue. Captures in the damaged file were NOT sent: keep the file and ask support "

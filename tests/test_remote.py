@@ -261,3 +261,16 @@ def test_operator_command_line(kiosk, capsys) -> None:  # type: ignore[no-untype
     assert [(k["kiosk_id"], k["state"]) for k in listed] == [(KIOSK, "online")]
     assert listed[0]["last_seen"] > time.time() - 60
     assert main(["remote", "kiosk-nobody", "ping", "--config", str(op_cfg), "--timeout", "1"]) == 1
+
+
+def test_a_quarantined_queue_is_reported_as_an_event(tmp_path: Path, broker: MosquittoBroker) -> None:
+    (tmp_path / "queue.db").write_bytes(b"this is not a database" * 100)
+    ops = OperatorClient(broker.port, KIOSK)
+    agent = start_kiosk(tmp_path, kiosk_raw(tmp_path, broker.port))
+    try:
+        event = ops.wait_message("events", lambda e: e.get("event") == "queue_quarantined")
+        assert event["moved_to"][0].startswith(str(tmp_path / "queue.db.corrupt-"))
+        assert event["error"] and event["path"] == str(tmp_path / "queue.db")
+    finally:
+        ops.close()
+        agent.stop()
