@@ -257,15 +257,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         else:
             _print_config_error(exc)
         return EXIT_USAGE
+    warnings: list[str] = []
     if isinstance(config, AgentConfig):
+        from agent.remote import load_operators
+
         summary = (f"kiosk {config.kiosk.id}, {len(config.devices)} devices: "
                    f"{', '.join(sorted(config.devices)) or 'none'}")
+        if config.remote.enabled:
+            warnings = load_operators(config.remote)[1]
     else:
         summary = f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}"
     if args.json:
-        print(json.dumps({"valid": True, "path": str(path), "summary": summary}))
+        print(json.dumps({"valid": True, "path": str(path), "summary": summary, "warnings": warnings}))
     else:
         print(f"{path}: valid ({summary})")
+        for warning in warnings:  # the agent runs without them; they are worth fixing
+            print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -36,7 +36,7 @@ from agent.command_auth import (
     verify_command,
 )
 from agent.commands import COMMANDS, parse_args
-from agent.config import ConfigError, RemoteConfig
+from agent.config import RemoteConfig
 from agent.keys import KeyFileError, load_public
 from agent.mqtt_link import BrokerLimits, MqttLink
 
@@ -55,7 +55,12 @@ class Reply:
     correlation: bytes | None
 
 
-def load_operators(config: RemoteConfig) -> dict[str, Operator]:
+def load_operators(config: RemoteConfig) -> tuple[dict[str, Operator], list[str]]:
+    """The operators whose keys load, and a problem line for each one that does not.
+
+    An unreadable operator key costs that operator remote access, never the kiosk its
+    captures: the agent starts without them and says why.
+    """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     operators = {}
@@ -64,12 +69,10 @@ def load_operators(config: RemoteConfig) -> dict[str, Operator]:
         try:
             key = load_public(op.public_key, f"remote.operators.{name}.public_key", Ed25519PublicKey)
         except KeyFileError as exc:
-            problems.append(str(exc))
+            problems.append(f"{exc}; operator {name} cannot send commands until it is fixed")
             continue
         operators[name] = Operator(name, key, frozenset(op.roles))  # type: ignore[arg-type]
-    if problems:
-        raise ConfigError("remote", problems)
-    return operators
+    return operators, problems
 
 
 class RemoteControl:
@@ -77,7 +80,10 @@ class RemoteControl:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.operators = load_operators(agent.config.remote)
+        self.operators, problems = load_operators(agent.config.remote)
+        for problem in problems:
+            log.error("%s", problem)
+            agent.events.emit("operator_key_unusable", problem=problem)
         self._outbox: collections.deque[Reply] = collections.deque()
         self._quick: queue.Queue[tuple[Command, Reply] | None] = queue.Queue(QUICK_QUEUE)
         self._slow: queue.Queue[tuple[Command, Reply] | None] = queue.Queue(1)

@@ -274,3 +274,19 @@ def test_a_quarantined_queue_is_reported_as_an_event(tmp_path: Path, broker: Mos
     finally:
         ops.close()
         agent.stop()
+
+
+def test_an_unusable_operator_key_costs_only_that_operator(tmp_path: Path, broker: MosquittoBroker) -> None:
+    raw = kiosk_raw(tmp_path, broker.port)
+    raw["remote"]["operators"]["ghost"] = {"public_key": str(tmp_path / "missing.pub"), "roles": ["admin"]}
+    ops = OperatorClient(broker.port, KIOSK)
+    agent = start_kiosk(tmp_path, raw)
+    try:
+        assert ops.call(tmp_path / "operators" / "ada.key", "ada", "ping")["ok"] is True
+        ghost = ops.call(tmp_path / "operators" / "ada.key", "ghost", "ping")
+        assert ghost["error"]["code"] == "unauthenticated"
+        event = ops.wait_message("events", lambda e: e.get("event") == "operator_key_unusable")
+        assert "missing.pub" in event["problem"]
+    finally:
+        ops.close()
+        agent.stop()
