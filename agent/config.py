@@ -231,6 +231,41 @@ class TelemetryConfig(Section):
     interval_s: float = Field(60.0, ge=0)
 
 
+def _windows(value: list[str]) -> list[str]:
+    from agent.uplink import parse_window
+
+    for text in value:
+        parse_window(text)  # ValueError names the bad range; pydantic adds its index
+    return value
+
+
+class UplinkConfig(Section):
+    """Cellular awareness for captures (agent/uplink.py, docs/protocol.md "Chunked transfer").
+
+    Commands, replies, status, telemetry and events are never held back by these limits.
+    """
+
+    #: Captures larger than this go in chunks (resumable after a cut); 0: only when the
+    #: broker's Maximum Packet Size requires it. 128 KiB is AWS IoT Core's message limit.
+    chunk_bytes: int = Field(128 * 1024, ge=0)
+    #: Chunk bytes handed to the broker and not yet acknowledged (PUBACK), at most.
+    inflight_bytes: int = Field(512 * 1024, ge=1024)
+    #: Bandwidth cap for captures in bytes per second (token bucket); 0: none.
+    max_bytes_per_s: int = Field(0, ge=0)
+    #: Bytes of captures sent per local day; when reached, captures wait for the next day
+    #: (event "quota_reached"). Kept across restarts in uplink-state.json beside the queue. 0: none.
+    daily_budget_bytes: int = Field(0, ge=0)
+    #: Local-time ranges "HH:MM-HH:MM" when captures may be sent; may wrap midnight
+    #: ("22:00-06:00"). Empty: always.
+    windows: Annotated[list[str], AfterValidator(_windows)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> UplinkConfig:
+        if 0 < self.chunk_bytes < 1024:
+            raise ValueError("chunk_bytes must be 0 (only when the broker requires it) or at least 1024")
+        return self
+
+
 class ReceiverConfig(Section):
     """The reference receiver (central side); ignored by the kiosk daemon."""
 
@@ -420,6 +455,7 @@ class AgentConfig(Section):
     formats: FormatsConfig = Field(default_factory=FormatsConfig)
     registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     #: Filled from the [devices.NAME] tables by load_config, each with its driver's model.
     devices: dict[str, SerializeAsAny[DriverConfig]] = Field(default_factory=dict)
 
@@ -452,6 +488,7 @@ class ReceiverServiceConfig(Section):
     quality: dict[str, Any] | None = None
     registration: dict[str, Any] | None = None
     local_api: dict[str, Any] | None = None
+    uplink: dict[str, Any] | None = None
     #: The receiver writes each complete registration's ANSI/NIST transaction with these.
     formats: FormatsConfig = Field(default_factory=FormatsConfig)
 

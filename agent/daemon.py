@@ -132,7 +132,8 @@ class Agent:
         self.capture = CaptureService(cfg, self.queue, self.workers, sealer)
         self.registrations = RegistrationService(cfg, self.capture, self.queue, sealer, self.workers)
         status = self.status_fields()
-        self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status)
+        self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status, uplink=cfg.uplink,
+                                   state_dir=cfg.queue.path.parent, on_event=self.events.emit)
         publisher = self.publisher
         self.telemetry = TelemetryPublisher(self, self.events, cfg.telemetry.interval_s,
                                             lambda: publisher.counters.acknowledged)

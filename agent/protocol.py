@@ -5,7 +5,8 @@ A capture travels as one binary envelope, so an image costs its own size on the 
 
     b"KAE" | version (1 byte) | header length (4 bytes, big-endian) | header (UTF-8 JSON) | image
 
-Receipts and status messages are small UTF-8 JSON documents.
+Receipts and status messages are small UTF-8 JSON documents. Envelopes too large for one
+message travel in chunks (agent/chunking.py).
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ class Topics:
     @property
     def events(self) -> str:
         return self._t("events")
+
+    @property
+    def chunks(self) -> str:
+        """Chunk manifests and chunks of captures too large for one message (agent/chunking.py)."""
+        return self._t("chunks")
+
+    @property
+    def chunk_status(self) -> str:
+        """The receiver's answer to a manifest: which chunks it holds, which were bad."""
+        return self._t("chunk-status")
 
     def kiosk_of(self, topic: str) -> str:
         """The kiosk id level of a topic under this prefix."""

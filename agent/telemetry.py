@@ -79,7 +79,11 @@ def snapshot(agent: Agent, publish_rate_per_s: float | None = None) -> dict[str,
     link = agent.link
     capture = agent.capture
     drain_s = None
-    if queue and queue["pending"] and publish_rate_per_s:
+    uplink = getattr(agent.publisher, "uplink", None)
+    if queue and uplink is not None:
+        # Captures wait for the cap, a window and the day's budget too (agent/uplink.py).
+        drain_s = uplink.drain_estimate_s(queue["pending_bytes"], queue["pending"], publish_rate_per_s)
+    elif queue and queue["pending"] and publish_rate_per_s:
         drain_s = round(queue["pending"] / publish_rate_per_s, 1)
     try:
         disk = shutil.disk_usage(cfg.queue.path.parent)
@@ -98,6 +102,7 @@ def snapshot(agent: Agent, publish_rate_per_s: float | None = None) -> dict[str,
         "system_uptime_s": system_uptime_s(),
         "queue": queue,
         "backlog_drain_estimate_s": drain_s,
+        "uplink": uplink.state() if uplink is not None else None,
         "captures_today": capture.captured_today if capture else 0,
         "captures_refused": capture.refused if capture else 0,
         "publish_rate_per_s": publish_rate_per_s,

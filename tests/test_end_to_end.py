@@ -106,22 +106,19 @@ def test_puback_mode_deletes_without_receipts(tmp_path: Path, broker: MosquittoB
         agent.stop()
 
 
-def test_capture_too_large_for_broker_fails_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_capture_too_large_for_broker_goes_in_chunks(tmp_path: Path) -> None:
+    # Issue 9: what used to be set aside as 'rejected' now travels in chunks (details and
+    # faults: tests/reliability/test_chunked_transfer.py).
     small = MosquittoBroker(max_packet_size=20_000)  # smaller than a fingerprint PNG
     small.start()
     try:
         config = agent_config(tmp_path, small.port, capture={"max_captures": 2})
-        agent = Agent(config)
-        agent.start()
-        try:
-            wait_until(lambda: agent.queue.stats().by_state["rejected"] == 2,  # type: ignore[union-attr]
-                       what="oversized captures set aside")
-        finally:
-            agent.stop()
+        with Running(config, tmp_path / "out") as run:
+            wait_until(lambda: run.drained(2), what="oversized captures delivered in chunks")
     finally:
         small.close()
-    assert queue_ids(tmp_path / "queue.db"), "oversized captures must stay in the queue"
-    assert any("maximum packet size" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    assert len(stored_ids(tmp_path / "out")) == 2 and run.receiver.counters.reassembled == 2
+    assert run.agent.publisher.counters.rejected == 0  # type: ignore[union-attr]
 
 
 def test_two_receivers_share_the_load(tmp_path: Path, broker: MosquittoBroker) -> None:
