@@ -46,39 +46,9 @@ class CaptureStore:
         if meta_path.exists():
             return "duplicate"
         image_path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_durably(image_path, record.image, replace=True)
+        write_durably(image_path, record.image, replace=True)
         meta = json.dumps(record.metadata(), indent=2, sort_keys=True).encode()
-        return "stored" if self._write_durably(meta_path, meta, replace=False) else "duplicate"
-
-    @staticmethod
-    def _write_durably(path: Path, data: bytes, *, replace: bool) -> bool:
-        """Write via a temporary file, fsync, then rename (replace) or link (first one wins)."""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if replace:
-                os.replace(tmp, path)
-                created = True
-            else:
-                try:
-                    os.link(tmp, path)
-                    created = True
-                except FileExistsError:
-                    created = False
-                os.unlink(tmp)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # the new directory entry must survive a power cut too
-            finally:
-                os.close(dir_fd)
-            return created
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        return "stored" if write_durably(meta_path, meta, replace=False) else "duplicate"
 
     def count(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.json"))
@@ -124,7 +94,7 @@ class ChunkAssembly:
         folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "manifest").exists():
-            CaptureStore._write_durably(folder / "manifest", raw, replace=True)
+            write_durably(folder / "manifest", raw, replace=True)
 
     def manifest(self, kiosk_id: str, item_id: str, sha256: str) -> Manifest | None:
         try:
@@ -146,7 +116,7 @@ class ChunkAssembly:
     def put(self, kiosk_id: str, manifest: Manifest, chunk: Chunk) -> None:
         """Store a chunk the caller has verified against the manifest (chunking.chunk_ok)."""
         folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
-        CaptureStore._write_durably(folder / f"{chunk.index}.part", chunk.data, replace=True)
+        write_durably(folder / f"{chunk.index}.part", chunk.data, replace=True)
 
     def assemble(self, kiosk_id: str, manifest: Manifest) -> tuple[bytes | None, set[int]]:
         """(the whole item, set()) when every chunk is here and verifies; (None, the bad
@@ -177,7 +147,7 @@ class ChunkAssembly:
 
     def finish(self, kiosk_id: str, manifest: Manifest, receipt: bytes) -> None:
         folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
-        CaptureStore._write_durably(folder.with_name(folder.name + ".done"), receipt, replace=True)
+        write_durably(folder.with_name(folder.name + ".done"), receipt, replace=True)
         shutil.rmtree(folder, ignore_errors=True)
 
     def discard(self, kiosk_id: str, manifest: Manifest) -> None:
@@ -201,3 +171,33 @@ class ChunkAssembly:
             except OSError:
                 continue
         return removed
+
+
+def write_durably(path: Path, data: bytes, *, replace: bool) -> bool:
+    """Write via a temporary file, fsync, then rename (replace) or link (first one wins)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+            created = True
+        else:
+            try:
+                os.link(tmp, path)
+                created = True
+            except FileExistsError:
+                created = False
+            os.unlink(tmp)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the new directory entry must survive a power cut too
+        finally:
+            os.close(dir_fd)
+        return created
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -260,8 +260,8 @@ class RegistrationService:
         if item.modality is Modality.FINGER and not expected:
             raise RegistrationError("invalid", f"every finger of {item.key} is recorded as an exception")
         with self._device(item.device):
-            best = self._attempts(session_id, item, len(expected))
-            return self._keep(state, item, best, len(expected))
+            best, attempts = self._attempts(session_id, item, len(expected))
+            return self._keep(state, item, best, attempts, len(expected))
 
     @contextlib.contextmanager
     def _device(self, device: str) -> Iterator[None]:
@@ -423,9 +423,8 @@ class RegistrationService:
     # --- keeping the best attempt ---------------------------------------------------------
 
     def _keep(
-        self, state: SessionState, item: PlanItem, best_and_count: tuple[_Attempt, int], expected_fingers: int
+        self, state: SessionState, item: PlanItem, best: _Attempt, attempts: int, expected_fingers: int
     ) -> dict[str, Any]:
-        best, attempts = best_and_count
         image = self._encode(best.image)
         force = not best.passed
         registration = {

@@ -30,7 +30,7 @@ from agent.formats.ansi_nist import (
     build_transaction,
 )
 from agent.protocol import ProtocolError
-from agent.receiver_store import EXTENSIONS, CaptureStore
+from agent.receiver_store import EXTENSIONS, CaptureStore, write_durably
 from agent.record import CaptureRecord
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RegistrationAssembler:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{manifest['id']}.manifest.json"
         data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        return "stored" if CaptureStore._write_durably(path, data, replace=False) else "duplicate"
+        return "stored" if write_durably(path, data, replace=False) else "duplicate"
 
     def on_capture(self, record: CaptureRecord) -> None:
         if record.registration and isinstance(record.registration.get("id"), str):
@@ -96,7 +96,7 @@ class RegistrationAssembler:
         manifest = json.loads(manifest_path.read_bytes())
         if manifest["state"] == "cancelled":
             summary = {"id": registration_id, "state": "cancelled", "reason": manifest.get("reason")}
-            CaptureStore._write_durably(
+            write_durably(
                 folder / f"{registration_id}.cancelled.json", json.dumps(summary).encode(), replace=False
             )
             log.info(
@@ -115,10 +115,10 @@ class RegistrationAssembler:
             return False
         record = self._record(manifest, parts)  # type: ignore[arg-type]
         transaction = build_transaction(record, self.options)
-        CaptureStore._write_durably(folder / f"{registration_id}.an2", transaction, replace=True)
+        write_durably(folder / f"{registration_id}.an2", transaction, replace=True)
         fir = self._finger_record(record)
         if fir is not None:
-            CaptureStore._write_durably(folder / f"{registration_id}.fir", fir, replace=True)
+            write_durably(folder / f"{registration_id}.fir", fir, replace=True)
         summary = {
             "id": registration_id,
             "state": "complete",
@@ -130,7 +130,7 @@ class RegistrationAssembler:
             "transaction_bytes": len(transaction),
             "force_captured": [c["item"] for c in manifest["captures"] if c.get("force_captured")],
         }
-        if CaptureStore._write_durably(
+        if write_durably(
             folder / f"{registration_id}.complete.json", json.dumps(summary, indent=2).encode(), replace=False
         ):
             self.completed += 1
