@@ -23,7 +23,7 @@ schema: deps-demo
 # Regenerate the local API's OpenAPI document (a test checks it matches the routes).
 .PHONY: openapi
 openapi: deps-demo
-	$(BIN)/python -c 'import json; from agent.local_api_spec import spec; print(json.dumps(spec(), indent=2))' > docs/openapi.json
+	$(BIN)/python -c 'import json; from agent.registration.openapi import spec; print(json.dumps(spec(), indent=2))' > docs/openapi.json
 
 # Benchmarks against the raw libraries (docs/performance.md): quick sizes, or FULL=1 for the
 # full ones. Writes bench/last-run.json and the generated section of docs/performance.md.

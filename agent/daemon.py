@@ -22,42 +22,31 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.capture import CaptureService, ContinuousCapture
+from agent.capture.build import build_driver
+from agent.capture.hotplug import HotplugMonitor
+from agent.capture.service import CaptureService, ContinuousCapture
+from agent.capture.workers import DeviceWorker
 from agent.config import AgentConfig, ConfigError
-from agent.devices import DeviceWorker
-from agent.durable_queue import DurableQueue
-from agent.events import EventBus
-from agent.handler_chain import HandlerChain
-from agent.hotplug import HotplugMonitor
-from agent.keys import KeyFileError, load_encryption_public, load_signing_key
-from agent.local_api import LocalApi
 from agent.logs import recent_logs
-from agent.mqtt_link import MqttLink, Will
-from agent.protocol import Topics, status_payload
-from agent.publisher import Publisher
-from agent.registration import RegistrationService
-from agent.remote import RemoteControl
-from agent.remote_store import RemoteStore
+from agent.registration.local_api import LocalApi
+from agent.registration.service import RegistrationService
+from agent.remote.audit import RemoteStore
+from agent.remote.control import RemoteControl
 from agent.sd_notify import Notifier
-from agent.sealing import Sealer
-from agent.telemetry import TelemetryPublisher
-from drivers import Driver, Modality, driver_class
+from agent.security.keys import KeyFileError, load_encryption_public, load_signing_key
+from agent.security.sealing import Sealer
+from agent.transport.durable_queue import DurableQueue
+from agent.transport.events import EventBus
+from agent.transport.handler_chain import HandlerChain
+from agent.transport.mqtt_link import MqttLink, Will
+from agent.transport.protocol import Topics, status_payload
+from agent.transport.publisher import Publisher
+from agent.transport.telemetry import TelemetryPublisher
 
 log = logging.getLogger(__name__)
 
 #: How long start-up waits for each device's first open before reporting ready anyway.
 DEVICE_OPEN_WAIT_S = 10.0
-
-
-def build_driver(name: str, dev_cfg: Any, config: AgentConfig) -> Driver:
-    """A driver for a [devices.NAME] table, given the agent-wide settings it needs.
-
-    Cameras judge faces while the person is in front of them, so they get [quality.face].
-    """
-    driver = driver_class(dev_cfg.driver)(name, dev_cfg)
-    if driver.modality is Modality.FACE and hasattr(driver, "quality_config"):
-        driver.quality_config = config.quality.face
-    return driver
 
 
 class Agent:
@@ -133,7 +122,7 @@ class Agent:
         self.registrations = RegistrationService(cfg, self.capture, self.queue, sealer, self.workers)
         status = self.status_fields()
         self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status, uplink=cfg.uplink,
-                                   state_dir=cfg.queue.path.parent, on_event=self.events.emit)
+                                   state_dir=cfg.state_dir, on_event=self.events.emit)
         publisher = self.publisher
         self.telemetry = TelemetryPublisher(self, self.events, cfg.telemetry.interval_s,
                                             lambda: publisher.counters.acknowledged)

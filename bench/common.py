@@ -20,16 +20,17 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.broker import MosquittoBroker
-from agent.capture import CaptureService
-from agent.config import AgentConfig, ReceiverServiceConfig, validate_config
-from agent.devices import DeviceWorker
-from agent.durable_queue import DurableQueue
-from agent.keys import load_encryption_public, load_signing_key, provision, public_pem
-from agent.protocol import encode_capture
-from agent.record import new_record
-from agent.sealing import Sealer
+from agent.capture.record import new_record
+from agent.capture.service import CaptureService
+from agent.capture.workers import DeviceWorker
+from agent.config import AgentConfig, validate_config
+from agent.security.keys import load_encryption_public, load_signing_key, provision, public_pem
+from agent.security.sealing import Sealer
+from agent.transport.durable_queue import DurableQueue
+from agent.transport.protocol import encode_capture
+from devtools.broker import MosquittoBroker
 from drivers import CapturedImage, CaptureRequest, DeviceInfo, Driver, DriverConfig, Health, Modality
+from receiver.config import ReceiverServiceConfig
 
 REPO = Path(__file__).resolve().parent.parent
 #: "100 KB" images: 100,000 random bytes (incompressible, like a compressed fingerprint image).
@@ -197,7 +198,7 @@ class BenchBroker(MosquittoBroker):
         super().__init__(port)
         conf = getattr(self, "_conf", None)
         if not isinstance(conf, Path) or not conf.exists():
-            raise BenchError("agent.broker.MosquittoBroker no longer keeps its config file in _conf; "
+            raise BenchError("devtools.broker.MosquittoBroker no longer keeps its config file in _conf; "
                              "update BenchBroker in bench/common.py")
         with conf.open("a") as fh:
             fh.write("".join(line + "\n" for line in self.config_lines))

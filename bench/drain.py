@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.broker import free_port
 from bench.common import (
     KIOSK_ID,
     SIM_DEVICES,
@@ -62,6 +61,7 @@ from bench.procs import (
     wait_queue_empty,
     wait_receivers,
 )
+from devtools.broker import free_port
 
 CAPTURES_TOPIC = f"{TOPIC_PREFIX}/{KIOSK_ID}/captures"
 

@@ -2,7 +2,7 @@
 
 The agent's side is what the camera driver does with every frame: decode (as a camera
 backend does), convert to grey, find the face and its eyes, and run every check
-(agent/face_quality.py). The raw side, in the same run and on the same frames, is OpenCV's
+(agent/quality/face.py). The raw side, in the same run and on the same frames, is OpenCV's
 JPEG decode, the grey conversion and the same Haar face cascade with the same parameters:
 the least any face check must do. Both run with OpenCV limited to one thread, rounds
 alternating, and the best round of each counts (the least disturbed by other processes).
@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.face_quality import FaceAssessor, HaarDetector, encode_jpeg, token_geometry, token_image
+from agent.quality.face import FaceAssessor, HaarDetector, encode_jpeg, token_geometry, token_image
 from drivers.sim_camera import draw_face
 
 WIDTH, HEIGHT = 640, 480

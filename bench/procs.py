@@ -246,7 +246,7 @@ class ReceiverProcess(Managed):
     def __init__(self, ws: Workspace, port: int, output_dir: Path, name: str) -> None:
         config = ws.write_toml(ws.root / f"receiver-{name}.toml",
                                ws.receiver_settings(port=port, output_dir=output_dir, name=name))
-        super().__init__(f"receiver {name}", python_cmd("-m", "agent", "receiver", "--config", str(config)),
+        super().__init__(f"receiver {name}", python_cmd("-m", "cli", "receiver", "--config", str(config)),
                          ws.root / f"receiver-{name}.log")
 
 

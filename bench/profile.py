@@ -19,7 +19,6 @@ from types import FrameType
 from typing import Any
 
 from agent.daemon import Agent
-from agent.receiver import Receiver
 from bench.common import (
     REPO,
     TOPIC_PREFIX,
@@ -33,6 +32,7 @@ from bench.common import (
     open_queue,
 )
 from bench.procs import RawPeer, wait_receivers
+from receiver.service import Receiver
 
 #: Functions listed per thread.
 TOP = 8

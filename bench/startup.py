@@ -13,9 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from agent.broker import free_port
 from bench.common import SIM_DEVICES, Sizes, Workspace, copy_queue, open_queue, ratio
 from bench.procs import AgentProcess
+from devtools.broker import free_port
 
 
 def time_to_ready(config: Path, work: Path, name: str) -> float:

@@ -1,7 +1,7 @@
 """The driver interface every device adapter implements.
 
 A driver is synchronous and blocking: the agent calls it from one named worker thread per
-device (see agent/devices.py), never from two threads at once, so drivers need no locks.
+device (see agent/capture/workers.py), never from two threads at once, so drivers need no locks.
 Hardware libraries are imported inside ``open()`` so the package imports on any machine.
 """
 

@@ -3,14 +3,14 @@
 ``source`` is a device index ("0"), a device path (/dev/video0, or the stable
 /dev/v4l/by-id/... link udev makes), an RTSP or HTTP(S) URL, or a video or image file (tests
 and demos; a video rewinds at its end). ``capture()`` reads frames for up to the capture
-timeout, runs the face checks (agent/face_quality.py) on each, and returns the best frame:
+timeout, runs the face checks (agent/quality/face.py) on each, and returns the best frame:
 the first that passes every check, or a better passing one among the next
 ``frames_after_pass`` frames; when none passes, the best failing one with its failed checks,
-so the capture session (agent/capture.py) can decide to retry. ``CaptureRetry`` is raised
+so the capture session (agent/capture/service.py) can decide to retry. ``CaptureRetry`` is raised
 only when no face at all was seen.
 
 A source that cannot be opened or read raises ``DeviceDisconnected``: the device worker
-(agent/devices.py) marks it offline, closes it and reopens it with backoff, and the agent
+(agent/capture/workers.py) marks it offline, closes it and reopens it with backoff, and the agent
 keeps running. The checks' thresholds are ``FaceQualityConfig`` (the ``[quality.face]``
 table); the agent hands them over by setting ``quality_config`` before ``open()``.
 """
@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from agent.config import FaceQualityConfig
-from agent.face_quality import Assessment, FaceAssessor, encode_jpeg, token_geometry, token_image
+from agent.quality.face import Assessment, FaceAssessor, encode_jpeg, token_geometry, token_image
 from drivers.base import CapturedImage, CaptureRequest, DeviceInfo, Driver, DriverConfig, Health, Modality
 from drivers.errors import CaptureRetry, DeviceDisconnected, PermanentDeviceError
 
@@ -70,7 +70,7 @@ class OpenCvCameraDriver(Driver):
         #: Face check thresholds; the agent sets its [quality.face] table here before open().
         self.quality_config = FaceQualityConfig()
         #: The ISO 19794-5 token image (JPEG) of the last capture, None when it had no face.
-        #: Also rebuilt from a capture by agent.face_quality.token_from_capture.
+        #: Also rebuilt from a capture by agent.quality.face.token_from_capture.
         self.last_token: bytes | None = None
         self._cap: Any = None  # cv2.VideoCapture, or None for an image file
         self._still: np.ndarray | None = None

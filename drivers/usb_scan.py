@@ -1,6 +1,6 @@
 """Which recognised USB scanners are plugged in, by vendor and product id.
 
-Used by ``kiosk-agent devices scan``, by the hot-plug monitor (agent/hotplug.py) and by the
+Used by ``kiosk-agent devices scan``, by the hot-plug monitor (agent/capture/hotplug.py) and by the
 USB drivers to pick one of several scanners. Only descriptors are read (and, once per plugged
 device, its serial number string), never a claimed interface: a scanner the agent is using is
 listed without being disturbed. pyusb is imported when a scan runs, so this module imports on

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from agent.broker import MosquittoBroker
-from agent.config import AgentConfig, ReceiverConfig, ReceiverServiceConfig, validate_config
-from agent.keys import KeySet, provision
+from agent.config import AgentConfig, validate_config
+from agent.security.keys import KeySet, provision
+from devtools.broker import MosquittoBroker
+from receiver.config import ReceiverConfig, ReceiverServiceConfig
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.command_auth import sign_command
-from agent.keys import create_signing_key, load_signing_key
+from agent.remote.auth import sign_command
+from agent.security.keys import create_signing_key, load_signing_key
 
 PREFIX = "kiosk"
 REPLY_TOPIC = f"{PREFIX}/operators/tests/replies"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.backoff import Backoff
-from agent.capture import CaptureService
-from agent.devices import DeviceWorker
-from agent.durable_queue import DurableQueue, QueueFull
-from agent.keys import load_decryption_key, load_encryption_public, load_kiosk_keys, load_signing_key
-from agent.protocol import decode_capture
-from agent.sealing import Opener, Sealer
+from agent.capture.service import CaptureService
+from agent.capture.workers import DeviceWorker
+from agent.security.keys import load_decryption_key, load_encryption_public, load_kiosk_keys, load_signing_key
+from agent.security.sealing import Opener, Sealer
+from agent.transport.backoff import Backoff
+from agent.transport.durable_queue import DurableQueue, QueueFull
+from agent.transport.protocol import decode_capture
 from drivers import CaptureRetry, TransientDeviceError, driver_class
 from tests.conftest import agent_config, keys_for, wait_until
 

@@ -1,4 +1,4 @@
-"""The chunk manifest, chunk and chunk-status codec (agent/chunking.py): exact bytes and refusals."""
+"""The chunk manifest, chunk and chunk-status codec (agent/transport/chunking.py): exact bytes, refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agent.chunking import (
+from agent.transport.chunking import (
     CHUNK_HEADER_RESERVE,
     Chunk,
     ChunkStatus,
@@ -20,7 +20,7 @@ from agent.chunking import (
     manifest_size,
     to_ranges,
 )
-from agent.protocol import ProtocolError
+from agent.transport.protocol import ProtocolError
 
 ID = "0190f0aa-0000-7000-8000-000000000001"
 PAYLOAD = b"abcdefghij"  # 10 bytes in chunks of 4: "abcd", "efgh", "ij"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from agent.cli import build_parser, main
+from cli.main import build_parser, main
 from tests.conftest import to_toml
 
 COMMANDS = [["run"], ["demo"], ["receiver"], ["check-config"], ["config-schema"], ["queue"],
@@ -30,7 +30,7 @@ def test_every_subcommand_is_covered() -> None:
 
 
 def test_console_script_version() -> None:
-    out = subprocess.run([sys.executable, "-m", "agent", "--version"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "--version"], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == f"kiosk-agent {__version__}"
 
@@ -44,7 +44,7 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_queue_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.durable_queue import DurableQueue
+    from agent.transport.durable_queue import DurableQueue
 
     queue_path = tmp_path / "q.db"
     config = tmp_path / "agent.toml"

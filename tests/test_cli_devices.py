@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.cli import main
+from cli.main import main
 from drivers import serial_scan
 from drivers.png_phys import read_phys
 from tests.conftest import to_toml

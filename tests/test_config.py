@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
 from agent.config import ConfigError, json_schema, load_config
+from cli.main import main
 
 VALID = """
 [kiosk]

@@ -13,11 +13,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import MosquittoBroker, free_port
-from agent.cli import main
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from agent.receiver import Receiver
+from cli.main import main
+from devtools.broker import MosquittoBroker, free_port
+from receiver.service import Receiver
 from tests.conftest import agent_config, receiver_config, wait_until
 from tests.helpers import queue_ids, queued_while_running, spawn_agent, stored_ids, write_config
 

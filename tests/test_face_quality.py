@@ -17,7 +17,7 @@ from skimage import data as skdata
 
 from agent import cli
 from agent.config import FaceQualityConfig
-from agent.face_quality import (
+from agent.quality.face import (
     Face,
     FaceAssessor,
     HaarDetector,
@@ -26,7 +26,7 @@ from agent.face_quality import (
     token_geometry,
     token_image,
 )
-from agent.quality import BadImage
+from agent.quality.report import BadImage
 from drivers.sim_camera import draw_face
 
 #: The issue asks for 2x, where Haar's eyes are 90.6 px apart: 0.6 px above ICAO's 90, a

@@ -1,4 +1,4 @@
-"""The built-in fingerprint quality score (agent/finger_quality.py) and `kiosk-agent quality`.
+"""The built-in fingerprint quality score (agent/quality/finger.py) and `kiosk-agent quality`.
 
 Prints come from drivers/fingerprint_synth.py and are degraded here in ways a kiosk sees:
 sensor noise, a wet smudge over the core, a finger placed with only its tip, an empty glass.
@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import finger_quality as fq
-from agent.cli import main
 from agent.config import ConfigError, FingerQualityConfig, validate_config
-from agent.quality import BadImage, Check, QualityReport
+from agent.quality import finger as fq
+from agent.quality.report import BadImage, Check, QualityReport
+from cli.main import main
 from drivers.fingerprint_synth import BACKGROUND, synthesize, vary
 from drivers.png_phys import encode_grey_png
 

@@ -1,4 +1,4 @@
-"""Hot-plug (agent/hotplug.py): emulated USB scanners plugged in and out of an emulated bus,
+"""Hot-plug (agent/capture/hotplug.py): emulated USB scanners plugged in and out of an emulated bus,
 serial ports appearing and vanishing as ptys, workers going offline and coming back, events,
 and the whole agent running through it."""
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import usb.core
 
-from agent import hotplug
-from agent.backoff import Backoff
+from agent.capture import hotplug
+from agent.capture.hotplug import HotplugMonitor
+from agent.capture.workers import DeviceWorker
 from agent.daemon import Agent
-from agent.devices import DeviceWorker
-from agent.hotplug import HotplugMonitor
+from agent.transport.backoff import Backoff
 from drivers import CaptureRequest, usb_scan
 from drivers.usb_scan import UsbEnumerator
 from drivers.zfm import ZfmConfig, ZfmDriver
@@ -228,7 +228,7 @@ def test_the_agent_keeps_running_through_unplug_and_replug(tmp_path: Path, broke
         second = agent.capture.capture("finger").result(10)
         assert first.id != second.id and agent.queue is not None and agent.queue.totals()[0] >= 1
         # Both changes reached the agent's event bus (which publishes them on .../events).
-        published = [r.getMessage() for r in caplog.records if r.name == "agent.events"]
+        published = [r.getMessage() for r in caplog.records if r.name == "agent.transport.events"]
         assert [m.split()[1] for m in published if " device_" in m] == ["device_removed", "device_added"]
     finally:
         agent.stop()

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.capture.workers import DeviceWorker
 from agent.config import FaceQualityConfig, validate_config
-from agent.devices import DeviceWorker
-from agent.face_quality import token_from_capture
+from agent.quality.face import token_from_capture
 from drivers import (
     CaptureRequest,
     CaptureRetry,

@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from agent.protocol import ProtocolError, Receipt, Topics, decode_capture, encode_capture
-from agent.record import CaptureRecord
+from agent.capture.record import CaptureRecord
+from agent.transport.protocol import ProtocolError, Receipt, Topics, decode_capture, encode_capture
 from drivers import Modality
 
 

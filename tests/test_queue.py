@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.durable_queue import DurableQueue, QueueFull
+from agent.transport.durable_queue import DurableQueue, QueueFull
 
 MB = 1024 * 1024
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.broker import MosquittoBroker
 from agent.daemon import Agent
-from agent.receiver import Receiver
+from devtools.broker import MosquittoBroker
+from receiver.service import Receiver
 from tests.conftest import agent_config, receiver_config, wait_until
 
 
@@ -299,8 +299,8 @@ def test_live_preview_streams_at_least_3_frames_a_second(kiosk: Kiosk) -> None:
 
 
 def test_openapi_document_matches_the_routes(kiosk: Kiosk) -> None:
-    from agent.local_api import ROUTES
-    from agent.local_api_spec import spec
+    from agent.registration.local_api import ROUTES
+    from agent.registration.openapi import spec
 
     served = kiosk.api.ok("GET", "/v1/openapi.json")
     assert served == json.loads(json.dumps(spec()))

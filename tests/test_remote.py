@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import tomli_w
 
-from agent.broker import MosquittoBroker, free_port
 from agent.config import load_config
-from agent.config_overlay import OVERLAY_NAME
 from agent.daemon import Agent
-from agent.keys import public_path
+from agent.remote.overlay import OVERLAY_NAME
+from agent.security.keys import public_path
+from devtools.broker import MosquittoBroker, free_port
 from tests.conftest import security_section, wait_until
 from tests.remote_client import OperatorClient, make_operator_key
 
@@ -242,7 +242,7 @@ def test_telemetry_reports_queue_devices_and_connection(kiosk) -> None:  # type:
 
 
 def test_operator_command_line(kiosk, capsys) -> None:  # type: ignore[no-untyped-def]
-    from agent.cli import main
+    from cli.main import main
 
     agent, ops, keys = kiosk
     op_cfg = keys.parent / "operator.toml"

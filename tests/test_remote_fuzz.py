@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.broker import MosquittoBroker
-from agent.commands import COMMANDS
+from agent.remote.commands import COMMANDS
+from devtools.broker import MosquittoBroker
 from tests.conftest import wait_until
 from tests.remote_client import REPLY_TOPIC, OperatorClient
 from tests.test_remote import KIOSK, kiosk_raw, start_kiosk

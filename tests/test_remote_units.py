@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.command_auth import CommandError, Operator, sign_command, verify_command
 from agent.config import load_config
-from agent.config_overlay import (
+from agent.remote.audit import RemoteStore
+from agent.remote.auth import CommandError, Operator, sign_command, verify_command
+from agent.remote.overlay import (
     OVERLAY_NAME,
     PREVIOUS_NAME,
     OverlayError,
@@ -19,9 +20,8 @@ from agent.config_overlay import (
     restore_previous,
     write_overlay,
 )
-from agent.events import EventBus
-from agent.remote_store import RemoteStore
-from agent.telemetry import cpu_temperature_c
+from agent.transport.events import EventBus
+from agent.transport.telemetry import cpu_temperature_c
 from tests.conftest import security_section, to_toml
 
 KEY = Ed25519PrivateKey.generate()

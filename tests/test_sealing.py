@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent import keys
-from agent.sealing import Opener, Sealer, SealError, read_header
+from agent.security import keys
+from agent.security.sealing import Opener, Sealer, SealError, read_header
 
 INNER = b"KAE\x01 inner envelope with an image \x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 

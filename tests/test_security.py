@@ -10,9 +10,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import MosquittoBroker
 from agent.daemon import Agent
-from agent.receiver import Receiver
+from devtools.broker import MosquittoBroker
+from receiver.service import Receiver
 from tests.certs import CA
 from tests.conftest import agent_config, receiver_config, wait_until
 
@@ -187,8 +187,8 @@ def test_receiver_rejects_forged_envelopes_without_receipts(tmp_path: Path, brok
     acknowledged; the genuine capture still goes through."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from agent.keys import load_encryption_public
-    from agent.sealing import Sealer
+    from agent.security.keys import load_encryption_public
+    from agent.security.sealing import Sealer
 
     config = agent_config(tmp_path, broker.port, capture={"max_captures": 1})
     agent = Agent(config)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import MosquittoBroker
 from agent.daemon import Agent
+from devtools.broker import MosquittoBroker
 from tests.conftest import agent_config, wait_until
 
 ROOT = Path(__file__).parent.parent

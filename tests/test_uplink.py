@@ -1,4 +1,4 @@
-"""The uplink gate (agent/uplink.py): windows, token bucket, daily budget, drain estimate.
+"""The uplink gate (agent/transport/uplink.py): windows, token bucket, daily budget, drain estimate.
 
 Clocks are injected, so days and windows pass in microseconds."""
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, ReceiverServiceConfig, UplinkConfig, validate_config
-from agent.uplink import Uplink, parse_window, seconds_until_open, window_open
+from agent.config import ConfigError, UplinkConfig, validate_config
+from agent.transport.uplink import Uplink, parse_window, seconds_until_open, window_open
+from receiver.config import ReceiverServiceConfig
 from tests.conftest import security_section
 
 
@@ -150,7 +151,7 @@ def test_budget_stops_and_resumes_next_day_and_survives_restart(tmp_path: Path,
     assert uplink.try_send(600)
     uplink.persist()
     # A restart the same day: the budget used so far is remembered.
-    caplog.set_level(logging.WARNING, "agent.uplink")
+    caplog.set_level(logging.WARNING, "agent.transport.uplink")
     uplink = make()
     assert uplink.used == 600
     assert not uplink.try_send(600) and uplink.held == "daily budget reached"

@@ -16,8 +16,8 @@ import pytest
 import usb.core
 from pydantic import ValidationError
 
-from agent.cli import main
-from agent.devices import DeviceWorker
+from agent.capture.workers import DeviceWorker
+from cli.main import main
 from drivers import (
     CaptureRequest,
     CaptureRetry,

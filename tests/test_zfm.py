@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from agent.capture.workers import DeviceWorker
 from agent.config import ConfigError, validate_config
-from agent.devices import DeviceWorker
 from drivers import (
     CaptureRequest,
     CaptureRetry,

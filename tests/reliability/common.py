@@ -32,6 +32,6 @@ def committed_ids(log_text: str) -> set[str]:
     """Ids the agent reported as committed (its DEBUG line after the queue's commit returned)."""
     ids = set()
     for line in log_text.splitlines():
-        if "agent.capture: capture " in line and " committed (seq " in line:
-            ids.add(line.split("agent.capture: capture ", 1)[1].split(" ", 1)[0])
+        if "agent.capture.service: capture " in line and " committed (seq " in line:
+            ids.add(line.split("agent.capture.service: capture ", 1)[1].split(" ", 1)[0])
     return ids

@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 
-from agent.broker import free_port
+from devtools.broker import free_port
 
 
 class FaultyProxy:

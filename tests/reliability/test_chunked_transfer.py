@@ -21,17 +21,17 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import MosquittoBroker
-from agent.chunking import CHUNK_MAGIC, Chunk
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from agent.keys import load_decryption_key, load_kiosk_keys
-from agent.mqtt_link import MqttLink
-from agent.protocol import decode_capture
-from agent.publisher import CHUNK_BYTES_PER_TURN, PUBLISH_OVERHEAD, Publisher
-from agent.receiver import Receiver
-from agent.sealing import Opener
-from agent.telemetry import snapshot
+from agent.security.keys import load_decryption_key, load_kiosk_keys
+from agent.security.sealing import Opener
+from agent.transport.chunking import CHUNK_MAGIC, Chunk
+from agent.transport.mqtt_link import MqttLink
+from agent.transport.protocol import decode_capture
+from agent.transport.publisher import CHUNK_BYTES_PER_TURN, PUBLISH_OVERHEAD, Publisher
+from agent.transport.telemetry import snapshot
+from devtools.broker import MosquittoBroker
+from receiver.service import Receiver
 from tests.conftest import agent_config, receiver_config, wait_until
 from tests.helpers import stored_ids
 from tests.reliability.proxy import FaultyProxy
@@ -282,7 +282,7 @@ def test_bandwidth_cap_holds_the_measured_rate(tmp_path: Path, broker: Mosquitto
 
 def test_daily_budget_holds_captures_until_the_next_day(tmp_path: Path, broker: MosquittoBroker,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "agent.events")
+    caplog.set_level(logging.INFO, "agent.transport.events")
     # ~86 KB per capture, one message each: the budget covers one capture a day.
     config = agent_config(tmp_path, broker.port, capture={"max_captures": 3},
                           uplink={"daily_budget_bytes": 150_000})

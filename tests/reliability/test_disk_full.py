@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import MosquittoBroker
 from agent.daemon import Agent
-from agent.durable_queue import DurableQueue, QueueFull
-from agent.receiver import Receiver
+from agent.transport.durable_queue import DurableQueue, QueueFull
+from devtools.broker import MosquittoBroker
+from receiver.service import Receiver
 from tests.conftest import agent_config, receiver_config, wait_until
 from tests.helpers import stored_ids
 from tests.reliability.common import integrity

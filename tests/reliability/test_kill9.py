@@ -6,9 +6,9 @@ import signal
 import time
 from pathlib import Path
 
-from agent.broker import MosquittoBroker
 from agent.config import load_config
-from agent.receiver import Receiver
+from devtools.broker import MosquittoBroker
+from receiver.service import Receiver
 from tests.conftest import receiver_config, wait_until
 from tests.helpers import queued_while_running, spawn_agent, stored_ids, write_config
 from tests.reliability.common import SOAK, committed_ids, integrity, rng

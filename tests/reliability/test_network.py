@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.broker import MosquittoBroker
 from agent.daemon import Agent
-from agent.receiver import Receiver
+from devtools.broker import MosquittoBroker
+from receiver.service import Receiver
 from tests.conftest import agent_config, receiver_config, wait_until
 from tests.helpers import stored_ids
 from tests.reliability.common import SOAK

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.durable_queue import DurableQueue
+from agent.transport.durable_queue import DurableQueue
 from tests.conftest import keys_for
 from tests.reliability.common import SOAK, integrity, rng
 

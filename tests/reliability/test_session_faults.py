@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent import hotplug
-from agent.broker import MosquittoBroker
+from agent.capture import hotplug
 from agent.daemon import Agent
-from agent.receiver import Receiver
+from devtools.broker import MosquittoBroker
 from drivers import usb_scan
+from receiver.service import Receiver
 from tests.conftest import agent_config, receiver_config, wait_until
 from tests.emulators.uru4000_backend import EmulatedBus, EmulatedScanner, default_image
 from tests.emulators.zfm import ZfmEmulator

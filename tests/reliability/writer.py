@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from agent.durable_queue import DurableQueue
-from agent.keys import load_encryption_public, load_signing_key, public_path
-from agent.sealing import Sealer
+from agent.security.keys import load_encryption_public, load_signing_key, public_path
+from agent.security.sealing import Sealer
+from agent.transport.durable_queue import DurableQueue
 
 
 def main(queue_path: str, keys_dir: str) -> None:

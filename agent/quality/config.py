@@ -1,0 +1,108 @@
+"""The [quality.face] and [quality.finger] config sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
+
+from agent.config_types import Section
+from agent.quality.plugins import resolve_factory
+
+
+class FaceQualityConfig(Section):
+    """Thresholds of the face checks (agent/quality/face.py, docs/face-quality.md).
+
+    Defaults follow ICAO 9303 part 3 / ISO/IEC 19794-5 where they give a number; the
+    sharpness and background limits have none and were calibrated on the test images.
+    """
+
+    #: A YuNet ONNX model (cv2.FaceDetectorYN) to use instead of the Haar cascades.
+    yunet_model: Path | None = None
+    #: Faces smaller than this (box width, pixels) are not looked for; smaller is slower.
+    min_face_px: int = Field(80, ge=20)
+    #: Distance between the eye centres, pixels (ICAO: at least 90).
+    min_eye_distance_px: float = Field(90.0, gt=0)
+    #: Horizontal position of the eye midpoint, as a share of the image width.
+    centre_min: float = Field(0.45, ge=0, le=1)
+    centre_max: float = Field(0.55, ge=0, le=1)
+    #: Height of the eye line above the bottom edge, as a share of the image height.
+    eye_line_min: float = Field(0.50, ge=0, le=1)
+    eye_line_max: float = Field(0.70, ge=0, le=1)
+    #: Head roll from the eye line, degrees either way.
+    max_roll_deg: float = Field(8.0, ge=0, le=90)
+    #: Mean luminance (0..255) of the face region.
+    luminance_min: float = Field(70.0, ge=0, le=255)
+    luminance_max: float = Field(200.0, ge=0, le=255)
+    #: Face pixels at or below dark_level / at or above bright_level count as clipped.
+    dark_level: int = Field(25, ge=0, le=255)
+    bright_level: int = Field(247, ge=0, le=255)
+    #: Largest share of clipped dark / bright pixels in the face region.
+    max_dark_share: float = Field(0.05, ge=0, le=1)
+    max_bright_share: float = Field(0.05, ge=0, le=1)
+    #: Laplacian variance of the face region normalised by its grey variance (see the doc).
+    min_sharpness: float = Field(0.04, ge=0)
+    #: Mean gradient magnitude of the background around the head (grey levels per pixel).
+    max_background_gradient: float = Field(8.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FaceQualityConfig:
+        for low, high in (("centre_min", "centre_max"), ("eye_line_min", "eye_line_max"),
+                          ("luminance_min", "luminance_max"), ("dark_level", "bright_level")):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} must be less than {high}")
+        return self
+
+
+
+def _finger_assessor(value: str) -> str:
+    # Resolved at load time so a typo stops the kiosk at start-up, not at the first capture.
+    if value != "builtin":
+        resolve_factory(value)
+    return value
+
+
+
+class FingerQualityConfig(Section):
+    """Fingerprint quality (agent/quality/finger.py, docs/finger-quality.md); not NFIQ 2.
+
+    NFIQ 2's gates keep its numbers (50,000 foreground pixels at 500 ppi); the other limits
+    were calibrated on synthetic prints.
+    """
+
+    #: "builtin", or "module:callable": a factory called with this table that returns an
+    #: object with assess(gray, ppi) -> QualityReport (for example a certified NFIQ 2 wrapper).
+    assessor: Annotated[str, AfterValidator(_finger_assessor)] = "builtin"
+    #: The overall score (0..100) a print needs to pass.
+    min_score: int = Field(40, ge=0, le=100)
+    #: Grey levels between the 5th and 95th percentile of the foreground (empty/low-contrast gate).
+    min_contrast: float = Field(40.0, ge=0, le=255)
+    #: Standard deviation of the whole image (uniform-image gate).
+    min_std: float = Field(2.0, ge=0)
+    #: Foreground pixels at 500 ppi (NFIQ 2's gate).
+    min_foreground_px: int = Field(50_000, ge=0)
+    #: A 32 x 32 block is foreground when its grey standard deviation (lightly blurred) is this high.
+    foreground_min_std: float = Field(10.0, gt=0)
+    #: Mean structure-tensor coherence of the foreground blocks, 0..1.
+    min_orientation_certainty: float = Field(0.35, ge=0, le=1)
+    #: Plausible ridge period at 500 ppi, pixels, and the share of blocks that must lie in it.
+    ridge_period_min_px: float = Field(5.0, gt=0)
+    ridge_period_max_px: float = Field(15.0, gt=0)
+    min_ridge_frequency_in_band: float = Field(0.7, ge=0, le=1)
+    #: Share of a block's spectral energy in its dominant ridge wave, 0..1.
+    min_clarity: float = Field(0.15, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> FingerQualityConfig:
+        if self.ridge_period_min_px >= self.ridge_period_max_px:
+            raise ValueError("ridge_period_min_px must be less than ridge_period_max_px")
+        return self
+
+
+
+class QualityConfig(Section):
+    """Image-quality thresholds, one table per modality ([quality.face], ...)."""
+
+    face: FaceQualityConfig = Field(default_factory=FaceQualityConfig)
+    finger: FingerQualityConfig = Field(default_factory=FingerQualityConfig)

@@ -1,0 +1,283 @@
+"""Fingerprint image quality on the kiosk: a 0..100 score built from NFIQ 2's ideas. Not NFIQ 2.
+
+No certified NFIQ 2 build loads on the kiosks' Debian 12 (see docs/finger-quality.md), so the
+built-in assessor measures what NFIQ 2 measures, in simpler ways, on 32 x 32 pixel blocks at
+500 ppi (NFIQ 2's block size):
+
+- foreground: blocks whose grey level varies like ridges do, after a light blur so sensor
+  noise alone does not count as finger;
+- contrast: the grey-level spread of the foreground;
+- orientation certainty (like NFIQ 2's OCL): the coherence of the structure tensor;
+- ridge frequency (like FDA): the share of blocks whose dominant period lies in the band
+  real adult ridges have;
+- ridge-valley clarity (like LCS/RVU): how much of a block's spectral energy sits in its one
+  dominant ridge wave rather than spread out as noise or smudge.
+
+NFIQ 2's actionable gates come first: an empty or too-low-contrast image, a uniform image,
+too little foreground. A certified assessor replaces this one through ``quality.finger.assessor``
+(``FingerAssessor`` below); the report's ``assessor`` string always says which one measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from agent.quality.config import FingerQualityConfig
+from agent.quality.plugins import resolve_factory
+from agent.quality.report import BadImage, Check, QualityReport, load_image
+
+ASSESSOR = "kiosk-agent finger quality 1 (not NFIQ 2)"
+#: NFIQ 2 works at 500 ppi; images at other resolutions are resampled to it first.
+WORK_PPI = 500
+BLOCK = 32
+#: ppi assumed when a PNG has no pHYs chunk: what nearly every single-finger scanner produces.
+DEFAULT_PPI = 500
+#: Foreground at which area stops lowering the score: twice NFIQ 2's 50,000 px gate, about
+#: the contact area of an adult fingertip pressed flat (~250 mm^2).
+FULL_AREA_PX = 100_000
+
+HINT_PRESS = "press the finger flat and firmly"
+HINT_CLEAN = "clean the glass"
+HINT_MOISTURE = "dry or moisten the finger"
+HINT_PLACE = "place the whole finger on the glass"
+
+
+@runtime_checkable
+class FingerAssessor(Protocol):
+    """Anything that scores a greyscale fingerprint; a certified NFIQ 2 wrapper fits here."""
+
+    def assess(self, gray: np.ndarray, ppi: int) -> QualityReport: ...
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What the built-in assessor measured, before any threshold is applied."""
+
+    mean: float
+    std: float
+    foreground_px: int  # at 500 ppi
+    foreground_fraction: float
+    contrast: float  # grey levels, 5th..95th percentile spread inside the foreground
+    orientation_certainty: float  # 0..1
+    ridge_frequency_in_band: float  # 0..1 share of foreground blocks
+    ridge_period_px: float  # median, at 500 ppi
+    clarity: float  # 0..1
+
+
+def _to_work_resolution(gray: np.ndarray, ppi: int) -> np.ndarray:
+    # Ridge periods and the foreground gate are defined at 500 ppi; a 5 % tolerance avoids
+    # resampling scanners that report 508 or 496 ppi.
+    if ppi <= 0 or abs(ppi - WORK_PPI) <= 0.05 * WORK_PPI:
+        return gray
+    scale = WORK_PPI / ppi
+    size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+
+
+def _blocks(a: np.ndarray) -> np.ndarray:
+    """``a`` cut into whole BLOCK x BLOCK tiles: shape (rows, cols, BLOCK, BLOCK)."""
+    rows, cols = a.shape[0] // BLOCK, a.shape[1] // BLOCK
+    return a[:rows * BLOCK, :cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK).swapaxes(1, 2)
+
+
+def _interior(mask: np.ndarray) -> np.ndarray:
+    """The blocks of ``mask`` whose four neighbours are in it too."""
+    padded = np.pad(mask, 1, constant_values=False)
+    return (mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+
+
+def _spectral_features(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per tile (N, B, B): the dominant ridge period in px, and the share of AC energy in it."""
+    window = np.outer(np.hanning(BLOCK), np.hanning(BLOCK)).astype(np.float32)
+    centred = (tiles - tiles.mean(axis=(1, 2), keepdims=True)) * window
+    power = np.abs(np.fft.fft2(centred)) ** 2
+    power = np.fft.fftshift(power, axes=(1, 2))
+    c = BLOCK // 2
+    fy, fx = np.mgrid[-c:BLOCK - c, -c:BLOCK - c]
+    radius = np.hypot(fx, fy)
+    # Ignore the lowest rings (the finger's outline and pressure gradient, not ridges) and the
+    # corners beyond Nyquist.
+    usable = (radius >= 1.5) & (radius <= c)
+    power = power * usable
+    total = power.sum(axis=(1, 2)) + 1e-9
+    flat = power.reshape(len(tiles), -1)
+    peak = flat.argmax(axis=1)
+    py, px = np.unravel_index(peak, (BLOCK, BLOCK))
+    period = BLOCK / np.maximum(radius[py, px], 1e-6)
+    # A clean ridge wave puts its energy in two symmetric peaks, each smeared over about 3 x 3
+    # bins by the window; noise and smudge spread it over the whole plane.
+    near = np.zeros_like(flat)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            for sign in (1, -1):
+                yy = (c + sign * (py - c) + dy) % BLOCK
+                xx = (c + sign * (px - c) + dx) % BLOCK
+                near[np.arange(len(tiles)), yy * BLOCK + xx] = 1.0
+    concentrated = (flat * near).sum(axis=1) / total
+    return period, concentrated
+
+
+def measure(gray: np.ndarray, ppi: int, *, foreground_min_std: float = 10.0,
+            period_band: tuple[float, float] = (5.0, 15.0)) -> Measurements:
+    """The built-in features of a 2-D uint8 fingerprint image (dark ridges on light)."""
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise BadImage(f"expected a 2-D 8-bit greyscale image, got {gray.dtype} {gray.shape}")
+    work = _to_work_resolution(gray, ppi).astype(np.float32)
+    if work.shape[0] < BLOCK or work.shape[1] < BLOCK:
+        raise BadImage(f"image of {gray.shape[1]} x {gray.shape[0]} px is smaller than one "
+                       f"{BLOCK} x {BLOCK} block at 500 ppi")
+    mean, std = float(work.mean()), float(work.std())
+    # sigma 1.5 px keeps about 60 % of a 9 px ridge wave but cuts white sensor noise ~5x.
+    smooth = cv2.GaussianBlur(work, (0, 0), 1.5)
+    tiles = _blocks(smooth)
+    rows, cols = tiles.shape[:2]
+    tile_std = tiles.std(axis=(2, 3))
+    fg = tile_std >= foreground_min_std
+    n_fg = int(fg.sum())
+    fraction = n_fg / max(1, rows * cols)
+    if n_fg == 0:
+        return Measurements(mean, std, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    raw_fg = _blocks(work)[fg]
+    lo, hi = np.percentile(raw_fg, [5, 95])
+    # Ridge features skip the blocks on the rim of the print: half of such a block is glass,
+    # and the edge itself would read as a low-frequency, high-contrast "ridge".
+    inner = _interior(fg)
+    if inner.sum() >= 4:
+        fg = inner
+
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+    gxx = _blocks(gx * gx).sum(axis=(2, 3))[fg]
+    gyy = _blocks(gy * gy).sum(axis=(2, 3))[fg]
+    gxy = _blocks(gx * gy).sum(axis=(2, 3))[fg]
+    coherence = np.sqrt((gxx - gyy) ** 2 + 4 * gxy ** 2) / (gxx + gyy + 1e-9)
+
+    period, concentrated = _spectral_features(_blocks(work)[fg])
+    in_band = (period >= period_band[0]) & (period <= period_band[1])
+    return Measurements(
+        mean=mean, std=std, foreground_px=n_fg * BLOCK * BLOCK, foreground_fraction=fraction,
+        contrast=float(hi - lo), orientation_certainty=float(coherence.mean()),
+        ridge_frequency_in_band=float(in_band.mean()), ridge_period_px=float(np.median(period)),
+        clarity=float(concentrated.mean()),
+    )
+
+
+def _ramp(value: float, low: float, high: float) -> float:
+    """0 at ``low``, 1 at ``high``, linear between: how far a feature is from useless to good."""
+    return min(1.0, max(0.0, (value - low) / (high - low)))
+
+
+def score(m: Measurements) -> int:
+    """0..100. Each feature maps to 0..1 between a useless and a good value (calibrated on
+    synthetic prints, docs/finger-quality.md); the geometric mean makes one bad feature pull
+    the score down, as one bad property makes a print useless to a matcher."""
+    parts = [
+        _ramp(m.contrast, 20, 90),
+        _ramp(m.orientation_certainty, 0.2, 0.95),
+        _ramp(m.ridge_frequency_in_band, 0.3, 0.95),
+        _ramp(m.clarity, 0.1, 0.85),
+    ]
+    quality = math.prod(max(p, 1e-3) for p in parts) ** (1 / len(parts))
+    # Area: less of the finger, fewer minutiae to match. Fixed, not the configurable gate, so
+    # that the same image scores the same on every kiosk.
+    area = _ramp(m.foreground_px, 0, FULL_AREA_PX)
+    return int(round(100 * quality * area))
+
+
+class BuiltinFingerAssessor:
+    """The kiosk's own assessor; thresholds from ``FingerQualityConfig``."""
+
+    def __init__(self, config: FingerQualityConfig | None = None) -> None:
+        if config is None:
+            config = FingerQualityConfig()
+        self.config = config
+
+    def assess(self, gray: np.ndarray, ppi: int) -> QualityReport:
+        c = self.config
+        m = measure(gray, ppi, foreground_min_std=c.foreground_min_std,
+                    period_band=(c.ridge_period_min_px, c.ridge_period_max_px))
+        empty = m.foreground_px == 0 or m.mean > 250
+        gates = [
+            # NFIQ 2's actionable gates first. No foreground at all means no finger, not a
+            # faint one, so it gets the placing hint.
+            Check("empty_or_low_contrast", round(m.contrast, 1), f">= {c.min_contrast:g}",
+                  m.contrast >= c.min_contrast and not empty, HINT_PLACE if empty else HINT_PRESS,
+                  "grey levels between the 5th and 95th percentile of the foreground"),
+            Check("uniform_image", round(m.std, 2), f">= {c.min_std:g}", m.std >= c.min_std,
+                  HINT_PLACE, "standard deviation of the whole image"),
+            Check("foreground_px", m.foreground_px, f">= {c.min_foreground_px}",
+                  m.foreground_px >= c.min_foreground_px, HINT_PLACE, "pixels at 500 ppi"),
+        ]
+        features = [
+            ("orientation_certainty", m.orientation_certainty, c.min_orientation_certainty,
+             HINT_CLEAN, "structure tensor coherence, mean over foreground blocks"),
+            ("ridge_frequency", m.ridge_frequency_in_band, c.min_ridge_frequency_in_band,
+             HINT_MOISTURE, f"share of blocks with a ridge period of {c.ridge_period_min_px:g}.."
+                            f"{c.ridge_period_max_px:g} px (median {m.ridge_period_px:.1f} px)"),
+            ("ridge_valley_clarity", m.clarity, c.min_clarity, HINT_MOISTURE,
+             "share of block spectral energy in the dominant ridge wave"),
+        ]
+        no_finger = not (gates[0].passed and gates[1].passed)
+        checks = list(gates)
+        for name, value, minimum, hint, note in features:
+            if no_finger:
+                # Measured on nothing: a failure, but its hint would only distract from the gate's.
+                checks.append(Check(name, None, f">= {minimum:g}", False, "", "not measured: no finger"))
+            else:
+                checks.append(Check(name, round(value, 3), f">= {minimum:g}", value >= minimum, hint, note))
+        total = 0 if no_finger else score(m)
+        checks.append(Check("score", total, f">= {c.min_score}", total >= c.min_score,
+                            _worst_hint(checks), "0..100, not NFIQ 2"))
+        gates_passed = all(g.passed for g in gates)
+        return QualityReport(
+            modality="finger", score=total, checks=tuple(checks), assessor=ASSESSOR,
+            extra={"ppi": ppi, "foreground_fraction": round(m.foreground_fraction, 3),
+                   "ridge_period_px": round(m.ridge_period_px, 2), "gates_passed": gates_passed},
+        )
+
+
+def _worst_hint(checks: list[Check]) -> str:
+    failed = [c for c in checks if not c.passed and c.hint]
+    return failed[0].hint if failed else HINT_PRESS
+
+
+def load_assessor(config: FingerQualityConfig | None = None) -> FingerAssessor:
+    """The assessor ``quality.finger.assessor`` names: "builtin" or a "module:callable" factory
+    that is called with the FingerQualityConfig and returns a FingerAssessor."""
+    if config is None or config.assessor == "builtin":
+        return BuiltinFingerAssessor(config)
+    factory = resolve_factory(config.assessor)
+    assessor = factory(config)
+    if not isinstance(assessor, FingerAssessor):
+        raise TypeError(f"{config.assessor} returned {type(assessor).__name__}, which has no "
+                        "assess(gray, ppi) method")
+    return assessor
+
+
+def file_ppi(path: Path, data: bytes) -> int:
+    """The resolution a PNG declares in its pHYs chunk, else DEFAULT_PPI."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        from drivers.png_phys import png_ppi
+
+        try:
+            ppi = png_ppi(data)
+        except ValueError as exc:
+            raise BadImage(f"{path}: {exc}") from None
+        if ppi > 0:
+            return ppi
+    return DEFAULT_PPI
+
+
+def assess_file(path: Any, config: Any = None) -> QualityReport:
+    """``kiosk-agent quality IMAGE --modality finger``: ``config`` is an AgentConfig or None."""
+    gray = load_image(path, grey=True)
+    ppi = file_ppi(Path(path), Path(path).read_bytes())
+    finger_config = config.quality.finger if config is not None else None
+    return load_assessor(finger_config).assess(gray, ppi)

@@ -1,0 +1,312 @@
+"""The commands a kiosk obeys (docs/remote-management.md).
+
+Each command has the least role that may run it, a lane (``quick`` commands answer at
+once; ``slow`` ones wait for a device, a person or a reconnect, one at a time), a pydantic
+model of its arguments, and a function that returns the result as JSON-ready data or raises
+CommandError. The functions run on agent/remote/control.py's worker threads, never on the MQTT
+link's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent import __version__
+from agent.config import ConfigError, load_config, read_raw, redacted, validate_config
+from agent.logs import recent_logs
+from agent.remote.audit import mask_secrets
+from agent.remote.auth import CommandError
+from agent.remote.overlay import (
+    OVERLAY_NAME,
+    PREVIOUS_NAME,
+    OverlayError,
+    changes_to_tree,
+    merge,
+    read_overlay,
+    restore_previous,
+    write_overlay,
+)
+from agent.transport.durable_queue import QueueError
+from drivers import CaptureRetry, DriverError
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+log = logging.getLogger(__name__)
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(Args):
+    pass
+
+
+class DeviceArgs(Args):
+    device: str
+
+
+class CaptureArgs(Args):
+    device: str
+    #: ANSI/NIST finger position 0..10 (0 for a face or unknown).
+    position: int = Field(0, ge=0, le=10)
+
+
+class PurgeArgs(Args):
+    #: Must be exactly "purge <kiosk_id>": a purge deletes captures for good.
+    confirm: str
+    states: list[Literal["rejected", "queued", "sent"]] = Field(default_factory=lambda: ["rejected"],
+                                                                 min_length=1)
+
+
+class LogLevelArgs(Args):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    #: A logger name such as "drivers.zfm"; the root logger when absent.
+    logger: str = ""
+
+
+class DiagnosticsArgs(Args):
+    lines: int = Field(200, ge=1, le=500)
+
+
+class ConfigSetArgs(Args):
+    #: Dotted keys and their new values, e.g. {"mqtt.port": 8883, "telemetry.interval_s": 30}.
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass(frozen=True)
+class Spec:
+    role: Literal["viewer", "operator", "admin"]
+    lane: Literal["quick", "slow"]
+    args: type[Args]
+    run: Callable[[Agent, Any], dict[str, Any]]
+    summary: str
+
+
+# --- viewer ------------------------------------------------------------------------------
+
+
+def ping(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    return {"pong": True, "time": time.time()}
+
+
+def status(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    from agent.transport.telemetry import snapshot
+
+    snap = snapshot(agent)
+    return {
+        "versions": {"agent": __version__, "python": platform.python_version(),
+                     "paho_mqtt": version("paho-mqtt"),
+                     "opencv": version("opencv-python-headless")},
+        "uptime_s": snap["uptime_s"],
+        "devices": snap["devices"],
+        "queue": snap["queue"],
+        "disk": snap["disk"],
+        "connectivity": snap["connection"],
+        "clock": {"time": time.time(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "timezone": time.strftime("%z")},
+    }
+
+
+def config_get(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    overlay = read_overlay(agent.config.remote.state_dir / OVERLAY_NAME)
+    return {"config": redacted(agent.config), "remote_overlay": mask_secrets(overlay),
+            "config_file": str(agent.config_path) if agent.config_path else None}
+
+
+def devices_list(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    return {"devices": [w.status().as_dict() for w in agent.workers.values()]}
+
+
+def queue_stats(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    assert agent.queue is not None
+    return agent.queue.stats().as_dict()
+
+
+# --- operator ----------------------------------------------------------------------------
+
+
+def _worker(agent: Agent, name: str):  # type: ignore[no-untyped-def]
+    worker = agent.workers.get(name)
+    if worker is None:
+        raise CommandError("invalid_args", f"no device {name!r}; devices: "
+                                           f"{', '.join(sorted(agent.workers)) or 'none'}")
+    return worker
+
+
+def _timeout(agent: Agent) -> float:
+    return agent.config.remote.command_timeout_s
+
+
+def devices_test(agent: Agent, args: DeviceArgs) -> dict[str, Any]:
+    worker = _worker(agent, args.device)
+    # A job forces an open attempt when the device is offline, then asks it how it is.
+    future = worker.submit(lambda driver: driver.health())
+    try:
+        health = future.result(timeout=_timeout(agent))
+    except FutureTimeout:
+        raise CommandError("timeout", f"device {args.device} did not answer within "
+                                      f"{_timeout(agent):.0f} s") from None
+    except DriverError as exc:
+        raise CommandError("failed", f"device {args.device}: {exc}") from None
+    return {"device": worker.status().as_dict(), "health": {"ok": health.ok, "detail": health.detail}}
+
+
+def devices_rescan(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    hotplug = getattr(agent, "hotplug", None)
+    if hotplug is not None and hasattr(hotplug, "rescan"):
+        hotplug.rescan()
+    # Every device not online gets an open attempt now instead of at its next backoff.
+    futures = {name: w.submit(lambda driver: None) for name, w in agent.workers.items()
+               if w.state != "online"}
+    for future in futures.values():
+        try:
+            future.result(timeout=_timeout(agent))
+        except (DriverError, FutureTimeout):
+            pass  # the device's state says why
+    return {"reopened": sorted(futures), "devices": devices_list(agent, NoArgs())["devices"]}
+
+
+def capture(agent: Agent, args: CaptureArgs) -> dict[str, Any]:
+    _worker(agent, args.device)
+    assert agent.capture is not None
+    future = agent.capture.capture(args.device, args.position)
+    try:
+        outcome = future.result(timeout=_timeout(agent))
+    except FutureTimeout:
+        future.cancel()
+        raise CommandError("timeout",
+                           f"no capture from {args.device} within {_timeout(agent):.0f} s") from None
+    except CaptureRetry as exc:
+        raise CommandError("failed", f"{args.device}: {exc.reason} after "
+                                     f"{agent.config.capture.max_attempts} attempts "
+                                     f"(the person was asked: {exc.hint})") from None
+    except (DriverError, QueueError) as exc:
+        raise CommandError("failed", f"{args.device}: {exc}") from None
+    # The image itself never travels in a reply: it is queued, sealed, like any capture.
+    return {"id": outcome.id, "seq": outcome.seq, "device": outcome.device, "position": outcome.position,
+            "attempts": outcome.attempts, "image_bytes": outcome.size}
+
+
+def queue_retry(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    assert agent.queue is not None
+    count = agent.queue.retry_rejected()
+    if agent.publisher is not None:
+        agent.publisher.rewind()
+    return {"requeued": count}
+
+
+def log_level(agent: Agent, args: LogLevelArgs) -> dict[str, Any]:
+    logger = logging.getLogger(args.logger or None)
+    previous = logging.getLevelName(logger.getEffectiveLevel())
+    logger.setLevel(args.level)
+    log.warning("log level of %s set to %s (was %s) by remote command; a restart returns to "
+                "logging.level", args.logger or "the agent", args.level, previous)
+    return {"logger": args.logger or "root", "level": args.level, "previous": previous}
+
+
+def diagnostics(agent: Agent, args: DiagnosticsArgs) -> dict[str, Any]:
+    from agent.transport.telemetry import snapshot
+
+    lines = list(recent_logs().lines)[-args.lines:]
+    return {"telemetry": snapshot(agent), "config": redacted(agent.config), "logs": lines,
+            "audit": agent.remote_store.recent_audit(20) if agent.remote_store else []}
+
+
+# --- admin -------------------------------------------------------------------------------
+
+
+def queue_purge(agent: Agent, args: PurgeArgs) -> dict[str, Any]:
+    expected = f"purge {agent.config.kiosk.id}"
+    if args.confirm != expected:
+        raise CommandError("invalid_args", f"confirm must be exactly {expected!r}: a purge deletes "
+                                           "captures for good")
+    assert agent.queue is not None
+    count, size = agent.queue.purge(tuple(args.states))
+    agent.events.emit("queue_purged", states=args.states, items=count, bytes=size)
+    return {"purged": count, "bytes": size, "states": args.states}
+
+
+def config_set(agent: Agent, args: ConfigSetArgs) -> dict[str, Any]:
+    changes = dict(args.model_extra or {})
+    if not changes:
+        raise CommandError("invalid_args", "give at least one dotted key and value, e.g. "
+                                           '{"telemetry.interval_s": 30}')
+    if agent.config_path is None:
+        raise CommandError("failed", "this agent was started without a config file; nothing to change")
+    remote = agent.config.remote
+    path = remote.state_dir / OVERLAY_NAME
+    try:
+        tree = changes_to_tree(changes)
+        new_config = validate_config(merge(read_raw(agent.config_path), tree), "config.set")
+        overlay = merge(read_overlay(path), tree)
+    except OverlayError as exc:
+        raise CommandError("invalid_args", str(exc)) from None
+    except ConfigError as exc:
+        raise CommandError("invalid_args", "; ".join(exc.problems)) from None
+    old_config = agent.config
+    write_overlay(path, overlay)
+    if agent.reload(new_config, remote.rollback_timeout_s):
+        agent.events.emit("config_changed", keys=sorted(changes))
+        return {"applied": mask_secrets(changes), "previous_overlay": str(path.with_name(PREVIOUS_NAME)),
+                "connected": True}
+    restore_previous(path)
+    agent.reload(old_config, remote.rollback_timeout_s)
+    agent.events.emit("config_rolled_back", keys=sorted(changes))
+    raise CommandError("rolled_back", f"the new config did not bring the MQTT connection up within "
+                                      f"{remote.rollback_timeout_s:.0f} s (remote.rollback_timeout_s); "
+                                      "the previous config is back in force")
+
+
+def restart(agent: Agent, args: NoArgs) -> dict[str, Any]:
+    if agent.config_path is None:
+        raise CommandError("failed", "this agent was started without a config file")
+    try:
+        config = load_config(agent.config_path)
+    except ConfigError as exc:
+        raise CommandError("failed", "the config file no longer validates, not restarting: "
+                                     + "; ".join(exc.problems)) from None
+    connected = agent.reload(config, agent.config.remote.rollback_timeout_s)
+    return {"restarted": True, "connected": connected}
+
+
+COMMANDS: dict[str, Spec] = {
+    "ping": Spec("viewer", "quick", NoArgs, ping, "answers pong with the kiosk's time"),
+    "status": Spec("viewer", "quick", NoArgs, status,
+                   "versions, uptime, devices, queue, disk, connectivity, clock"),
+    "config.get": Spec("viewer", "quick", NoArgs, config_get, "the config in force, secrets masked"),
+    "devices.list": Spec("viewer", "quick", NoArgs, devices_list, "every device and its state"),
+    "queue.stats": Spec("viewer", "quick", NoArgs, queue_stats, "pending captures, bytes, oldest age"),
+    "devices.rescan": Spec("operator", "slow", NoArgs, devices_rescan,
+                           "look for devices now and reopen those not online"),
+    "devices.test": Spec("operator", "slow", DeviceArgs, devices_test, "open and health-check one device"),
+    "capture": Spec("operator", "slow", CaptureArgs, capture,
+                    "take one capture (queued and delivered like any other)"),
+    "queue.retry": Spec("operator", "quick", NoArgs, queue_retry, "send rejected captures again"),
+    "log.level": Spec("operator", "quick", LogLevelArgs, log_level, "change a log level until restart"),
+    "diagnostics": Spec("operator", "quick", DiagnosticsArgs, diagnostics,
+                        "recent logs, config, devices, queue, audit"),
+    "queue.purge": Spec("admin", "quick", PurgeArgs, queue_purge, "delete captures for good (confirm)"),
+    "config.set": Spec("admin", "slow", ConfigSetArgs, config_set,
+                       "change settings; rolled back when the broker cannot be reached"),
+    "restart": Spec("admin", "slow", NoArgs, restart, "reload the config file and restart the agent"),
+}
+
+
+def parse_args(spec: Spec, raw: dict[str, Any]) -> Args:
+    try:
+        return spec.args.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'args'}: {e['msg']}" for e in exc.errors()]
+        raise CommandError("invalid_args", "; ".join(problems)) from None

@@ -1,0 +1,393 @@
+"""One MQTT connection, owned by one thread.
+
+The thread runs paho's network loop itself (no ``loop_start``) so that paho's callbacks and
+the handler's own work (``tick``) happen on the same thread: the handler's state needs no
+locks, and nothing can run concurrently with a callback. It reconnects with jittered
+exponential backoff, reset after a connection has been stable for a while, and reads the
+broker's CONNACK limits (Receive Maximum, Maximum Packet Size) that paho ignores.
+
+Every paho callback catches and logs its own errors: an exception escaping a callback
+would kill the network loop (see shared notes on paho pitfalls).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import ConfigError, MqttConfig, TlsConfig
+from agent.transport.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+#: MQTT's own ceiling for a packet (268,435,455 bytes) when the broker states no smaller one.
+MQTT_MAX_PACKET = 268_435_455
+#: How long the loop may sleep in select() when the handler has nothing to do.
+IDLE_WAIT_S = 0.05
+
+
+@dataclass(frozen=True)
+class BrokerLimits:
+    receive_maximum: int = 65535
+    maximum_packet_size: int = MQTT_MAX_PACKET
+
+
+class LinkHandler(Protocol):
+    """What a connection's owner does; all methods run on the link's thread."""
+
+    def on_connected(self, link: MqttLink, limits: BrokerLimits) -> None: ...
+    def on_disconnected(self, link: MqttLink) -> None: ...
+    def on_message(self, link: MqttLink, message: mqtt.MQTTMessage) -> None: ...
+    def on_puback(self, link: MqttLink, mid: int) -> None: ...
+    def tick(self, link: MqttLink) -> bool:
+        """Do pending work; return True when there may be more to do right away."""
+        ...
+    def on_stopping(self, link: MqttLink) -> None:
+        """Last words before a clean disconnect (for example an offline status)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class MqttLink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        handler: LinkHandler,
+        *,
+        client_id: str,
+        name: str,
+        will: Will | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.name = name
+        self.v5 = config.protocol == "5"
+        self.connected = False
+        self.limits = BrokerLimits()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self._connected_at = 0.0
+        self._connect_started = 0.0
+        self.connects = 0
+        #: Monotonic time of the loop's last turn; the service watchdog checks it.
+        self.heartbeat = time.monotonic()
+        self.next_retry_at = 0.0
+        self.cert_expires_at: datetime | None = None
+        self._tls: ClosingTlsContext | None = None
+        self._params_set = False
+        self._client = self._make_client(client_id, will)
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def _make_client(self, client_id: str, will: Will | None) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            # Under 3.1.1 a clean session; under 5 clean_start is set at connect().
+            clean_session=None if self.v5 else True,
+            reconnect_on_failure=False,  # this class owns reconnects (with jitter)
+        )
+        client.connect_timeout = cfg.connect_timeout_s
+        password = cfg.resolved_password()
+        if cfg.username is not None or password is not None:
+            client.username_pw_set(cfg.username, password)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        if cfg.tls.enabled:
+            self._tls = tls_context(cfg.tls)
+            client.tls_set_context(self._tls)
+            self.cert_expires_at = check_certificate_expiry(cfg.tls)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        # paho's own buffers stay small: the handler feeds a bounded window.
+        client.max_inflight_messages_set(cfg.inflight_window + 8)
+        return client
+
+    # --- thread life cycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("MQTT thread %s did not stop within %.0f s", self.name, timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.heartbeat = time.monotonic()
+                if not self._client.is_connected() and not self._connect_started:
+                    self._try_connect()
+                    continue
+                self._serve_once()
+            self._shutdown()
+        except Exception:
+            # Last line of defence: the link must never die silently.
+            log.exception("MQTT link %s crashed; the agent will stop", self.name)
+            raise
+
+    def _try_connect(self) -> None:
+        cfg = self.config
+        try:
+            if not self._params_set:
+                # Stores host, port and CONNECT properties without touching the network.
+                self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
+                                           clean_start=True, properties=self._connect_properties())
+                self._params_set = True
+            self._client.reconnect()
+            self._connect_started = time.monotonic()
+        except ssl.SSLError as exc:
+            # Retried with TLS only: there is no plaintext fallback, ever.
+            if self._tls is not None:
+                self._tls.close_failed()
+            detail = getattr(exc, "verify_message", "") or exc.reason or str(exc)
+            self._wait_before_retry(
+                f"TLS handshake with broker {cfg.host}:{cfg.port} failed ({detail}); check "
+                "mqtt.tls.ca_file, cert_file, key_file and the certificates' dates")
+        except (TimeoutError, OSError) as exc:
+            if self._tls is not None:
+                self._tls.close_failed()
+            self._wait_before_retry(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}")
+
+    def _connect_properties(self) -> Properties | None:
+        if not self.v5:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        # Ask for up to what our window can use; the broker may grant less.
+        props.ReceiveMaximum = max(self.config.inflight_window, 16)
+        return props
+
+    def _wait_before_retry(self, why: str) -> None:
+        delay = self._backoff.next_delay()
+        log.warning("%s; retrying in %.1f s (attempt %d)", why, delay, self._backoff.attempt)
+        self._connect_started = 0.0
+        self.next_retry_at = time.monotonic() + delay
+        # Wait in short slices so the heartbeat shows a live loop during long backoffs.
+        while not self._stop.is_set() and time.monotonic() < self.next_retry_at:
+            self.heartbeat = time.monotonic()
+            self._stop.wait(min(1.0, self.next_retry_at - time.monotonic()))
+
+    def _serve_once(self) -> None:
+        busy = False
+        if self.connected:
+            busy = self._safe_tick()
+            if self._connected_at and time.monotonic() - self._connected_at >= self.config.stable_after_s:
+                self._backoff.reset()
+        rc = self._client.loop(timeout=0.0 if busy else IDLE_WAIT_S)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            why = f"connection to {self.config.host}:{self.config.port} lost ({mqtt.error_string(rc)})"
+            if self._tls is not None and not self.connected:
+                # With TLS 1.3 a refused client certificate shows up only now, as a closed line.
+                why += ("; the broker closed the TLS connection before accepting it: check that "
+                        "mqtt.tls.cert_file is set, valid and signed by a CA the broker trusts")
+            self._lost(why)
+        elif not self.connected and self._connect_started:
+            if time.monotonic() - self._connect_started > self.config.connect_timeout_s:
+                self._client.disconnect()
+                self._lost("broker did not answer CONNECT in time")
+
+    def _lost(self, why: str) -> None:
+        if self.connected:
+            self.connected = False
+            self._safe(self.handler.on_disconnected, self)
+        self._connected_at = 0.0
+        self._wait_before_retry(why)
+
+    def _safe_tick(self) -> bool:
+        try:
+            return bool(self.handler.tick(self))
+        except Exception:
+            log.exception("error in %s work loop; continuing", self.name)
+            return False
+
+    def _safe(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("error in %s handler %s; continuing", self.name, getattr(fn, "__name__", fn))
+
+    def _shutdown(self) -> None:
+        if self.connected:
+            self._safe(self.handler.on_stopping, self)
+            self._client.disconnect()  # a clean DISCONNECT: the broker drops the will
+            self.flush(1.0, lambda: not self._client.is_connected())
+            self.connected = False
+        # paho keeps a loopback socket pair for wake-ups that only reconnect() or garbage
+        # collection closes; close it now so a stopped link holds no descriptors.
+        self._client._reset_sockets()
+
+    # --- used by handlers (on the link thread) ------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                properties: Properties | None = None) -> int:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise OSError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info.mid
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        rc, _ = self._client.subscribe(topic, qos=qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("subscribe to %s failed: %s", topic, mqtt.error_string(rc))
+
+    def flush(self, deadline_s: float, done) -> bool:  # type: ignore[no-untyped-def]
+        """Run the network loop until ``done()`` or the deadline; for last words at stop."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if done():
+                return True
+            if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+        return done()
+
+    # --- paho callbacks (each catches its own errors) -----------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if reason_code.is_failure:
+                self._connect_started = 0.0
+                log.error("broker refused the connection: %s", reason_code)
+                return
+            self.limits = self._limits_from(properties)
+            self.connected = True
+            self.connects += 1
+            self._connect_started = 0.0
+            self._connected_at = time.monotonic()
+            log.info("connected to MQTT broker %s:%d (MQTT %s; receive maximum %d, "
+                     "maximum packet %d bytes)", self.config.host, self.config.port,
+                     self.config.protocol, self.limits.receive_maximum,
+                     self.limits.maximum_packet_size)
+            self.handler.on_connected(self, self.limits)
+        except Exception:
+            log.exception("error handling CONNACK; continuing")
+
+    def _limits_from(self, properties: Properties | None) -> BrokerLimits:
+        if properties is None or not self.v5:
+            return BrokerLimits()
+        return BrokerLimits(
+            receive_maximum=getattr(properties, "ReceiveMaximum", 65535),
+            maximum_packet_size=getattr(properties, "MaximumPacketSize", MQTT_MAX_PACKET),
+        )
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if self.connected and not self._stop.is_set():
+                log.warning("disconnected from broker: %s", reason_code)
+        except Exception:
+            log.exception("error handling disconnect; continuing")
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self.handler.on_message(self, message)
+        except Exception:
+            log.exception("error handling a message on %s; continuing", message.topic)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if reason_code.is_failure:
+                log.warning("broker refused message %d: %s", mid, reason_code)
+                return
+            self.handler.on_puback(self, mid)
+        except Exception:
+            log.exception("error handling PUBACK %d; continuing", mid)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        try:
+            for rc in reason_codes:
+                if rc.is_failure:
+                    log.error("broker refused a subscription: %s", rc)
+        except Exception:
+            log.exception("error handling SUBACK; continuing")
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+class ClosingTlsContext(ssl.SSLContext):
+    """Remembers the socket of the latest handshake so that a failed one can be closed.
+
+    paho leaves a socket whose TLS handshake failed to the garbage collector; a kiosk
+    retrying a bad certificate for days would otherwise leak a descriptor per attempt.
+    """
+
+    last_socket: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args, **kwargs) -> ssl.SSLSocket:  # type: ignore[no-untyped-def, override]
+        self.last_socket = super().wrap_socket(*args, **kwargs)
+        return self.last_socket
+
+    def close_failed(self) -> None:
+        if self.last_socket is not None:
+            self.last_socket.close()
+            self.last_socket = None
+
+
+def tls_context(tls: TlsConfig) -> ClosingTlsContext:
+    """Verify the broker against the configured CA, present the client certificate, TLS >= 1.2."""
+    context = ClosingTlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=str(tls.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("mqtt.tls.ca_file",
+                          [f"cannot load CA certificates from {tls.ca_file}: {exc}"]) from None
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("mqtt.tls.cert_file", [
+                f"cannot load client certificate {tls.cert_file} with key {tls.key_file}: {exc}"]) from None
+    return context
+
+
+def check_certificate_expiry(tls: TlsConfig, now: datetime | None = None) -> datetime | None:
+    """Log when the client certificate has expired or expires soon; return its end date."""
+    if tls.cert_file is None:
+        return None
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+    expires = cert.not_valid_after_utc
+    now = now or datetime.now(UTC)
+    days = (expires - now).total_seconds() / 86400
+    if days < 0:
+        log.error("client certificate %s expired on %s: the broker will refuse it; install a renewed "
+                  "certificate", tls.cert_file, expires.date())
+    elif days < tls.expiry_warning_days:
+        log.warning("client certificate %s expires in %.0f days (%s); renew it", tls.cert_file, days,
+                    expires.date())
+    return expires

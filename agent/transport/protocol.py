@@ -1,0 +1,236 @@
+"""The wire protocol between kiosks and the central side (see docs/protocol.md).
+
+A capture travels as one binary envelope, so an image costs its own size on the wire
+(base64 would add a third)::
+
+    b"KAE" | version (1 byte) | header length (4 bytes, big-endian) | header (UTF-8 JSON) | image
+
+Receipts and status messages are small UTF-8 JSON documents. Envelopes too large for one
+message travel in chunks (agent/transport/chunking.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agent.capture.record import CaptureRecord
+from drivers import Modality
+
+MAGIC = b"KAE"
+VERSION = 1
+_PREFIX = struct.Struct(">3sBI")
+#: Where a frame's header starts (after magic, version and header length).
+HEADER_OFFSET = _PREFIX.size
+MAX_HEADER_BYTES = 64 * 1024
+IMAGE_FORMATS = frozenset({"png", "jpeg", "wsq"})
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the text says what is wrong.
+
+    ``item_id`` is the capture id when it could be read, so a receipt can still name it.
+    """
+
+    def __init__(self, message: str, item_id: str | None = None) -> None:
+        super().__init__(message)
+        self.item_id = item_id
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names for one kiosk (or '+' for a receiver serving many)."""
+
+    prefix: str
+    kiosk_id: str
+
+    def _t(self, leaf: str) -> str:
+        return f"{self.prefix}/{self.kiosk_id}/{leaf}"
+
+    @property
+    def captures(self) -> str:
+        return self._t("captures")
+
+    @property
+    def receipts(self) -> str:
+        return self._t("receipts")
+
+    @property
+    def status(self) -> str:
+        return self._t("status")
+
+    @property
+    def telemetry(self) -> str:
+        return self._t("telemetry")
+
+    @property
+    def events(self) -> str:
+        return self._t("events")
+
+    @property
+    def chunks(self) -> str:
+        """Chunk manifests and chunks of captures too large for one message (agent/transport/chunking.py)."""
+        return self._t("chunks")
+
+    @property
+    def chunk_status(self) -> str:
+        """The receiver's answer to a manifest: which chunks it holds, which were bad."""
+        return self._t("chunk-status")
+
+    def kiosk_of(self, topic: str) -> str:
+        """The kiosk id level of a topic under this prefix."""
+        parts = topic.split("/")
+        prefix_len = len(self.prefix.split("/"))
+        if len(parts) != prefix_len + 2:
+            raise ProtocolError(f"topic {topic!r} is not <prefix>/<kiosk_id>/<leaf>")
+        return parts[prefix_len]
+
+
+# --- captures ----------------------------------------------------------------------------
+
+
+def pack_frame(magic: bytes, header: bytes, body: bytes) -> bytes:
+    """magic (3) | version (1) | header length (4, big-endian) | header | body."""
+    return _PREFIX.pack(magic, VERSION, len(header)) + header + body
+
+
+def unpack_frame(payload: bytes, magic: bytes, name: str, max_header: int) -> tuple[bytes, bytes]:
+    """Split a frame made by pack_frame into (header, body); ProtocolError names what is wrong."""
+    if len(payload) < _PREFIX.size:
+        raise ProtocolError(f"{name} too short ({len(payload)} bytes)")
+    found, version, header_len = _PREFIX.unpack_from(payload)
+    if found != magic:
+        raise ProtocolError(f"not a {name} (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"{name} version {version} not supported (this side speaks {VERSION})")
+    if header_len > max_header or _PREFIX.size + header_len > len(payload):
+        raise ProtocolError(f"{name} header length {header_len} does not fit")
+    end = _PREFIX.size + header_len
+    return bytes(payload[_PREFIX.size:end]), bytes(payload[end:])
+
+
+def encode_capture(record: CaptureRecord) -> bytes:
+    header = dict(record.metadata(), v=VERSION, type="capture")
+    return pack_frame(MAGIC, json.dumps(header, separators=(",", ":"), sort_keys=True).encode(),
+                      record.image)
+
+
+def decode_capture(payload: bytes) -> CaptureRecord:
+    """Parse and verify an envelope; ProtocolError says what is wrong with a bad one."""
+    header_bytes, image = unpack_frame(payload, MAGIC, "capture envelope", MAX_HEADER_BYTES)
+    try:
+        header = json.loads(header_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"header is not JSON: {exc}") from None
+    return _record_from_header(header, image)
+
+
+def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
+    if not isinstance(header, dict) or header.get("type") != "capture":
+        raise ProtocolError("header is not a capture header")
+    try:
+        record = CaptureRecord(
+            id=_str(header, "id"),
+            kiosk_id=_str(header, "kiosk_id"),
+            site=str(header.get("site", "")),
+            operator_id=header.get("operator_id"),
+            device_id=_str(header, "device_id"),
+            driver=_str(header, "driver"),
+            device_serial=str(header.get("device_serial", "")),
+            modality=Modality(header["modality"]),
+            position=int(header["position"]),
+            captured_at=_str(header, "captured_at"),
+            image_format=_str(header, "image_format"),
+            width=int(header["width"]),
+            height=int(header["height"]),
+            ppi=int(header["ppi"]),
+            image_sha256=_str(header, "image_sha256"),
+            quality=header.get("quality"),
+            quality_detail=dict(header.get("quality_detail") or {}),
+            image=image,
+            seq=int(header["seq"]),
+            registration=_registration(header.get("registration")),
+        )
+    except KeyError as exc:
+        raise ProtocolError(f"header lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"header has a bad value: {exc}") from None
+    if record.image_format not in IMAGE_FORMATS:
+        raise ProtocolError(f"image_format {record.image_format!r} not one of "
+                            f"{sorted(IMAGE_FORMATS)}", record.id)
+    if not (0 <= record.position <= 10 or 13 <= record.position <= 15):
+        raise ProtocolError(f"position {record.position} is not a finger (0..10) or a slap (13..15)",
+                            record.id)
+    if header.get("image_size") != len(image):
+        raise ProtocolError(f"image is {len(image)} bytes, header says "
+                            f"{header.get('image_size')}", record.id)
+    if hashlib.sha256(image).hexdigest() != record.image_sha256:
+        raise ProtocolError("image SHA-256 does not match the header "
+                            "(corrupted in transit or storage)", record.id)
+    return record
+
+
+def _registration(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+        raise ValueError("registration must be an object with an id")
+    return value
+
+
+def _str(header: dict[str, Any], key: str) -> str:
+    value = header[key]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a non-empty string")
+    return value
+
+
+# --- receipts ----------------------------------------------------------------------------
+
+ReceiptStatus = Literal["stored", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The central side's answer for one capture id.
+
+    ``stored`` and ``duplicate`` both mean "safe here, delete your copy"; ``rejected`` means
+    the capture will never be accepted as sent (the kiosk keeps it aside for an engineer).
+    """
+
+    id: str
+    status: ReceiptStatus
+    receiver: str = ""
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        body = {"v": VERSION, "id": self.id, "status": self.status, "receiver": self.receiver}
+        if self.reason:
+            body["reason"] = self.reason
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Receipt:
+        try:
+            body = json.loads(payload)
+            status = body["status"]
+            if status not in ("stored", "duplicate", "rejected"):
+                raise ValueError(f"unknown status {status!r}")
+            return cls(id=_str(body, "id"), status=status, receiver=str(body.get("receiver", "")),
+                       reason=str(body.get("reason", "")))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad receipt: {exc}") from None
+
+    @property
+    def settled(self) -> bool:
+        return self.status in ("stored", "duplicate")
+
+
+# --- presence ----------------------------------------------------------------------------
+
+
+def status_payload(state: Literal["online", "offline"], **fields: Any) -> bytes:
+    return json.dumps({"v": VERSION, "state": state, **fields}, separators=(",", ":")).encode()

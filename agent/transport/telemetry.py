@@ -1,0 +1,180 @@
+"""Periodic telemetry and event publishing, on the MQTT link's thread.
+
+Telemetry goes to <prefix>/<kiosk_id>/telemetry as one JSON object, retained, so a support
+engineer (or `kiosk-agent remote --list`) sees the last known state of a kiosk that is
+offline now. Events go to <prefix>/<kiosk_id>/events, not retained. Both are small and go
+out before any capture in the same loop turn (see agent/link_handlers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+
+from agent import __version__
+from agent.transport.events import EventBus
+from agent.transport.mqtt_link import BrokerLimits, MqttLink
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+log = logging.getLogger(__name__)
+
+THERMAL_ROOT = Path("/sys/class/thermal")
+
+
+def cpu_temperature_c(root: Path = THERMAL_ROOT) -> float | None:
+    """The CPU's thermal zone in degrees Celsius (Raspberry Pi: cpu-thermal), None when absent."""
+    zones = sorted(root.glob("thermal_zone*"))
+    preferred = [z for z in zones if _read(z / "type") in ("cpu-thermal", "x86_pkg_temp", "soc_thermal")]
+    for zone in preferred + zones:
+        raw = _read(zone / "temp")
+        if raw and raw.lstrip("-").isdigit():
+            return int(raw) / 1000
+    return None
+
+
+def memory() -> dict[str, int | None]:
+    info: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemAvailable"):
+                info[key] = int(rest.split()[0]) * 1024
+        rss_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        info["rss"] = rss_pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"total_bytes": info.get("MemTotal"), "available_bytes": info.get("MemAvailable"),
+            "agent_rss_bytes": info.get("rss")}
+
+
+def system_uptime_s() -> float | None:
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def snapshot(agent: Agent, publish_rate_per_s: float | None = None) -> dict[str, Any]:
+    """Everything support needs at a glance; cheap (one small SQLite query, a few /proc reads)."""
+    cfg = agent.config
+    queue = agent.queue.stats().as_dict() if agent.queue else None
+    link = agent.link
+    capture = agent.capture
+    drain_s = None
+    uplink = getattr(agent.publisher, "uplink", None)
+    if queue and uplink is not None:
+        # Captures wait for the cap, a window and the day's budget too (agent/transport/uplink.py).
+        drain_s = uplink.drain_estimate_s(queue["pending_bytes"], queue["pending"], publish_rate_per_s)
+    elif queue and queue["pending"] and publish_rate_per_s:
+        drain_s = round(queue["pending"] / publish_rate_per_s, 1)
+    try:
+        disk = shutil.disk_usage(cfg.queue.path.parent)
+        disk_info: dict[str, Any] = {"path": str(cfg.queue.path.parent), "free_bytes": disk.free,
+                                     "total_bytes": disk.total}
+    except OSError as exc:
+        disk_info = {"path": str(cfg.queue.path.parent), "error": exc.strerror}
+    return {
+        "v": 1,
+        "kiosk_id": cfg.kiosk.id,
+        "site": cfg.kiosk.site,
+        "at": time.time(),
+        "version": __version__,
+        "python": platform.python_version(),
+        "uptime_s": round(time.time() - agent.started_at, 1) if agent.started_at else 0,
+        "system_uptime_s": system_uptime_s(),
+        "queue": queue,
+        "backlog_drain_estimate_s": drain_s,
+        "uplink": uplink.state() if uplink is not None else None,
+        "captures_today": capture.captured_today if capture else 0,
+        "captures_refused": capture.refused if capture else 0,
+        "publish_rate_per_s": publish_rate_per_s,
+        "devices": [w.status().as_dict() for w in agent.workers.values()],
+        "disk": disk_info,
+        "cpu_temperature_c": cpu_temperature_c(),
+        "memory": memory(),
+        "connection": {
+            "connected": bool(link and link.connected),
+            "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+            "reconnects": max(0, link.connects - 1) if link else 0,
+            "certificate_expires_at": link.cert_expires_at.isoformat()
+            if link and link.cert_expires_at else None,
+        },
+    }
+
+
+class TelemetryPublisher:
+    """A link handler: telemetry every ``interval_s`` and events as they come."""
+
+    def __init__(self, agent: Agent, events: EventBus, interval_s: float,
+                 acknowledged: Callable[[], int]) -> None:
+        self.agent = agent
+        self.events = events
+        self.interval_s = interval_s
+        self._acknowledged = acknowledged
+        self._next_at = 0.0
+        self._last_count: tuple[float, int] | None = None
+
+    def on_connected(self, link: MqttLink, limits: BrokerLimits) -> None:
+        self._next_at = 0.0  # a fresh connection reports at once
+
+    def on_disconnected(self, link: MqttLink) -> None:
+        pass
+
+    def on_message(self, link: MqttLink, message: mqtt.MQTTMessage) -> None:
+        pass
+
+    def on_puback(self, link: MqttLink, mid: int) -> None:
+        pass
+
+    def on_stopping(self, link: MqttLink) -> None:
+        self._publish_events(link)
+
+    def tick(self, link: MqttLink) -> bool:
+        busy = self._publish_events(link)
+        now = time.monotonic()
+        if self.interval_s > 0 and now >= self._next_at:
+            self._next_at = now + self.interval_s
+            self.publish_now(link)
+        return busy
+
+    def publish_now(self, link: MqttLink) -> None:
+        payload = snapshot(self.agent, self._rate())
+        link.publish(self.agent.topics.telemetry, json.dumps(payload, default=str).encode(), qos=1,
+                     retain=True)
+
+    def _rate(self) -> float | None:
+        """Captures acknowledged per second since the previous telemetry."""
+        now, count = time.monotonic(), self._acknowledged()
+        previous, self._last_count = self._last_count, (now, count)
+        if previous is None or now - previous[0] <= 0:
+            return None
+        return round((count - previous[1]) / (now - previous[0]), 3)
+
+    def _publish_events(self, link: MqttLink) -> bool:
+        batch = self.events.take()
+        for i, event in enumerate(batch):
+            try:
+                link.publish(self.agent.topics.events, json.dumps(event, default=str).encode(), qos=1)
+            except OSError as exc:
+                log.warning("cannot publish events now: %s; they wait for the next connection", exc)
+                self.events.put_back(batch[i:])
+                return False
+        return bool(batch)

@@ -1,0 +1,205 @@
+"""The central side of registrations: a registration is complete only when its manifest and
+every capture it lists have arrived; then its ANSI/NIST-ITL transaction is written.
+
+Layout beside the captures (receiver/store.py)::
+
+    <output_dir>/<kiosk_id>/registrations/<registration id>.manifest.json
+    <output_dir>/<kiosk_id>/registrations/<registration id>.an2          (complete ones)
+    <output_dir>/<kiosk_id>/registrations/<registration id>.complete.json (written last)
+
+Parts arrive in any order (resends after an outage reorder them), so completeness is
+checked when the manifest arrives and again whenever one of its captures does. Every file is
+written durably and the last one with ``link()``, so two receivers sharing the directory
+finish a registration exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.capture.record import CaptureRecord
+from agent.formats.ansi_nist import (
+    FaceImage,
+    FingerException,
+    FingerImage,
+    RegistrationRecord,
+    TransactionOptions,
+    build_transaction,
+)
+from agent.transport.protocol import ProtocolError
+from receiver.store import EXTENSIONS, CaptureStore, write_durably
+
+log = logging.getLogger(__name__)
+
+
+def parse_manifest(data: bytes, item_id: str, kiosk_id: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"registration manifest is not JSON: {exc}", item_id) from None
+    if not isinstance(manifest, dict) or manifest.get("type") != "registration":
+        raise ProtocolError("not a registration manifest", item_id)
+    if manifest.get("id") != item_id or manifest.get("kiosk_id") != kiosk_id:
+        raise ProtocolError("the manifest's id or kiosk does not match its envelope", item_id)
+    if manifest.get("state") not in ("completed", "cancelled"):
+        raise ProtocolError(
+            f"manifest state {manifest.get('state')!r} is not completed or cancelled", item_id
+        )
+    captures = manifest.get("captures")
+    if not isinstance(captures, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("id"), str) for c in captures
+    ):
+        raise ProtocolError("manifest captures must be a list of objects with ids", item_id)
+    if not isinstance(manifest.get("exceptions", []), list):
+        raise ProtocolError("manifest exceptions must be a list", item_id)
+    return manifest
+
+
+class RegistrationAssembler:
+    def __init__(self, captures: CaptureStore, options: TransactionOptions | None = None) -> None:
+        self.captures = captures
+        self.options = options or TransactionOptions()
+        self.completed = 0
+
+    def folder(self, kiosk_id: str) -> Path:
+        return self.captures.root / kiosk_id / "registrations"
+
+    def store_manifest(self, kiosk_id: str, manifest: dict[str, Any]) -> Literal["stored", "duplicate"]:
+        folder = self.folder(kiosk_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{manifest['id']}.manifest.json"
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        return "stored" if write_durably(path, data, replace=False) else "duplicate"
+
+    def on_capture(self, record: CaptureRecord) -> None:
+        if record.registration and isinstance(record.registration.get("id"), str):
+            self.try_complete(record.kiosk_id, record.registration["id"])
+
+    def status(self, kiosk_id: str, registration_id: str) -> str:
+        """ "complete", "cancelled", "waiting" (manifest here, captures missing) or "unknown"."""
+        folder = self.folder(kiosk_id)
+        if (folder / f"{registration_id}.complete.json").exists():
+            return "complete"
+        if (folder / f"{registration_id}.cancelled.json").exists():
+            return "cancelled"
+        return "waiting" if (folder / f"{registration_id}.manifest.json").exists() else "unknown"
+
+    def try_complete(self, kiosk_id: str, registration_id: str) -> bool:
+        folder = self.folder(kiosk_id)
+        manifest_path = folder / f"{registration_id}.manifest.json"
+        if not manifest_path.exists() or self.status(kiosk_id, registration_id) in ("complete", "cancelled"):
+            return False
+        manifest = json.loads(manifest_path.read_bytes())
+        if manifest["state"] == "cancelled":
+            summary = {"id": registration_id, "state": "cancelled", "reason": manifest.get("reason")}
+            write_durably(
+                folder / f"{registration_id}.cancelled.json", json.dumps(summary).encode(), replace=False
+            )
+            log.info(
+                "registration %s from %s was cancelled at the kiosk: %s",
+                registration_id,
+                kiosk_id,
+                manifest.get("reason"),
+            )
+            return False
+        parts = {c["id"]: self._load(kiosk_id, c["id"]) for c in manifest["captures"]}
+        missing = sorted(cid for cid, part in parts.items() if part is None)
+        if missing:
+            log.debug(
+                "registration %s waits for %d of %d captures", registration_id, len(missing), len(parts)
+            )
+            return False
+        record = self._record(manifest, parts)  # type: ignore[arg-type]
+        transaction = build_transaction(record, self.options)
+        write_durably(folder / f"{registration_id}.an2", transaction, replace=True)
+        fir = self._finger_record(record)
+        if fir is not None:
+            write_durably(folder / f"{registration_id}.fir", fir, replace=True)
+        summary = {
+            "id": registration_id,
+            "state": "complete",
+            "kiosk_id": kiosk_id,
+            "applicant_ref": manifest.get("applicant_ref"),
+            "captures": sorted(parts),
+            "exceptions": manifest.get("exceptions", []),
+            "transaction": f"{registration_id}.an2",
+            "transaction_bytes": len(transaction),
+            "force_captured": [c["item"] for c in manifest["captures"] if c.get("force_captured")],
+        }
+        if write_durably(
+            folder / f"{registration_id}.complete.json", json.dumps(summary, indent=2).encode(), replace=False
+        ):
+            self.completed += 1
+            log.info(
+                "registration %s from %s complete: %d captures, %d exceptions, transaction %d bytes",
+                registration_id,
+                kiosk_id,
+                len(parts),
+                len(summary["exceptions"]),
+                len(transaction),
+            )
+        return True
+
+    @staticmethod
+    def _finger_record(record: RegistrationRecord) -> bytes | None:
+        """The fingers as one ISO/IEC 19794-4:2005 finger image record (.fir), when they share
+        a format and resolution (one record has one compression and one scale)."""
+        from agent.formats.iso19794_4 import FingerImageRecord, FingerView, acquisition_level, write_record
+
+        fingers = list(record.fingers)
+        if not fingers or len({(f.format, f.ppi) for f in fingers}) != 1:
+            return None
+        views = tuple(FingerView(f.position, f.image, f.width, f.height, f.quality, f.impression)
+                      for f in sorted(fingers, key=lambda f: f.position))
+        ppi = fingers[0].ppi
+        return write_record(FingerImageRecord(fingers[0].format, ppi, views,
+                                              acquisition_level=acquisition_level(ppi)))
+
+    def _load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:
+        meta_path = self.captures.root / kiosk_id / f"{capture_id}.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_bytes())
+        image = (meta_path.parent / f"{capture_id}.{EXTENSIONS[meta['image_format']]}").read_bytes()
+        return meta, image
+
+    @staticmethod
+    def _record(
+        manifest: dict[str, Any], parts: dict[str, tuple[dict[str, Any], bytes]]
+    ) -> RegistrationRecord:
+        fingers, face = [], None
+        for entry in manifest["captures"]:
+            meta, image = parts[entry["id"]]
+            if entry["modality"] == "finger":
+                fingers.append(
+                    FingerImage(
+                        entry["position"],
+                        image,
+                        meta["image_format"],
+                        meta["width"],
+                        meta["height"],
+                        meta["ppi"],
+                        meta.get("quality"),
+                    )
+                )
+            elif entry["item"] == "face":
+                face = FaceImage(image, meta["width"], meta["height"])
+        created = datetime.fromisoformat(manifest["created_at"].replace("Z", "+00:00"))
+        return RegistrationRecord(
+            id=manifest["id"],
+            applicant_ref=manifest.get("applicant_ref", ""),
+            operator_id=manifest.get("operator_id") or "",
+            kiosk_id=manifest["kiosk_id"],
+            site=manifest.get("site", ""),
+            created_at=created,
+            fingers=fingers,
+            exceptions=[
+                FingerException(e["position"], e["code"], e.get("reason", ""))
+                for e in manifest.get("exceptions", [])
+            ],
+            face=face,
+        )

@@ -1,0 +1,129 @@
+"""The central side's commands, added to ``kiosk-agent`` by cli/main.py.
+
+``kiosk-agent receiver`` runs the reference receiver; ``check-config --receiver`` checks its
+config; ``keys init|show --central`` and ``keys enrol`` manage the central service's key and
+the enrolled kiosks' keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers, config_arg, print_config_error
+from agent.config import ConfigError, config_path
+from agent.config_types import topic_segment
+from agent.logs import setup_logging
+from agent.security import keys
+from agent.security.cli import init_key, show_key
+from receiver.config import load_receiver_config
+
+log = logging.getLogger("kiosk-agent")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def extend(sub: Subparsers, parsers: dict[str, Any]) -> None:
+    p = sub.add_parser("receiver", help="run the reference receiver (central side)")
+    config_arg(p)
+    p.set_defaults(func=cmd_receiver)
+
+    check = parsers["check-config"]
+    check.add_argument("--receiver", action="store_true",
+                       help="check a reference receiver's config instead of a kiosk's")
+    check.set_defaults(func=_either(cmd_check_receiver_config, check.get_default("func"), "receiver"))
+
+    init = parsers["keys init"]
+    init.add_argument("--central", action="store_true",
+                      help="create the central service's key pair (receiver.central_private_key)")
+    init.set_defaults(func=_either(cmd_central_key_init, init.get_default("func"), "central"))
+    show = parsers["keys show"]
+    show.add_argument("--central", action="store_true", help="the central service's key")
+    show.set_defaults(func=_either(cmd_central_key_show, show.get_default("func"), "central"))
+
+    enrol = parsers["keys"].add_parser(
+        "enrol", help="central side: accept a kiosk's public key (receiver.kiosk_keys_dir)")
+    config_arg(enrol)
+    enrol.add_argument("--kiosk-id", required=True, help="the kiosk's id (kiosk.id in its config)")
+    enrol.add_argument("public_key", type=Path, metavar="PUBLIC_KEY_FILE", help="the kiosk's .pub file")
+    enrol.set_defaults(func=cmd_keys_enrol)
+
+
+def _either(central: Command, kiosk: Command, flag: str) -> Command:
+    """The central side's command when ``--<flag>`` is given, else the kiosk's."""
+    def run(args: argparse.Namespace) -> int:
+        return central(args) if getattr(args, flag, False) else kiosk(args)
+    return run
+
+
+def _central_key(args: argparse.Namespace) -> Path:
+    return load_receiver_config(config_path(args.config)).receiver.central_private_key
+
+
+def cmd_central_key_init(args: argparse.Namespace) -> int:
+    return init_key(_central_key(args), "central", args.json)
+
+
+def cmd_central_key_show(args: argparse.Namespace) -> int:
+    return show_key(_central_key(args), "central", args.json)
+
+
+def cmd_check_receiver_config(args: argparse.Namespace) -> int:
+    path = config_path(args.path)
+    try:
+        config = load_receiver_config(path)
+    except ConfigError as exc:
+        if args.json:
+            print(json.dumps({"valid": False, "path": str(path), "problems": exc.problems}))
+        else:
+            print_config_error(exc)
+        return EXIT_USAGE
+    summary = f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}"
+    if args.json:
+        print(json.dumps({"valid": True, "path": str(path), "summary": summary, "warnings": []}))
+    else:
+        print(f"{path}: valid ({summary})")
+    return EXIT_OK
+
+
+def cmd_keys_enrol(args: argparse.Namespace) -> int:
+    config = load_receiver_config(config_path(args.config))
+    try:
+        topic_segment(args.kiosk_id)
+        public = keys.enrol(args.kiosk_id, args.public_key, config.receiver.kiosk_keys_dir)
+    except (ValueError, keys.KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+    print(f"enrolled kiosk {args.kiosk_id}: {keys.fingerprint(public)} -> "
+          f"{config.receiver.kiosk_keys_dir / (args.kiosk_id + '.pub')}")
+    return EXIT_OK
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from receiver.service import Receiver
+
+    config = load_receiver_config(config_path(args.config))
+    setup_logging(config.logging.level, config.logging.format)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    receiver = Receiver(config)
+    receiver.start()
+    try:
+        while not stop.wait(1.0):
+            if not receiver.link.alive:
+                log.critical("receiver MQTT thread died")
+                return EXIT_FAILED
+    finally:
+        receiver.stop()
+        c = receiver.counters
+        log.info("receiver stopped: %d stored, %d duplicates, %d rejected, %d unreadable",
+                 c.stored, c.duplicates, c.rejected, c.unreadable)
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""Code the tests share: fixtures' helpers, emulator clients, certificates, checkers."""
