@@ -26,7 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.quality.face import FaceAssessor, HaarDetector, encode_jpeg, token_geometry, token_image
+from agent.quality.face import FaceAssessor, encode_jpeg, token_geometry, token_image
+from agent.quality.face_detect import HaarDetector
 from drivers.sim_camera import draw_face
 
 WIDTH, HEIGHT = 640, 480

@@ -18,8 +18,9 @@ from agent.daemon import Agent
 from cli.main import main
 from devtools.broker import MosquittoBroker, free_port
 from receiver.service import Receiver
-from tests.conftest import agent_config, receiver_config, wait_until
-from tests.helpers import queue_ids, queued_while_running, spawn_agent, stored_ids, write_config
+from tests.support.config import agent_config, receiver_config
+from tests.support.processes import queue_ids, queued_while_running, spawn_agent, stored_ids, write_config
+from tests.support.waiting import wait_until
 
 
 class Running:

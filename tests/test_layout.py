@@ -99,7 +99,8 @@ def test_cycle_checker_passes_a_tree_without_cycles(tmp_path: Path) -> None:
 
 def test_direction_checker_catches_a_driver_importing_the_agent(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"agent/__init__.py": "", "agent/config.py": "",
-                            "drivers/__init__.py": "", "drivers/cam.py": "def f():\n    import agent.config\n",
+                            "drivers/__init__.py": "",
+                            "drivers/cam.py": "def f():\n    import agent.config\n",
                             "receiver/__init__.py": "", "receiver/s.py": "",
                             "agent/x.py": "from receiver import s\n"})
     problems = forbidden_imports(root, ("agent", "drivers", "receiver"))

@@ -17,7 +17,8 @@ import pytest
 
 from agent.daemon import Agent
 from devtools.broker import MosquittoBroker
-from tests.conftest import agent_config, wait_until
+from tests.support.config import agent_config
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).parent.parent
 

@@ -32,9 +32,10 @@ from agent.transport.publisher import CHUNK_BYTES_PER_TURN, PUBLISH_OVERHEAD, Pu
 from agent.transport.telemetry import snapshot
 from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
-from tests.conftest import agent_config, receiver_config, wait_until
-from tests.helpers import stored_ids
 from tests.reliability.proxy import FaultyProxy
+from tests.support.config import agent_config, receiver_config
+from tests.support.processes import stored_ids
+from tests.support.waiting import wait_until
 
 BIG_FINGER = {"driver": "sim-finger", "seed": 3, "width": 800, "height": 800}  # ~430 KB PNG
 

@@ -15,9 +15,10 @@ from agent.daemon import Agent
 from agent.transport.durable_queue import DurableQueue, QueueFull
 from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
-from tests.conftest import agent_config, receiver_config, wait_until
-from tests.helpers import stored_ids
 from tests.reliability.common import integrity
+from tests.support.config import agent_config, receiver_config
+from tests.support.processes import stored_ids
+from tests.support.waiting import wait_until
 
 MB = 1024 * 1024
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from agent.config import load_config
 from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
-from tests.conftest import receiver_config, wait_until
-from tests.helpers import queued_while_running, spawn_agent, stored_ids, write_config
 from tests.reliability.common import SOAK, committed_ids, integrity, rng
+from tests.support.config import receiver_config
+from tests.support.processes import queued_while_running, spawn_agent, stored_ids, write_config
+from tests.support.waiting import wait_until
 
 KILLS = 200 if SOAK else 50
 

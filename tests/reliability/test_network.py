@@ -8,10 +8,11 @@ from pathlib import Path
 from agent.daemon import Agent
 from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
-from tests.conftest import agent_config, receiver_config, wait_until
-from tests.helpers import stored_ids
 from tests.reliability.common import SOAK
 from tests.reliability.proxy import FaultyProxy
+from tests.support.config import agent_config, receiver_config
+from tests.support.processes import stored_ids
+from tests.support.waiting import wait_until
 
 OUTAGES_S = [0.5, 2.0, 5.0, 15.0, 60.0] if SOAK else [0.5, 2.0, 5.0]
 

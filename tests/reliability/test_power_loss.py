@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from agent.transport.durable_queue import DurableQueue
-from tests.conftest import keys_for
 from tests.reliability.common import SOAK, integrity, rng
+from tests.support.config import keys_for
 
 SNAPSHOTS = 150 if SOAK else 40
 

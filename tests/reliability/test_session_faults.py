@@ -16,11 +16,12 @@ from agent.daemon import Agent
 from devtools.broker import MosquittoBroker
 from drivers import usb_scan
 from receiver.service import Receiver
-from tests.conftest import agent_config, receiver_config, wait_until
 from tests.emulators.uru4000_backend import EmulatedBus, EmulatedScanner, default_image
 from tests.emulators.zfm import ZfmEmulator
-from tests.test_registration import Api
-from tests.test_uru4000 import FAST
+from tests.support.config import agent_config, receiver_config
+from tests.support.local_api import Api
+from tests.support.uru4000 import FAST
+from tests.support.waiting import wait_until
 
 ZFM_FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.3}
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -34,8 +33,8 @@ from drivers.gt521f_codec import (
 )
 from drivers.png_phys import png_ppi
 from tests.emulators.gt521f import Gt521fEmulator, default_image, default_raw_image
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).parent.parent
 FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.15,
                         "capture_timeout_s": 2.0}
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from agent.remote.commands import COMMANDS
 from devtools.broker import MosquittoBroker
-from tests.conftest import wait_until
-from tests.remote_client import REPLY_TOPIC, OperatorClient
-from tests.test_remote import KIOSK, kiosk_raw, start_kiosk
+from tests.support.remote_client import REPLY_TOPIC, OperatorClient
+from tests.support.remote_kiosk import KIOSK, kiosk_raw, start_kiosk
+from tests.support.waiting import wait_until
 
 EXAMPLES = 10_000
 

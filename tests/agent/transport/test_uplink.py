@@ -14,7 +14,7 @@ import pytest
 from agent.config import ConfigError, UplinkConfig, validate_config
 from agent.transport.uplink import Uplink, parse_window, seconds_until_open, window_open
 from receiver.config import ReceiverServiceConfig
-from tests.conftest import security_section
+from tests.support.config import security_section
 
 
 class FakeClock:

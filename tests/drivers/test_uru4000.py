@@ -42,7 +42,6 @@ from drivers.uru4000_codec import (
     descramble,
     next_key,
 )
-from tests.conftest import to_toml, wait_until
 from tests.emulators import uru4000_backend as emu
 from tests.emulators.uru4000_backend import (
     SCRAMBLED_BLOCKS,
@@ -51,16 +50,10 @@ from tests.emulators.uru4000_backend import (
     EmulatedScanner,
     gradient_image,
 )
-
-FAST: dict[str, Any] = {"poll_interval_s": 0.01, "transfer_timeout_s": 0.2, "capture_timeout_s": 1.0}
-
-
-def make_driver(bus: EmulatedBus, **config: Any) -> Uru4000Driver:
-    return Uru4000Driver("finger", Uru4000Config(**{**FAST, **config}), backend=bus)
-
-
-def decode_png(png: bytes) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+from tests.support.config import to_toml
+from tests.support.paths import ROOT
+from tests.support.uru4000 import FAST, decode_png, make_driver
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -439,7 +432,7 @@ def test_permission_denied_while_choosing_by_serial_points_at_the_rules(scanner:
 
 
 def test_the_udev_rules_cover_every_recognised_usb_id() -> None:
-    rules = (Path(__file__).parent.parent / "systemd" / "60-kiosk-agent.rules").read_text()
+    rules = (ROOT / "systemd" / "60-kiosk-agent.rules").read_text()
     covered = set(re.findall(r'ATTRS\{idVendor\}=="([0-9a-f]{4})", ATTRS\{idProduct\}=="([0-9a-f]{4})"'
                              r'.*MODE="0660", GROUP="plugdev"', rules))
     known = {(f"{v:04x}", f"{p:04x}") for v, p in usb_scan.known_usb_ids()}

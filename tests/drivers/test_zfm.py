@@ -41,11 +41,11 @@ from drivers.zfm_codec import (
     unpack_image,
     verify_password,
 )
-from tests.conftest import wait_until
 from tests.emulators.pty_device import load_image
 from tests.emulators.zfm import ZfmEmulator, default_image, reduce
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).parent.parent
 #: Short timeouts: the pty answers in microseconds, so these only bound the fault tests.
 FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.15,
                         "capture_timeout_s": 2.0}

@@ -9,7 +9,8 @@ import pytest
 
 from agent import __version__
 from cli.main import build_parser, main
-from tests.conftest import to_toml
+from tests.support.config import to_toml
+from tests.support.paths import ROOT
 
 COMMANDS = [["run"], ["demo"], ["receiver"], ["check-config"], ["config-schema"], ["queue"],
             ["queue", "stats"], ["keys"], ["keys", "init"], ["keys", "show"], ["keys", "enrol"],
@@ -31,7 +32,7 @@ def test_every_subcommand_is_covered() -> None:
 
 def test_console_script_version() -> None:
     out = subprocess.run([sys.executable, "-m", "cli", "--version"], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parent.parent)
+                         check=True, cwd=ROOT)
     assert out.stdout.strip() == f"kiosk-agent {__version__}"
 
 

@@ -22,10 +22,11 @@ from agent.transport.backoff import Backoff
 from drivers import CaptureRequest, usb_scan
 from drivers.usb_scan import UsbEnumerator
 from drivers.zfm import ZfmConfig, ZfmDriver
-from tests.conftest import agent_config, wait_until
 from tests.emulators.uru4000_backend import EmulatedBus, EmulatedScanner, gradient_image
 from tests.emulators.zfm import ZfmEmulator
-from tests.test_uru4000 import FAST, decode_png, make_driver
+from tests.support.config import agent_config
+from tests.support.uru4000 import FAST, decode_png, make_driver
+from tests.support.waiting import wait_until
 
 ZFM_FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.15}
 

@@ -28,8 +28,8 @@ from drivers import (
     driver_class,
 )
 from drivers.opencv_camera import OpenCvCameraConfig, OpenCvCameraDriver
-from tests.conftest import wait_until
-from tests.test_face_quality import blurred, no_face, portrait
+from tests.support.faces import blurred, no_face, portrait
+from tests.support.waiting import wait_until
 
 
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 10.0) -> Path:

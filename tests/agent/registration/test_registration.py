@@ -17,35 +17,10 @@ import pytest
 from agent.daemon import Agent
 from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
-from tests.conftest import agent_config, receiver_config, wait_until
-
-
-class Api:
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def call(
-        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 60
-    ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.base + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"} if data else {},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-                kind = resp.headers.get("Content-Type", "")
-                return resp.status, json.loads(raw) if "json" in kind else raw
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
-
-    def ok(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        status, payload = self.call(method, path, body)
-        assert status in (200, 201), (status, payload)
-        return payload
+from tests.support.config import agent_config, receiver_config
+from tests.support.local_api import Api
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
 
 
 def kiosk_config(tmp_path: Path, port: int, finger_faults: list[str] | None = None, **registration: Any):
@@ -307,7 +282,7 @@ def test_openapi_document_matches_the_routes(kiosk: Kiosk) -> None:
     routes = {(m.lower(), template) for m, _, _, template in ROUTES}
     documented = {(m, p) for p, ops in served["paths"].items() for m in ops}
     assert routes == documented
-    on_disk = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
+    on_disk = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert on_disk == served, "docs/openapi.json is stale: run `make openapi`"
 
 

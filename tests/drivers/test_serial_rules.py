@@ -6,9 +6,10 @@ installed under /etc/udev.)"""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-RULES = Path(__file__).parent.parent / "systemd" / "61-kiosk-serial.rules"
+from tests.support.paths import ROOT
+
+RULES = ROOT / "systemd" / "61-kiosk-serial.rules"
 KEY = re.compile(r'^(?:[A-Z_]+(?:\{[^}]+\})?)\s*(?:==|!=|\+=|=|:=)\s*"[^"]*"$')
 
 

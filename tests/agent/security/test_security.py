@@ -13,8 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.daemon import Agent
 from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
-from tests.certs import CA
-from tests.conftest import agent_config, receiver_config, wait_until
+from tests.support.certs import CA
+from tests.support.config import agent_config, receiver_config
+from tests.support.waiting import wait_until
 
 # Signatures that must never appear outside the sealed ciphertext (long enough that random
 # ciphertext cannot contain them by chance).

@@ -7,6 +7,7 @@ import pytest
 
 from agent.config import ConfigError, json_schema, load_config
 from cli.main import main
+from tests.support.paths import ROOT
 
 VALID = """
 [kiosk]
@@ -106,12 +107,12 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 @pytest.mark.parametrize("name", ["demo.toml", "office-kiosk.toml", "mobile-van.toml"])
 def test_shipped_examples_are_valid(name: str) -> None:
-    path = Path(__file__).parent.parent / "config" / name
+    path = ROOT / "config" / name
     assert main(["check-config", str(path)]) == 0
 
 
 def test_receiver_config_checked_with_its_own_model(capsys: pytest.CaptureFixture[str]) -> None:
-    path = Path(__file__).parent.parent / "config" / "receiver.toml"
+    path = ROOT / "config" / "receiver.toml"
     assert main(["check-config", "--receiver", str(path)]) == 0
     assert main(["check-config", str(path)]) == 2  # not a kiosk config: no [kiosk]
     assert "kiosk: missing" in capsys.readouterr().err
@@ -121,5 +122,5 @@ def test_schema_covers_drivers() -> None:
     schema = json_schema()
     variants = schema["properties"]["devices"]["additionalProperties"]["oneOf"]
     assert {v["title"] for v in variants} >= {"SimFingerConfig", "SimCameraConfig"}
-    shipped = json.loads((Path(__file__).parent.parent / "config" / "agent.schema.json").read_text())
+    shipped = json.loads((ROOT / "config" / "agent.schema.json").read_text())
     assert shipped == schema, "config/agent.schema.json is stale: run `make schema`"

@@ -141,7 +141,7 @@ def _raw(**finger: object) -> dict:
 
 
 def test_the_assessor_is_replaced_by_configuration() -> None:
-    config = validate_config(_raw(assessor="tests.test_finger_quality:HalfScore"))
+    config = validate_config(_raw(assessor="tests.agent.quality.test_finger_quality:HalfScore"))
     assessor = fq.load_assessor(config.quality.finger)
     assert isinstance(assessor, HalfScore) and assessor.config is config.quality.finger
     assert assessor.assess(capture(0), 500).assessor == "stand-in"
@@ -151,7 +151,7 @@ def test_the_assessor_is_replaced_by_configuration() -> None:
 @pytest.mark.parametrize(("spec", "message"), [
     ("nfiq2", "neither 'builtin' nor a 'module:callable'"),
     ("no_such_module_xyz:assess", "cannot import module 'no_such_module_xyz'"),
-    ("tests.test_finger_quality:missing", "has no callable 'missing'"),
+    ("tests.agent.quality.test_finger_quality:missing", "has no callable 'missing'"),
 ])
 def test_a_bad_assessor_is_a_config_error_naming_the_key(spec: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

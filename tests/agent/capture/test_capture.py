@@ -15,7 +15,8 @@ from agent.transport.backoff import Backoff
 from agent.transport.durable_queue import DurableQueue, QueueFull
 from agent.transport.protocol import decode_capture
 from drivers import CaptureRetry, TransientDeviceError, driver_class
-from tests.conftest import agent_config, keys_for, wait_until
+from tests.support.config import agent_config, keys_for
+from tests.support.waiting import wait_until
 
 
 def service(tmp_path: Path, faults: list[str], **queue: int) -> tuple[CaptureService, DeviceWorker]:

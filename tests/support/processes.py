@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import security_section, to_toml
+from tests.support.config import security_section, to_toml
+from tests.support.paths import ROOT
 
 
 def stored_ids(out_dir: Path) -> set[str]:
@@ -50,7 +51,7 @@ def write_config(tmp_path: Path, port: int, *, kiosk_id: str = "kiosk-p1", level
 
 
 def spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     with log_path.open("ab") as log:
         return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config_path)],
                                 stdout=log, stderr=log, env=env)

@@ -22,7 +22,7 @@ from agent.remote.overlay import (
 )
 from agent.transport.events import EventBus
 from agent.transport.telemetry import cpu_temperature_c
-from tests.conftest import security_section, to_toml
+from tests.support.config import security_section, to_toml
 
 KEY = Ed25519PrivateKey.generate()
 OPS = {"ada": Operator("ada", KEY.public_key(), frozenset({"operator"}))}

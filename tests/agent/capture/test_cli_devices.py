@@ -16,9 +16,9 @@ import pytest
 from cli.main import main
 from drivers import serial_scan
 from drivers.png_phys import read_phys
-from tests.conftest import to_toml
 from tests.emulators.gt521f import Gt521fEmulator
 from tests.emulators.zfm import ZfmEmulator
+from tests.support.config import to_toml
 
 FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.15}
 
