@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -20,6 +21,7 @@ from agent.cliutil import (
     EXIT_OK,
     EXIT_USAGE,
     Subparsers,
+    check_config,
     config_arg,
     load,
     print_config_error,
@@ -110,27 +112,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = config_path(args.path)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        if args.json:
-            print(json.dumps({"valid": False, "path": str(path), "problems": exc.problems}))
-        else:
-            print_config_error(exc)
-        return EXIT_USAGE
-    warnings: list[str] = []
+    return check_config(config_path(args.path), _check_kiosk_config, args.json)
+
+
+def _check_kiosk_config(path: Path) -> tuple[str, list[str]]:
+    config = load_config(path)
     summary = (f"kiosk {config.kiosk.id}, {len(config.devices)} devices: "
                f"{', '.join(sorted(config.devices)) or 'none'}")
-    if config.remote.enabled:
-        warnings = load_operators(config.remote)[1]
-    if args.json:
-        print(json.dumps({"valid": True, "path": str(path), "summary": summary, "warnings": warnings}))
-    else:
-        print(f"{path}: valid ({summary})")
-        for warning in warnings:  # the agent runs without them; they are worth fixing
-            print(f"warning: {warning}", file=sys.stderr)
-    return EXIT_OK
+    # Unusable operator keys: the agent runs without those operators; worth fixing.
+    warnings = load_operators(config.remote)[1] if config.remote.enabled else []
+    return summary, warnings
 
 
 def cmd_config_schema(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from agent.errors import PermanentError
 
-class ConfigError(Exception):
+
+class ConfigError(PermanentError):
     """A config that cannot be used; ``problems`` lists every ``path: reason``."""
 
     def __init__(self, source: str, problems: list[str]) -> None:

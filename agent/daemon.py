@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
+from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from agent import __version__
+from agent import __version__, shutdown
 from agent.capture.build import build_driver
 from agent.capture.hotplug import HotplugMonitor
-from agent.capture.service import CaptureService, ContinuousCapture
+from agent.capture.service import CaptureOutcome, CaptureService, ContinuousCapture
 from agent.capture.workers import DeviceWorker
 from agent.config import AgentConfig, ConfigError
 from agent.logs import recent_logs
@@ -32,16 +32,18 @@ from agent.registration.local_api import LocalApi
 from agent.registration.service import RegistrationService
 from agent.remote.audit import RemoteStore
 from agent.remote.control import RemoteControl
+from agent.runtime import CaptureCounts, Connection, Deliveries, Restarting
 from agent.sd_notify import Notifier
 from agent.security.keys import KeyFileError, load_encryption_public, load_signing_key
 from agent.security.sealing import Sealer
-from agent.transport.durable_queue import DurableQueue
+from agent.transport.durable_queue import DurableQueue, QueueStats
 from agent.transport.events import EventBus
 from agent.transport.handler_chain import HandlerChain
 from agent.transport.mqtt_link import MqttLink, Will
 from agent.transport.protocol import Topics, status_payload
 from agent.transport.publisher import Publisher
 from agent.transport.telemetry import TelemetryPublisher
+from agent.transport.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +81,15 @@ class Agent:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._stop_requested.is_set():
+            log.info("a stop was requested while the agent was loading; not starting")
+            return
         self.started_at = time.time()
         recent_logs()  # the diagnostics command's recent lines
         remote = self.config.remote
         if remote.enabled:
             self.remote_store = RemoteStore(remote.state_dir / "remote.db")
-            self.remote = RemoteControl(self)
+            self.remote = RemoteControl(self, self.remote_store)
             self.remote.start()
         self._start_components()
         if self.config.local_api.enabled:
@@ -118,8 +123,10 @@ class Agent:
         self.hotplug = HotplugMonitor(self.workers, on_event=lambda e: self.events.emit(
             e["event"], **{k: v for k, v in e.items() if k != "event"}))
         self.hotplug.start()
-        self.capture = CaptureService(cfg, self.queue, self.workers, sealer)
-        self.registrations = RegistrationService(cfg, self.capture, self.queue, sealer, self.workers)
+        self.capture = CaptureService(cfg.kiosk, cfg.capture, self.queue, self.workers, sealer)
+        self.registrations = RegistrationService(
+            cfg.registration, kiosk=cfg.kiosk, quality=cfg.quality, formats=cfg.formats,
+            capture=self.capture, queue=self.queue, sealer=sealer, workers=self.workers)
         status = self.status_fields()
         self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status, uplink=cfg.uplink,
                                    state_dir=cfg.state_dir, on_event=self.events.emit)
@@ -135,8 +142,12 @@ class Agent:
         if cfg.capture.mode == "continuous":
             self.continuous = ContinuousCapture(self.capture)
             self.continuous.start()
+        # Devices get a moment to open before READY, unless a stop is asked for meanwhile.
+        deadline = time.monotonic() + DEVICE_OPEN_WAIT_S
         for worker in self.workers.values():
-            worker.wait_first_open(DEVICE_OPEN_WAIT_S)
+            while not worker.wait_first_open(0.1):
+                if self._stop_requested.is_set() or time.monotonic() >= deadline:
+                    break
 
     def _warn_certificate(self, cfg: AgentConfig) -> None:
         expires = self.link.cert_expires_at if self.link else None
@@ -214,21 +225,18 @@ class Agent:
         return False
 
     def run_until_signalled(self) -> None:
-        """Run in the foreground until SIGTERM or SIGINT, then stop cleanly."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        """Run in the foreground until SIGTERM or SIGINT, then stop cleanly: also when the
+        signal comes while the agent is still starting (systemd may stop a starting unit)."""
+        self._stop_requested = shutdown.install()
         try:
             self.start()
             self.supervise(self._stop_requested)
         finally:
+            if shutdown.received():
+                log.info("received %s", shutdown.received())
             self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def request_stop(self) -> None:
-        self._stop_requested.set()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
         self._stop_requested.set()
 
     def supervise(self, stop: threading.Event) -> None:
@@ -269,6 +277,58 @@ class Agent:
             connection = "connected"
         devices = ", ".join(f"{n} {w.state}" for n, w in self.workers.items()) or "no devices"
         return f"{connection}; {items} queued; {devices}"
+
+    # --- the Runtime interface (agent/runtime.py) ----------------------------------------
+    # What remote commands, telemetry and the local API may ask; they never hold the parts.
+
+    def device_workers(self) -> Mapping[str, DeviceWorker]:
+        return self.workers
+
+    def registration_service(self) -> RegistrationService | None:
+        return self.registrations
+
+    def take_capture(self, device: str, position: int) -> Future[CaptureOutcome]:
+        if self.capture is None:
+            raise Restarting()
+        return self.capture.capture(device, position)
+
+    def queue_stats(self) -> QueueStats | None:
+        return self.queue.stats() if self.queue is not None and self._queue_open else None
+
+    def retry_rejected(self) -> int:
+        if self.queue is None:
+            return 0
+        count = self.queue.retry_rejected()
+        if self.publisher is not None:
+            self.publisher.rewind()  # the retried captures go out before newer ones
+        return count
+
+    def purge_queue(self, states: tuple[str, ...]) -> tuple[int, int]:
+        if self.queue is None:
+            return 0, 0
+        return self.queue.purge(states)
+
+    def connection(self) -> Connection:
+        link = self.link
+        if link is None:
+            return Connection(False, 0, None)
+        return Connection(link.connected, max(0, link.connects - 1), link.cert_expires_at)
+
+    def deliveries(self) -> Deliveries | None:
+        if self.publisher is None:
+            return None
+        c = self.publisher.counters
+        return Deliveries(c.published, c.acknowledged, c.rejected)
+
+    def capture_counts(self) -> CaptureCounts:
+        capture = self.capture
+        return CaptureCounts(capture.captured_today, capture.refused) if capture else CaptureCounts(0, 0)
+
+    def uplink(self) -> Uplink | None:
+        return self.publisher.uplink if self.publisher is not None else None
+
+    def recent_audit(self, limit: int) -> list[dict[str, Any]]:
+        return self.remote_store.recent_audit(limit) if self.remote_store is not None else []
 
     # --- status -------------------------------------------------------------------------
 

@@ -265,7 +265,7 @@ def capture_service(config: AgentConfig, queue: DurableQueue, sealer: Sealer,
     try:
         if not worker.wait_first_open(10):
             raise BenchError("the bench device did not open")
-        yield CaptureService(config, queue, {"bench": worker}, sealer)
+        yield CaptureService(config.kiosk, config.capture, queue, {"bench": worker}, sealer)
     finally:
         worker.stop()
 

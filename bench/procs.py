@@ -241,7 +241,7 @@ class AgentProcess(Managed):
 
 
 class ReceiverProcess(Managed):
-    """``python -m agent receiver --config PATH``: the reference receiver in its own process."""
+    """``python -m cli receiver --config PATH``: the reference receiver in its own process."""
 
     def __init__(self, ws: Workspace, port: int, output_dir: Path, name: str) -> None:
         config = ws.write_toml(ws.root / f"receiver-{name}.toml",

@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from agent.guard import log_and_continue
+
 log = logging.getLogger(__name__)
 
 
@@ -171,10 +173,8 @@ class EmbeddedBroker:
         if self._loop is None or self._broker is None:
             return
         future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
-        try:
+        with log_and_continue(log, "embedded broker did not shut down cleanly"):
             future.result(10)
-        except Exception:
-            log.exception("embedded broker did not shut down cleanly")
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)

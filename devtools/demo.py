@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from agent.cliutil import EXIT_USAGE, Subparsers, non_negative_float, positive_float, positive_int
 from agent.config import validate_config
 from agent.daemon import Agent
+from agent.errors import PermanentError
 from agent.logs import setup_logging
 from agent.security.keys import provision
 from devtools.broker import EmbeddedBroker, MosquittoBroker
@@ -30,7 +31,7 @@ from receiver.service import Receiver
 log = logging.getLogger(__name__)
 
 
-class DemoError(Exception):
+class DemoError(PermanentError):
     pass
 
 

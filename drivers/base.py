@@ -3,12 +3,16 @@
 A driver is synchronous and blocking: the agent calls it from one named worker thread per
 device (see agent/capture/workers.py), never from two threads at once, so drivers need no locks.
 Hardware libraries are imported inside ``open()`` so the package imports on any machine.
+
+Cameras do not judge faces themselves: whoever builds one hands it a ``MakeFaceJudge``
+(the agent: agent/capture/build.py), so the drivers never depend on the agent's checks.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,6 +82,35 @@ class CapturedImage:
     quality_detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FaceVerdict:
+    """What a camera needs from the judgement of one frame, as plain data."""
+
+    passed: bool
+    #: 0..100; every failing frame scores below every passing one, so the best frame wins.
+    score: int
+    #: Faces seen in the frame: with none, the capture asks the person to come into view.
+    faces: int
+    #: What the operator tells the person, for the failed checks, in check order.
+    hints: tuple[str, ...]
+    #: The whole quality report (checks, values, thresholds), JSON-ready: the capture's
+    #: ``quality_detail`` is built from it.
+    report: dict[str, Any]
+    #: Size and affine map (frame -> token) of the ISO/IEC 19794-5 token image, for
+    #: drivers/face_image.py ``token_image``; None unless exactly one face was found.
+    token: dict[str, Any] | None = None
+
+
+#: Judges one frame (a BGR numpy array) for a face capture.
+FaceJudge = Callable[[Any], FaceVerdict]
+#: Makes a camera's FaceJudge. Called in ``open()``, on the device thread, since loading a face
+#: detector takes a while; raises PermanentDeviceError when it cannot (a model file missing),
+#: naming the setting. A camera given none still probes and previews, and its ``capture()``
+#: returns the sharpest of a few frames with no face checks at all: ``quality`` None,
+#: ``quality_detail["judged"]`` False and a note saying so, no token image.
+MakeFaceJudge = Callable[[], FaceJudge]
+
+
 class Driver(abc.ABC):
     """Base class of every device driver.
 
@@ -118,11 +151,11 @@ class Driver(abc.ABC):
     def preview(self) -> Any:
         """One live frame (a BGR numpy array) for the operator's preview; cameras only.
 
-        Not a capture: nothing is judged, kept or counted.
+        Not a capture: nothing is judged, kept or counted. A device without a preview raises
+        NotImplementedError: asking is a caller's mistake, not a fault of the device, so the
+        device must not be marked failed for it.
         """
-        from drivers.errors import PermanentDeviceError
-
-        raise PermanentDeviceError(f"{self.name} devices have no live preview")
+        raise NotImplementedError(f"{self.name} devices have no live preview")
 
     @abc.abstractmethod
     def close(self) -> None:

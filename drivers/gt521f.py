@@ -51,7 +51,15 @@ from drivers.gt521f_codec import (
     error_text,
 )
 from drivers.png_phys import encode_grey_png
-from drivers.serial_port import NoValidReply, SerialDriverConfig, SerialLink, setting, wire_time_s
+from drivers.serial_port import (
+    BadReply,
+    CommandLink,
+    NoValidReply,
+    SerialDriverConfig,
+    SerialLink,
+    setting,
+    wire_time_s,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,66 +91,45 @@ class Gt521fConfig(SerialDriverConfig):
         return value
 
 
-class _BadReply(Exception):
-    """One attempt failed (timeout, checksum); the caller resynchronises and tries again."""
+class GtLink(CommandLink):
+    """Command/response transactions in GT-521F packets (drivers/gt521f_codec.py)."""
 
-
-class GtLink:
-    """Command/response transactions with one module, on top of a serial port."""
+    #: Quiet for two packets' time: the rest of a broken reply has been read off.
+    quiet_bytes = 2 * PACKET_SIZE
+    decoder: PacketDecoder
 
     def __init__(self, device_id: str, serial: SerialLink) -> None:
-        self.device_id = device_id
-        self.serial = serial
-        self.decoder = PacketDecoder()
-
-    @property
-    def baud(self) -> int:
-        return self.serial.baud
-
-    def set_baud(self, baud: int) -> None:
-        self.serial.set_baud(baud)
-        self.decoder.reset()
-
-    def close(self) -> None:
-        self.serial.close()
+        super().__init__(device_id, serial, PacketDecoder())
 
     def command(self, command: Command, parameter: int = 0, *, timeout_s: float, attempts: int,
                 data_size: int = 0) -> tuple[Response, bytes]:
         """Send a command; return its response and, after an ACK, its ``data_size`` bytes of data."""
-        packet = encode_command(command, parameter)
-        last = ""
-        for attempt in range(1, attempts + 1):
-            # A late reply to an earlier command must not be taken for this one's.
-            self.serial.discard_input()
-            self.decoder.reset()
-            self.serial.write(packet)
-            try:
-                response = self._read_response(time.monotonic() + timeout_s)
-                if response.code == NACK and response.parameter == Error.COMM_ERR:
-                    raise _BadReply("the module received a corrupt command")
-                if not response.ack or not data_size:
-                    return response, b""
-                return response, self._read_data(data_size, timeout_s)
-            except _BadReply as exc:
-                last = str(exc)
-                log.debug("%s: %s attempt %d/%d: %s", self.device_id, command.name, attempt, attempts, exc)
-                if attempt < attempts:
-                    self._resync(data_size)
-        raise NoValidReply(f"{self.device_id}: no valid reply to {command.name} at {self.baud} baud "
-                           f"after {attempts} attempt(s): {last}")
+
+        def reply(deadline: float) -> tuple[Response, bytes]:
+            response = self._read_response(deadline)
+            if response.code == NACK and response.parameter == Error.COMM_ERR:
+                raise BadReply("the module received a corrupt command")
+            if not response.ack or not data_size:
+                return response, b""
+            return response, self._read_data(data_size, timeout_s)
+
+        # Long enough to read off the rest of a broken data packet.
+        drain_limit_s = wire_time_s(data_size + 64, self.baud) * 1.5 + 1.0
+        return self.transaction(encode_command(command, parameter), reply, what=command.name,
+                                timeout_s=timeout_s, attempts=attempts, drain_limit_s=drain_limit_s)
 
     def _read_response(self, deadline: float) -> Response:
         while True:
             item = self.decoder.next_response()
             if isinstance(item, Corrupt):
-                raise _BadReply(f"response checksum error (computed 0x{item.expected:04X}, "
-                                f"received 0x{item.received:04X})")
+                raise BadReply(f"response checksum error (computed 0x{item.expected:04X}, "
+                               f"received 0x{item.received:04X})")
             if item is not None:
                 if item.device_id == DEVICE_ID:
                     return item
                 continue
             if time.monotonic() >= deadline:
-                raise _BadReply("timed out waiting for a response")
+                raise BadReply("timed out waiting for a response")
             self._fill()
 
     def _read_data(self, size: int, idle_s: float) -> bytes:
@@ -153,14 +140,14 @@ class GtLink:
         while True:
             item = self.decoder.next_data(size)
             if isinstance(item, Corrupt):
-                raise _BadReply(f"data checksum error (computed 0x{item.expected:04X}, "
-                                f"received 0x{item.received:04X})")
+                raise BadReply(f"data checksum error (computed 0x{item.expected:04X}, "
+                               f"received 0x{item.received:04X})")
             if item is not None:
                 return item.data
             now = time.monotonic()
             if now >= deadline or now - last_byte >= idle_s:
-                raise _BadReply(f"timed out waiting for {size} bytes of data "
-                                f"({self.decoder.pending} arrived)")
+                raise BadReply(f"timed out waiting for {size} bytes of data "
+                               f"({self.decoder.pending} arrived)")
             if self._fill():
                 last_byte = time.monotonic()
 
@@ -169,13 +156,6 @@ class GtLink:
         if chunk:
             self.decoder.feed(chunk)
         return len(chunk)
-
-    def _resync(self, data_size: int) -> None:
-        # Read off the rest of a broken reply until the line is quiet, so the next command
-        # starts in step.
-        quiet = max(0.02, wire_time_s(2 * PACKET_SIZE, self.baud))
-        self.serial.drain(quiet, limit_s=wire_time_s(data_size + 64, self.baud) * 1.5 + 1.0)
-        self.decoder.reset()
 
 
 class Gt521fDriver(Driver):

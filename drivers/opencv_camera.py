@@ -3,16 +3,20 @@
 ``source`` is a device index ("0"), a device path (/dev/video0, or the stable
 /dev/v4l/by-id/... link udev makes), an RTSP or HTTP(S) URL, or a video or image file (tests
 and demos; a video rewinds at its end). ``capture()`` reads frames for up to the capture
-timeout, runs the face checks (agent/quality/face.py) on each, and returns the best frame:
-the first that passes every check, or a better passing one among the next
+timeout, has the face judge (drivers/base.py ``FaceJudge``) judge each, and returns the best
+frame: the first that passes every check, or a better passing one among the next
 ``frames_after_pass`` frames; when none passes, the best failing one with its failed checks,
 so the capture session (agent/capture/service.py) can decide to retry. ``CaptureRetry`` is raised
 only when no face at all was seen.
 
+The judge comes from whoever builds the driver, through ``make_judge`` before ``open()``: the
+agent's is the ICAO checks of agent/quality/face.py with the ``[quality.face]`` thresholds
+(agent/capture/build.py). Without one the camera judges nothing: ``capture()`` returns the
+sharpest of ``1 + frames_after_pass`` frames and says so in ``quality_detail``.
+
 A source that cannot be opened or read raises ``DeviceDisconnected``: the device worker
 (agent/capture/workers.py) marks it offline, closes it and reopens it with backoff, and the agent
-keeps running. The checks' thresholds are ``FaceQualityConfig`` (the ``[quality.face]``
-table); the agent hands them over by setting ``quality_config`` before ``open()``.
+keeps running.
 """
 
 from __future__ import annotations
@@ -27,10 +31,20 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from agent.config import FaceQualityConfig
-from agent.quality.face import Assessment, FaceAssessor, encode_jpeg, token_geometry, token_image
-from drivers.base import CapturedImage, CaptureRequest, DeviceInfo, Driver, DriverConfig, Health, Modality
+from drivers.base import (
+    CapturedImage,
+    CaptureRequest,
+    DeviceInfo,
+    Driver,
+    DriverConfig,
+    FaceJudge,
+    FaceVerdict,
+    Health,
+    MakeFaceJudge,
+    Modality,
+)
 from drivers.errors import CaptureRetry, DeviceDisconnected, PermanentDeviceError
+from drivers.face_image import encode_jpeg, token_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _URL = re.compile(r"^(rtsp|rtsps|http|https)://", re.IGNORECASE)
@@ -67,14 +81,15 @@ class OpenCvCameraDriver(Driver):
 
     def __init__(self, device_id: str, config: OpenCvCameraConfig) -> None:
         super().__init__(device_id, config)
-        #: Face check thresholds; the agent sets its [quality.face] table here before open().
-        self.quality_config = FaceQualityConfig()
+        #: Makes the face judge on the first open(); set before then (the agent always does).
+        #: None: captures are not judged.
+        self.make_judge: MakeFaceJudge | None = None
         #: The ISO 19794-5 token image (JPEG) of the last capture, None when it had no face.
-        #: Also rebuilt from a capture by agent.quality.face.token_from_capture.
+        #: It can also be rebuilt from the capture: its JPEG and ``quality_detail["token"]``.
         self.last_token: bytes | None = None
         self._cap: Any = None  # cv2.VideoCapture, or None for an image file
         self._still: np.ndarray | None = None
-        self._assessor: FaceAssessor | None = None
+        self._judge: FaceJudge | None = None
 
     # --- the source ------------------------------------------------------------------------
 
@@ -103,10 +118,10 @@ class OpenCvCameraDriver(Driver):
     def open(self) -> DeviceInfo:
         self.close()
         cfg = self.config
-        if self._assessor is None:
+        if self._judge is None and self.make_judge is not None:
             try:
-                self._assessor = FaceAssessor(self.quality_config)
-            except (FileNotFoundError, RuntimeError) as exc:
+                self._judge = self.make_judge()
+            except PermanentDeviceError as exc:
                 raise PermanentDeviceError(f"{self.device_id}: {exc}") from None
         if self._path_gone():
             raise DeviceDisconnected(f"{self.device_id}: {cfg.source} does not exist")
@@ -195,37 +210,34 @@ class OpenCvCameraDriver(Driver):
         if self._path_gone():
             # A removed file or device node: reads from an already open handle could go on.
             raise DeviceDisconnected(f"{self.device_id}: {self.config.source} is gone")
-        assessor = self._assessor
-        if assessor is None or (self._cap is None and self._still is None):
+        if self._cap is None and self._still is None:
             raise DeviceDisconnected(f"{self.device_id}: camera not open")
         timeout = request.timeout_s if request.timeout_s is not None else self.config.capture_timeout_s
-        session = self._best_frame(assessor, time.monotonic() + timeout)
+        deadline = time.monotonic() + timeout
+        if self._judge is None:
+            return self._unjudged(deadline)
+        session = self._best_frame(self._judge, deadline)
         if not session.any_face:
             raise CaptureRetry("no face", session.first_hint or "look straight at the camera")
-        assert session.best is not None  # _best_frame analyses at least one frame
-        assessment, frame = session.best
-        report = assessment.report
-        detail: dict[str, Any] = {**report.as_dict(), "frames_analysed": session.frames}
+        assert session.best is not None  # _best_frame judges at least one frame
+        verdict, frame = session.best
         self.last_token = None
-        if assessment.face is not None:
-            geometry = token_geometry(assessment.face)
-            self.last_token = encode_jpeg(token_image(frame, geometry), self.config.jpeg_quality)
-            detail["token"] = geometry
+        detail: dict[str, Any] = {**verdict.report, "frames_analysed": session.frames}
+        if verdict.token is not None:
+            self.last_token = encode_jpeg(token_image(frame, verdict.token), self.config.jpeg_quality)
+            detail["token"] = verdict.token
         detail["token_image"] = self.last_token is not None
-        height, width = frame.shape[:2]
-        return CapturedImage(modality=Modality.FACE, position=0, image_format="jpeg",
-                             image=encode_jpeg(frame, self.config.jpeg_quality), width=width,
-                             height=height, ppi=0, quality=report.score, quality_detail=detail)
+        return self._captured(frame, verdict.score, detail)
 
-    def _best_frame(self, assessor: FaceAssessor, deadline: float) -> _Session:
-        """Analyse frames until the deadline, or until enough of them have passed."""
+    def _best_frame(self, judge: FaceJudge, deadline: float) -> _Session:
+        """Judge frames until the deadline, or until enough of them have passed."""
         session = _Session()
         passing = 0
         while True:
             frame = self._read()
-            assessment = assessor.assess(frame)
-            session.add(assessment, frame)
-            if assessment.report.passed:
+            verdict = judge(frame)
+            session.add(verdict, frame)
+            if verdict.passed:
                 passing += 1
                 if passing > self.config.frames_after_pass:
                     break
@@ -235,20 +247,52 @@ class OpenCvCameraDriver(Driver):
                 break
         return session
 
+    def _unjudged(self, deadline: float) -> CapturedImage:
+        """No judge: the sharpest of the next few frames, with nothing checked and a note saying so."""
+        best, best_sharpness, frames = None, -1.0, 0
+        while True:
+            frame = self._read()
+            frames += 1
+            sharpness = _sharpness(frame)
+            if sharpness > best_sharpness:
+                best, best_sharpness = frame, sharpness
+            if self._still is not None or frames > self.config.frames_after_pass:
+                break
+            if time.monotonic() >= deadline:
+                break
+        assert best is not None
+        self.last_token = None
+        detail = {"judged": False, "frames_analysed": frames, "token_image": False,
+                  "note": f"no face judge: the sharpest of {frames} frame(s), no face or ICAO checks"}
+        return self._captured(best, None, detail)
+
+    def _captured(self, frame: np.ndarray, score: int | None, detail: dict[str, Any]) -> CapturedImage:
+        height, width = frame.shape[:2]
+        return CapturedImage(modality=Modality.FACE, position=0, image_format="jpeg",
+                             image=encode_jpeg(frame, self.config.jpeg_quality), width=width,
+                             height=height, ppi=0, quality=score, quality_detail=detail)
+
+
+def _sharpness(frame: np.ndarray) -> float:
+    """Variance of the Laplacian over the whole frame: enough to tell a blurred frame from a
+    steady one of the same scene, which is all the unjudged capture compares."""
+    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
 
 @dataclass
 class _Session:
     """What one capture has seen so far: the best frame, and whether any face at all."""
 
-    best: tuple[Assessment, np.ndarray] | None = None
+    best: tuple[FaceVerdict, np.ndarray] | None = None
     frames: int = 0
     any_face: bool = False
     first_hint: str = ""
 
-    def add(self, assessment: Assessment, frame: np.ndarray) -> None:
+    def add(self, verdict: FaceVerdict, frame: np.ndarray) -> None:
         self.frames += 1
-        self.any_face = self.any_face or assessment.faces_seen > 0
-        if not self.first_hint and assessment.report.hints():
-            self.first_hint = assessment.report.hints()[0]
-        if self.best is None or assessment.report.score > self.best[0].report.score:
-            self.best = (assessment, frame)
+        self.any_face = self.any_face or verdict.faces > 0
+        if not self.first_hint and verdict.hints:
+            self.first_hint = verdict.hints[0]
+        if self.best is None or verdict.score > self.best[0].score:
+            self.best = (verdict, frame)

@@ -1,10 +1,15 @@
-"""The serial port under the UART drivers (zfm, gt521f).
+"""The serial port under the UART drivers (zfm, gt521f), and their command/reply transactions.
 
 It opens a device path or any pyserial URL (``/dev/ttyUSB0``, ``/dev/kiosk-finger0``,
 ``socket://host:port``, ``loop://``), reads in short slices so callers keep their own
 deadlines, and turns operating-system errors into the driver error tree: a port that is
 missing or fails mid-transfer is ``DeviceDisconnected`` (the agent reopens it when it comes
 back), a port we may not open is ``PermanentDeviceError`` naming the setting.
+
+``CommandLink.transaction`` is the one retry loop of both families: send, read the reply, and
+after a reply that timed out or came back corrupt (``BadReply``) drain the line and send again,
+``attempts`` times, then ``NoValidReply``. Errors of the port itself are not retried there:
+they reach the driver as they are.
 
 pyserial is imported inside ``SerialLink.open`` so the drivers package imports without it.
 """
@@ -14,9 +19,9 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -31,6 +36,8 @@ _BUSY = {errno.EAGAIN, errno.EBUSY}
 #: How long one read waits for a first byte; callers loop until their own deadline.
 READ_SLICE_S = 0.01
 
+T = TypeVar("T")
+
 
 class NoValidReply(TransientDeviceError):
     """Every attempt at a command timed out or came back corrupt.
@@ -38,6 +45,11 @@ class NoValidReply(TransientDeviceError):
     Its own class so that probing can try the next baud rate on exactly this, while a
     vanished port (DeviceDisconnected) still ends the probe at once.
     """
+
+
+class BadReply(Exception):
+    """One attempt failed (timeout, checksum, the module saw a corrupt command): the
+    transaction gets back in step and sends the command again."""
 
 
 class SerialDriverConfig(DriverConfig):
@@ -160,6 +172,61 @@ class SerialLink:
             # On a USB bridge that was pulled, or a pty whose other side closed, every read
             # and write fails from now on: only closing and reopening the port helps.
             raise DeviceDisconnected(f"{where} failed while {doing}: {exc} (unplugged?)") from exc
+
+
+class Decoder(Protocol):
+    def reset(self) -> None: ...
+
+
+class CommandLink:
+    """Command/reply transactions with one module on a serial port; each family subclasses it
+    with its own decoder and reply readers. Not thread-safe, like the port under it."""
+
+    #: After this many bytes' time on the wire without a byte, the line counts as quiet: the
+    #: rest of a broken reply has been read off and the next command starts in step.
+    quiet_bytes: ClassVar[int]
+
+    def __init__(self, device_id: str, serial: SerialLink, decoder: Decoder) -> None:
+        self.device_id = device_id
+        self.serial = serial
+        self.decoder = decoder
+
+    @property
+    def baud(self) -> int:
+        return self.serial.baud
+
+    def set_baud(self, baud: int) -> None:
+        self.serial.set_baud(baud)
+        self.decoder.reset()
+
+    def close(self) -> None:
+        self.serial.close()
+
+    def transaction(self, packet: bytes, read_reply: Callable[[float], T], *, what: str, timeout_s: float,
+                    attempts: int, drain_limit_s: float, failure: str = "") -> T:
+        """Send ``packet`` and return ``read_reply(deadline)``, ``attempts`` times at most.
+
+        After a BadReply the line is drained (at most ``drain_limit_s``: a broken image upload
+        may still be arriving) before the next attempt. ``failure`` replaces the default
+        "no valid reply to ``what``" in the NoValidReply raised when every attempt failed.
+        """
+        last = ""
+        for attempt in range(1, attempts + 1):
+            # A late reply to an earlier command must not be taken for this one's.
+            self.serial.discard_input()
+            self.decoder.reset()
+            self.serial.write(packet)
+            try:
+                return read_reply(time.monotonic() + timeout_s)
+            except BadReply as exc:
+                last = str(exc)
+                log.debug("%s: %s attempt %d/%d: %s", self.device_id, what, attempt, attempts, exc)
+                if attempt < attempts:
+                    quiet = max(0.02, wire_time_s(self.quiet_bytes, self.baud))
+                    self.serial.drain(quiet, limit_s=drain_limit_s)
+                    self.decoder.reset()
+        failure = failure or f"no valid reply to {what} at {self.baud} baud after {attempts} attempt(s)"
+        raise NoValidReply(f"{self.device_id}: {failure}: {last}")
 
 
 def _io_errors(serial: Any) -> tuple[type[BaseException], ...]:

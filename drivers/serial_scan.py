@@ -17,7 +17,6 @@ from typing import Any
 from drivers.base import DeviceInfo
 from drivers.errors import DeviceDisconnected, DeviceError, PermanentDeviceError
 from drivers.registry import driver_class, driver_names
-from drivers.serial_port import SerialDriverConfig
 
 DEFAULT_PATTERNS = ("/dev/ttyUSB*", "/dev/ttyACM*", "/dev/ttyAMA*", "/dev/serial0")
 
@@ -41,8 +40,7 @@ class ScanResult:
 
 def serial_drivers() -> list[str]:
     """Registered drivers that talk over a serial port."""
-    return [name for name in driver_names()
-            if issubclass(driver_class(name).config_model, SerialDriverConfig)]
+    return driver_names("serial")
 
 
 def candidate_ports(extra: Iterable[str] = (), patterns: Iterable[str] = DEFAULT_PATTERNS) -> list[str]:

@@ -18,7 +18,7 @@ from drivers.base import CapturedImage, CaptureRequest, Modality
 from drivers.errors import CaptureRetry
 from drivers.sim_common import SimConfig, SimDevice, encode
 
-CameraFault = Literal["ok", "no-face", "timeout", "disconnect"]
+CameraFault = Literal["ok", "no-face", "timeout", "disconnect", "broken"]
 
 #: Eye centres are this far either side of the face's midline, in pixels at 640 px width.
 EYE_OFFSET_PX = 50

@@ -113,6 +113,8 @@ class SimDevice(Driver):
         if fault == "disconnect":
             self._unplugged = True
             raise DeviceDisconnected(f"{self.device_id}: simulated device unplugged")
+        if fault == "broken":
+            raise PermanentDeviceError(f"{self.device_id}: simulated hardware fault; replace the device")
         return fault
 
 

@@ -21,7 +21,8 @@ from drivers.sim_common import SimConfig, SimDevice, encode
 
 #: "poor": an image comes back, but smudged and faint (quality checks should refuse it);
 #: "missing-finger": a slap with one finger fewer than asked for.
-FingerFault = Literal["ok", "no-finger", "too-messy", "poor", "missing-finger", "timeout", "disconnect"]
+FingerFault = Literal["ok", "no-finger", "too-messy", "poor", "missing-finger", "timeout", "disconnect",
+                      "broken"]
 #: ANSI/NIST slap positions and the fingers each holds (13 right four, 14 left four, 15 thumbs).
 SLAPS: dict[int, tuple[int, ...]] = {13: (2, 3, 4, 5), 14: (7, 8, 9, 10), 15: (1, 6)}
 SLAP_GAP_PX = 40

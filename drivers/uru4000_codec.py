@@ -16,15 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-VENDOR_ID = 0x05BA
-#: product id -> (model, needs_flip). The 4000B/4500 sensor is mounted the other way up
-#: from the 4000's: only the 4000 frames arrive rotated by 180 degrees.
-MODELS: dict[int, tuple[str, bool]] = {
-    0x000A: ("U.are.U 4000B/4500", False),
-    0x0007: ("U.are.U 4000", True),
-    0x0008: ("U.are.U 4000 (keyboard)", True),
-}
-USB_IDS: tuple[tuple[int, int], ...] = tuple((VENDOR_ID, pid) for pid in MODELS)
+#: Product ids whose frames arrive rotated by 180 degrees: the 4000's sensor is mounted the
+#: other way up from the 4000B/4500's. (The ids and model names: drivers/registry.py.)
+FLIPPED_PRODUCTS = frozenset({0x0007, 0x0008})
 
 EP_INTR = 0x81
 EP_DATA = 0x82

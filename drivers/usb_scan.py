@@ -1,7 +1,8 @@
 """Which recognised USB scanners are plugged in, by vendor and product id.
 
 Used by ``kiosk-agent devices scan``, by the hot-plug monitor (agent/capture/hotplug.py) and by the
-USB drivers to pick one of several scanners. Only descriptors are read (and, once per plugged
+USB drivers to pick one of several scanners. The recognised ids come from drivers/registry.py's
+table, so listing imports no driver. Only descriptors are read (and, once per plugged
 device, its serial number string), never a claimed interface: a scanner the agent is using is
 listed without being disturbed. pyusb is imported when a scan runs, so this module imports on
 machines without it; ``backend`` lets the tests plug in an emulated bus.
@@ -14,7 +15,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from drivers.registry import driver_class, driver_names
+from drivers.registry import known_usb_ids
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +55,6 @@ class UsbScanner:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "usb_id": self.usb_id}
-
-
-def known_usb_ids() -> dict[tuple[int, int], tuple[str, str]]:
-    """(vendor, product) -> (driver name, model) for every registered driver with usb_ids."""
-    known: dict[tuple[int, int], tuple[str, str]] = {}
-    for name in driver_names():
-        try:
-            cls = driver_class(name)
-        except Exception as exc:  # one broken driver module must not hide the others' scanners
-            log.warning("driver %s cannot be loaded: %s", name, exc)
-            continue
-        models = getattr(cls, "usb_models", {})
-        for vid, pid in cls.usb_ids:
-            known[(vid, pid)] = (name, models.get(pid, cls.vendor or name))
-    return known
 
 
 def usb_port_of(dev: Any) -> str:

@@ -22,7 +22,15 @@ from pydantic import Field, field_validator
 from drivers.base import CapturedImage, CaptureRequest, DeviceInfo, Driver, Health, Modality
 from drivers.errors import CaptureRetry, DeviceError, PermanentDeviceError, TransientDeviceError
 from drivers.png_phys import encode_grey_png
-from drivers.serial_port import NoValidReply, SerialDriverConfig, SerialLink, setting, wire_time_s
+from drivers.serial_port import (
+    BadReply,
+    CommandLink,
+    NoValidReply,
+    SerialDriverConfig,
+    SerialLink,
+    setting,
+    wire_time_s,
+)
 from drivers.zfm_codec import (
     DEFAULT_ADDRESS,
     DEFAULT_PASSWORD,
@@ -84,86 +92,55 @@ class ZfmConfig(SerialDriverConfig):
         return value
 
 
-class _BadReply(Exception):
-    """One attempt failed (timeout, checksum); the caller resynchronises and tries again."""
+class ZfmLink(CommandLink):
+    """Transactions in ZFM packets (drivers/zfm_codec.py) with the module at one address."""
 
-
-class ZfmLink:
-    """Command/reply transactions with one module, on top of a serial port."""
+    #: A packet of the largest content: the module sends an upload's packets back to back.
+    quiet_bytes = _PREFIX_AND_CHECKSUM + MAX_CONTENT
+    decoder: PacketDecoder
 
     def __init__(self, device_id: str, serial: SerialLink, address: int) -> None:
-        self.device_id = device_id
-        self.serial = serial
+        super().__init__(device_id, serial, PacketDecoder())
         self.address = address
-        self.decoder = PacketDecoder()
-
-    @property
-    def baud(self) -> int:
-        return self.serial.baud
-
-    def set_baud(self, baud: int) -> None:
-        self.serial.set_baud(baud)
-        self.decoder.reset()
-
-    def close(self) -> None:
-        self.serial.close()
 
     def transact(self, instruction: Instruction, params: bytes = b"", *, timeout_s: float,
                  attempts: int, min_len: int = 1) -> tuple[int, bytes]:
         """Send a command; return (confirmation code, rest of the acknowledgement)."""
-        packet = command(self.address, instruction, params)
-        last = ""
-        for attempt in range(1, attempts + 1):
-            self._send(packet)
-            try:
-                return self._read_ack(time.monotonic() + timeout_s, min_len)
-            except _BadReply as exc:
-                last = str(exc)
-                log.debug("%s: %s attempt %d/%d: %s", self.device_id, instruction.name, attempt,
-                          attempts, exc)
-                if attempt < attempts:
-                    self._resync()
-        raise NoValidReply(f"{self.device_id}: no valid reply to {instruction.name} at {self.baud} "
-                           f"baud after {attempts} attempt(s): {last}")
+        return self.transaction(command(self.address, instruction, params),
+                                lambda deadline: self._read_ack(deadline, min_len), what=instruction.name,
+                                timeout_s=timeout_s, attempts=attempts, drain_limit_s=self._drain_limit_s())
 
     def upload_image(self, *, timeout_s: float, attempts: int) -> tuple[int, bytes]:
         """UpImage: (confirmation code, the packed image); started again after any error."""
-        packet = command(self.address, Instruction.UP_IMAGE)
-        last = ""
-        for attempt in range(1, attempts + 1):
-            self._send(packet)
-            try:
-                code, _ = self._read_ack(time.monotonic() + timeout_s, 1)
-                if code != Code.OK:
-                    return code, b""
-                return Code.OK, self._read_image_data(timeout_s)
-            except _BadReply as exc:
-                last = str(exc)
-                log.debug("%s: image upload attempt %d/%d: %s", self.device_id, attempt, attempts, exc)
-                if attempt < attempts:
-                    self._resync()
-        raise NoValidReply(f"{self.device_id}: image upload failed {attempts} time(s): {last}")
+
+        def reply(deadline: float) -> tuple[int, bytes]:
+            code, _ = self._read_ack(deadline, 1)
+            if code != Code.OK:
+                return code, b""
+            return Code.OK, self._read_image_data(timeout_s)
+
+        return self.transaction(command(self.address, Instruction.UP_IMAGE), reply, what="image upload",
+                                timeout_s=timeout_s, attempts=attempts, drain_limit_s=self._drain_limit_s(),
+                                failure=f"image upload failed {attempts} time(s)")
+
+    def _drain_limit_s(self) -> float:
+        # Long enough to read off the rest of a broken upload, which is what may still be coming.
+        return wire_time_s(2 * IMAGE_BYTES, self.baud) + 1.0
 
     def _read_image_data(self, timeout_s: float) -> bytes:
         data = bytearray()
         while True:
             packet = self._read_packet(time.monotonic() + timeout_s)
             if packet.pid not in (PacketId.DATA, PacketId.END):
-                raise _BadReply(f"packet id 0x{packet.pid:02X} in the middle of the image")
+                raise BadReply(f"packet id 0x{packet.pid:02X} in the middle of the image")
             data += packet.content
             if len(data) > IMAGE_BYTES:
-                raise _BadReply(f"more than {IMAGE_BYTES} bytes of image data")
+                raise BadReply(f"more than {IMAGE_BYTES} bytes of image data")
             if packet.pid == PacketId.END:
                 if len(data) != IMAGE_BYTES:
                     # A whole packet went missing: its neighbours' checksums were fine.
-                    raise _BadReply(f"image data ended after {len(data)} of {IMAGE_BYTES} bytes")
+                    raise BadReply(f"image data ended after {len(data)} of {IMAGE_BYTES} bytes")
                 return bytes(data)
-
-    def _send(self, packet: bytes) -> None:
-        # A late reply to an earlier command must not be taken for this one's.
-        self.serial.discard_input()
-        self.decoder.reset()
-        self.serial.write(packet)
 
     def _read_ack(self, deadline: float, min_len: int) -> tuple[int, bytes]:
         while True:
@@ -175,32 +152,25 @@ class ZfmLink:
                 continue
             code = packet.content[0]
             if code == Code.PACKET_ERROR:
-                raise _BadReply("the module received a corrupt command")
+                raise BadReply("the module received a corrupt command")
             return code, packet.content[1:]
 
     def _read_packet(self, deadline: float) -> Packet:
         while True:
             item = self.decoder.next()
             if isinstance(item, Corrupt):
-                raise _BadReply(f"checksum error (computed 0x{item.expected:04X}, "
-                                f"received 0x{item.received:04X})")
+                raise BadReply(f"checksum error (computed 0x{item.expected:04X}, "
+                               f"received 0x{item.received:04X})")
             if item is not None:
                 if item.address == self.address:
                     return item
                 log.debug("%s: ignoring a packet for address 0x%08X", self.device_id, item.address)
                 continue
             if time.monotonic() >= deadline:
-                raise _BadReply("timed out waiting for a reply")
+                raise BadReply("timed out waiting for a reply")
             chunk = self.serial.read(4096)
             if chunk:
                 self.decoder.feed(chunk)
-
-    def _resync(self) -> None:
-        # Read off whatever the module is still sending (the rest of a broken upload) until
-        # the line has been quiet for a packet's time: it sends its packets back to back.
-        quiet = max(0.02, wire_time_s(_PREFIX_AND_CHECKSUM + MAX_CONTENT, self.baud))
-        self.serial.drain(quiet, limit_s=wire_time_s(2 * IMAGE_BYTES, self.baud) + 1.0)
-        self.decoder.reset()
 
 
 class ZfmDriver(Driver):

@@ -8,7 +8,6 @@ the enrolled kiosks' keys.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -17,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers, config_arg, print_config_error
-from agent.config import ConfigError, config_path
+from agent.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers, check_config, config_arg
+from agent.config import config_path
 from agent.config_types import topic_segment
 from agent.logs import setup_logging
 from agent.security import keys
@@ -76,21 +75,12 @@ def cmd_central_key_show(args: argparse.Namespace) -> int:
 
 
 def cmd_check_receiver_config(args: argparse.Namespace) -> int:
-    path = config_path(args.path)
-    try:
-        config = load_receiver_config(path)
-    except ConfigError as exc:
-        if args.json:
-            print(json.dumps({"valid": False, "path": str(path), "problems": exc.problems}))
-        else:
-            print_config_error(exc)
-        return EXIT_USAGE
-    summary = f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}"
-    if args.json:
-        print(json.dumps({"valid": True, "path": str(path), "summary": summary, "warnings": []}))
-    else:
-        print(f"{path}: valid ({summary})")
-    return EXIT_OK
+    return check_config(config_path(args.path), _check_receiver_config, args.json)
+
+
+def _check_receiver_config(path: Path) -> tuple[str, list[str]]:
+    config = load_receiver_config(path)
+    return f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}", []
 
 
 def cmd_keys_enrol(args: argparse.Namespace) -> int:

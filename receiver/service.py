@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 
 from agent.config import ConfigError
+from agent.guard import log_and_continue
 from agent.security.keys import KeyFileError, load_decryption_key, load_kiosk_keys
 from agent.security.sealing import Opener, SealError
 from agent.transport.chunking import CHUNK_MAGIC, MANIFEST_MAGIC, Chunk, ChunkStatus, Manifest, chunk_ok
@@ -289,11 +290,9 @@ class Receiver:
 
     def _assemble(self, step, item_id: str) -> None:  # type: ignore[no-untyped-def]
         # Assembling a registration must never cost a capture its receipt.
-        try:
+        with log_and_continue(log, "registration bookkeeping failed for %s; it is retried when the "
+                                   "next part of that registration arrives", item_id):
             step()
-        except Exception:
-            log.exception("registration bookkeeping failed for %s; it is retried when the next part "
-                          "of that registration arrives", item_id)
 
     def _open(self, payload: bytes):  # type: ignore[no-untyped-def]
         try:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from agent.config import AgentConfig
-from drivers import Driver, Modality, driver_class
+from agent.quality.judge import face_judge_maker
+from drivers import Driver, driver_class
 
 
 def build_driver(name: str, dev_cfg: Any, config: AgentConfig) -> Driver:
     """A driver for a [devices.NAME] table, given the agent-wide settings it needs.
 
-    Cameras judge faces while the person is in front of them, so they get [quality.face].
+    Cameras that judge faces while the person is in front of them get the agent's face checks
+    with the [quality.face] thresholds; the judge is built when the camera opens.
     """
     driver = driver_class(dev_cfg.driver)(name, dev_cfg)
-    if driver.modality is Modality.FACE and hasattr(driver, "quality_config"):
-        driver.quality_config = config.quality.face
+    if hasattr(driver, "make_judge"):
+        driver.make_judge = face_judge_maker(config.quality.face)
     return driver

@@ -128,6 +128,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     import hashlib
     import time
 
+    from agent.capture.attempts import attempt_capture
     from drivers import CaptureRequest, CaptureRetry, DriverError
 
     config = load(args)
@@ -140,23 +141,24 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     driver = build_driver(args.device, device, config)
     attempts = config.capture.max_attempts
+
+    def retried(attempt: int, retry: CaptureRetry) -> None:
+        print(f"attempt {attempt}/{attempts}: {retry.reason} (tell the person: {retry.hint})",
+              file=sys.stderr)
+
+    request = CaptureRequest(position=args.position, timeout_s=args.timeout)
     started = time.monotonic()
     try:
         info = driver.open()
-        for attempt in range(1, attempts + 1):
-            try:
-                image = driver.capture(CaptureRequest(position=args.position, timeout_s=args.timeout))
-                break
-            except CaptureRetry as retry:
-                print(f"attempt {attempt}/{attempts}: {retry.reason} (tell the person: {retry.hint})",
-                      file=sys.stderr)
-                if attempt == attempts:
-                    return EXIT_FAILED
+        kept = attempt_capture(lambda: driver.capture(request), attempts, on_retry=retried)
+    except CaptureRetry:
+        return EXIT_FAILED  # each attempt's hint is on stderr already
     except DriverError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         driver.close()
+    image = kept.image
     data = _image_file(image)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_bytes(data)
@@ -166,7 +168,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             "format": image.image_format,
             "width": image.width, "height": image.height, "ppi": image.ppi, "quality": image.quality,
             "quality_detail": image.quality_detail, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "out": str(args.out), "attempts": attempt,
+            "sha256": hashlib.sha256(data).hexdigest(), "out": str(args.out), "attempts": kept.attempts,
             "seconds": round(time.monotonic() - started, 3)}
     if args.json:
         print(json.dumps(meta, default=str))

@@ -1,9 +1,10 @@
 """Hot-plug: notice scanners and serial ports appearing and disappearing.
 
 Polling, not a udev monitor: every ``period_s`` the monitor lists the recognised USB scanners
-(drivers/usb_scan.py: the ``usb_ids`` of every registered driver) and checks that each
-configured serial port path exists. pyudev is not a dependency, and a listing every two
-seconds costs a few descriptor reads; the price is that a change is seen up to one period late.
+(drivers/usb_scan.py, by the ids in drivers/registry.py's table, which imports no driver) and
+checks that each configured serial port path exists. pyudev is not a dependency, and a listing
+every two seconds costs a few descriptor reads; the price is that a change is seen up to one
+period late.
 
 What changes:
 
@@ -27,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.capture.workers import DeviceWorker
+from agent.guard import log_and_continue
 from drivers.usb_scan import UsbEnumerator, UsbScanner, UsbUnavailable
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,9 @@ class HotplugMonitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.period_s):
-            try:
+            # One bad listing must not end hot-plug for the agent's lifetime.
+            with log_and_continue(log, "hot-plug: listing devices failed"):
                 self.poll()
-            except Exception:  # one bad listing must not end hot-plug for the agent's lifetime
-                log.exception("hot-plug: listing devices failed")
 
     # --- one round ----------------------------------------------------------------------
 
@@ -105,10 +106,9 @@ class HotplugMonitor:
         for item in events:
             log.info("hot-plug event: %s", item)
             if self.on_event is not None:
-                try:
+                # The publisher's problem must not stop hot-plug.
+                with log_and_continue(log, "hot-plug: the event callback failed"):
                     self.on_event(item)
-                except Exception:  # the publisher's problem must not stop hot-plug
-                    log.exception("hot-plug: the event callback failed")
         return events
 
     def _poll_usb(self) -> list[Event]:

@@ -1,10 +1,10 @@
 """Captures: from a device's image to a durably queued record.
 
 ``CaptureService.capture`` runs on the device's worker thread: it asks the driver for an
-image (retrying when the person can fix the problem), wraps it in a capture record and
-commits it to the durable queue. Only when the commit returns does the capture count as
-taken. ``ContinuousCapture`` drives captures by itself for demos and soak tests; in
-production the registration application requests them.
+image (retrying when the person can fix the problem: agent/capture/attempts.py), wraps it in
+a capture record and commits it to the durable queue. Only when the commit returns does the
+capture count as taken. ``ContinuousCapture`` drives captures by itself for demos and soak
+tests; in production the registration application requests them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ from dataclasses import dataclass, replace
 from itertools import cycle
 from typing import Any
 
+from agent.capture.attempts import attempt_capture
+from agent.capture.config import CaptureConfig
 from agent.capture.record import new_record
 from agent.capture.workers import DeviceWorker
-from agent.config import AgentConfig
+from agent.config import KioskConfig
+from agent.guard import log_and_continue
 from agent.security.sealing import Sealer
 from agent.transport.durable_queue import DurableQueue, QueueError
 from agent.transport.protocol import encode_capture
@@ -40,8 +43,9 @@ class CaptureOutcome:
 
 
 class CaptureService:
-    def __init__(self, config: AgentConfig, queue: DurableQueue, workers: dict[str, DeviceWorker],
-                 sealer: Sealer) -> None:
+    def __init__(self, kiosk: KioskConfig, config: CaptureConfig, queue: DurableQueue,
+                 workers: dict[str, DeviceWorker], sealer: Sealer) -> None:
+        self.kiosk = kiosk
         self.config = config
         self.queue = queue
         self.sealer = sealer
@@ -58,23 +62,20 @@ class CaptureService:
         return worker.submit(lambda driver: self._capture_on_device(device, driver, position))
 
     def _capture_on_device(self, device: str, driver: Driver, position: int) -> CaptureOutcome:
-        attempts = self.config.capture.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                image = driver.capture(CaptureRequest(position=position))
-            except CaptureRetry as retry:
-                log.info("device %s attempt %d/%d: %s (tell the person: %s)",
-                         device, attempt, attempts, retry.reason, retry.hint)
-                if attempt == attempts:
-                    raise
-                continue
-            return self.commit(device, image, attempt)
-        raise AssertionError("unreachable: the loop returns or raises")
+        max_attempts = self.config.max_attempts
+
+        def retried(attempt: int, retry: CaptureRetry) -> None:
+            log.info("device %s attempt %d/%d: %s (tell the person: %s)",
+                     device, attempt, max_attempts, retry.reason, retry.hint)
+
+        kept = attempt_capture(lambda: driver.capture(CaptureRequest(position=position)), max_attempts,
+                               on_retry=retried)
+        return self.commit(device, kept.image, kept.attempts)
 
     def commit(self, device: str, image: CapturedImage, attempt: int, *,
                operator_id: str | None = None, registration: dict[str, Any] | None = None) -> CaptureOutcome:
         """Seal and durably queue one image from ``device``; any thread may call it."""
-        kiosk = self.config.kiosk
+        kiosk = self.kiosk
         worker = self.workers[device]
         record = new_record(
             image, kiosk_id=kiosk.id, site=kiosk.site, operator_id=operator_id or kiosk.operator_id,
@@ -109,7 +110,7 @@ class ContinuousCapture:
 
     def __init__(self, service: CaptureService) -> None:
         self.service = service
-        self.config = service.config.capture
+        self.config = service.config
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture-continuous", daemon=True)
         self.errors = 0
@@ -149,14 +150,13 @@ class ContinuousCapture:
             self._wait(self.service.capture(device, position), device)
 
     def _wait(self, future: Future[CaptureOutcome], device: str) -> None:
-        try:
-            future.result()
-            self.errors = 0
-            return
-        except (DriverError, QueueError) as exc:
-            log.warning("continuous capture from %s failed: %s", device, exc)
-        except Exception:  # a bug must not end continuous capture silently
-            log.exception("continuous capture from %s failed unexpectedly", device)
+        with log_and_continue(log, "continuous capture from %s failed unexpectedly", device):
+            try:
+                future.result()
+                self.errors = 0
+                return
+            except (DriverError, QueueError) as exc:
+                log.warning("continuous capture from %s failed: %s", device, exc)
         self.errors += 1
         # Do not spin on a device that is offline or a queue that is full.
         self._stop.wait(min(1.0, 0.05 * self.errors))

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from agent.guard import log_and_continue
 from agent.transport.backoff import Backoff
 from drivers import DeviceDisconnected, DeviceInfo, Driver, PermanentDeviceError, TransientDeviceError
 
@@ -131,7 +132,10 @@ class DeviceWorker:
 
     def _run_job(self, job: Callable[[Driver], Any], future: Future[Any]) -> None:
         if not self._ensure_open(force=True):
-            future.set_exception(TransientDeviceError(f"device {self.name} is {self.state}: {self.error}"))
+            # A failed device stays failed until its config or hardware changes: say so, so
+            # callers do not tell the person to wait for it.
+            kind = PermanentDeviceError if self.state == "failed" else TransientDeviceError
+            future.set_exception(kind(f"device {self.name} is {self.state}: {self.error}"))
             return
         try:
             result = job(self.driver)
@@ -187,10 +191,8 @@ class DeviceWorker:
         self._close()
 
     def _close(self) -> None:
-        try:
+        with log_and_continue(log, "closing device %s failed", self.name):
             self.driver.close()
-        except Exception:
-            log.exception("closing device %s failed", self.name)
 
     def _fail_queued(self) -> None:
         while True:

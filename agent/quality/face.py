@@ -26,6 +26,9 @@ from agent.config import AgentConfig, FaceQualityConfig
 from agent.quality.face_detect import Face, FaceDetector, make_detector
 from agent.quality.report import BadImage, Check, QualityReport, load_image
 
+# The camera driver cuts tokens too: one copy, in drivers/, still importable from here.
+from drivers.face_image import encode_jpeg, token_image
+
 ASSESSOR = "kiosk-agent face quality (OpenCV; ICAO 9303 / ISO 19794-5 geometry)"
 
 #: The face region's width is scaled down to this before the Laplacian, so a close-up (which
@@ -280,13 +283,6 @@ def token_geometry(face: Face) -> dict[str, Any]:
             "eyes_measured": measured}
 
 
-def token_image(bgr: np.ndarray, geometry: dict[str, Any]) -> np.ndarray:
-    """The token image cut from the frame; parts beyond the frame repeat its edge pixels."""
-    matrix = np.array(geometry["affine"], np.float64)
-    return cv2.warpAffine(bgr, matrix, (geometry["width"], geometry["height"]),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 def token_from_capture(jpeg: bytes, quality_detail: dict[str, Any], jpeg_quality: int = 95) -> bytes | None:
     """The token image (JPEG) of a capture, from its full frame and ``quality_detail["token"]``."""
     geometry = quality_detail.get("token")
@@ -296,13 +292,6 @@ def token_from_capture(jpeg: bytes, quality_detail: dict[str, Any], jpeg_quality
     if frame is None:
         raise BadImage("the capture's image is not a JPEG OpenCV can decode")
     return encode_jpeg(token_image(frame, geometry), jpeg_quality)
-
-
-def encode_jpeg(bgr: np.ndarray, quality: int) -> bytes:
-    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("this OpenCV build cannot encode JPEG")
-    return data.tobytes()
 
 
 # --- the command line ---------------------------------------------------------------------

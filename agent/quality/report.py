@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.errors import PermanentError
+
 
 @dataclass(frozen=True)
 class Check:
@@ -61,7 +63,7 @@ class QualityReport:
                 "hints": self.hints(), **({"extra": self.extra} if self.extra else {})}
 
 
-class BadImage(ValueError):
+class BadImage(PermanentError, ValueError):
     """The input is not an image that can be assessed (missing, unreadable, wrong shape)."""
 
 

@@ -23,7 +23,9 @@ ERRORS = {
         (404, "no such session, item, capture or device"),
         (409, "busy (one action per device), or the session is closed or incomplete"),
         (422, "the person must try again: no usable image in every attempt"),
-        (503, "the device is unavailable or the agent is restarting"),
+        (500, "device_failed: the device failed for good, its config or hardware must change "
+              "(the message names what); internal: a bug"),
+        (503, "device, unavailable: the device or the agent is unavailable for now; retry later"),
     )
 }
 
@@ -224,6 +226,7 @@ def spec() -> dict[str, Any]:
                                         "incomplete",
                                         "retry",
                                         "device",
+                                        "device_failed",
                                         "unavailable",
                                         "internal",
                                     ]

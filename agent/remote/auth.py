@@ -27,6 +27,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.errors import AgentError
+
 VERSION = 1
 CONTEXT = b"kiosk-agent command v1\n"
 MAX_COMMAND_BYTES = 64 * 1024
@@ -39,10 +41,16 @@ CODES = ("bad_request", "unknown_command", "unauthenticated", "forbidden", "expi
 ROLE_ORDER = ("viewer", "operator", "admin")
 
 
-class CommandError(Exception):
+#: Codes whose command may succeed when sent again later, unchanged.
+TRANSIENT_CODES = frozenset({"busy", "timeout"})
+
+
+class CommandError(AgentError):
+    """A command refused or failed; ``code`` goes into the reply (docs/remote-management.md)."""
+
     def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
         assert code in CODES, code
-        super().__init__(message)
+        super().__init__(message, transient=code in TRANSIENT_CODES)
         self.code = code
         self.message = message
         self.request_id = request_id

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,11 +34,10 @@ from agent.remote.overlay import (
     restore_previous,
     write_overlay,
 )
+from agent.runtime import Restarting, Runtime
 from agent.transport.durable_queue import QueueError
+from agent.transport.telemetry import snapshot
 from drivers import CaptureRetry, DriverError
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +87,21 @@ class Spec:
     role: Literal["viewer", "operator", "admin"]
     lane: Literal["quick", "slow"]
     args: type[Args]
-    run: Callable[[Agent, Any], dict[str, Any]]
+    run: Callable[[Runtime, Any], dict[str, Any]]
     summary: str
 
 
 # --- viewer ------------------------------------------------------------------------------
 
 
-def ping(agent: Agent, args: NoArgs) -> dict[str, Any]:
+def ping(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
     return {"pong": True, "time": time.time()}
 
 
-def status(agent: Agent, args: NoArgs) -> dict[str, Any]:
+def status(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
     from importlib.metadata import version
 
-    from agent.transport.telemetry import snapshot
-
-    snap = snapshot(agent)
+    snap = snapshot(runtime)
     return {
         "versions": {"agent": __version__, "python": platform.python_version(),
                      "paho_mqtt": version("paho-mqtt"),
@@ -119,78 +116,79 @@ def status(agent: Agent, args: NoArgs) -> dict[str, Any]:
     }
 
 
-def config_get(agent: Agent, args: NoArgs) -> dict[str, Any]:
-    overlay = read_overlay(agent.config.remote.state_dir / OVERLAY_NAME)
-    return {"config": redacted(agent.config), "remote_overlay": mask_secrets(overlay),
-            "config_file": str(agent.config_path) if agent.config_path else None}
+def config_get(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
+    overlay = read_overlay(runtime.config.remote.state_dir / OVERLAY_NAME)
+    return {"config": redacted(runtime.config), "remote_overlay": mask_secrets(overlay),
+            "config_file": str(runtime.config_path) if runtime.config_path else None}
 
 
-def devices_list(agent: Agent, args: NoArgs) -> dict[str, Any]:
-    return {"devices": [w.status().as_dict() for w in agent.workers.values()]}
+def devices_list(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
+    return {"devices": [w.status().as_dict() for w in runtime.device_workers().values()]}
 
 
-def queue_stats(agent: Agent, args: NoArgs) -> dict[str, Any]:
-    assert agent.queue is not None
-    return agent.queue.stats().as_dict()
+def queue_stats(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
+    stats = runtime.queue_stats()
+    if stats is None:
+        raise CommandError("busy", "the queue is not open (the agent is restarting); try again shortly")
+    return stats.as_dict()
 
 
 # --- operator ----------------------------------------------------------------------------
 
 
-def _worker(agent: Agent, name: str):  # type: ignore[no-untyped-def]
-    worker = agent.workers.get(name)
+def _worker(runtime: Runtime, name: str):  # type: ignore[no-untyped-def]
+    worker = runtime.device_workers().get(name)
     if worker is None:
         raise CommandError("invalid_args", f"no device {name!r}; devices: "
-                                           f"{', '.join(sorted(agent.workers)) or 'none'}")
+                                           f"{', '.join(sorted(runtime.device_workers())) or 'none'}")
     return worker
 
 
-def _timeout(agent: Agent) -> float:
-    return agent.config.remote.command_timeout_s
+def _timeout(runtime: Runtime) -> float:
+    return runtime.config.remote.command_timeout_s
 
 
-def devices_test(agent: Agent, args: DeviceArgs) -> dict[str, Any]:
-    worker = _worker(agent, args.device)
+def devices_test(runtime: Runtime, args: DeviceArgs) -> dict[str, Any]:
+    worker = _worker(runtime, args.device)
     # A job forces an open attempt when the device is offline, then asks it how it is.
     future = worker.submit(lambda driver: driver.health())
     try:
-        health = future.result(timeout=_timeout(agent))
+        health = future.result(timeout=_timeout(runtime))
     except FutureTimeout:
         raise CommandError("timeout", f"device {args.device} did not answer within "
-                                      f"{_timeout(agent):.0f} s") from None
+                                      f"{_timeout(runtime):.0f} s") from None
     except DriverError as exc:
         raise CommandError("failed", f"device {args.device}: {exc}") from None
     return {"device": worker.status().as_dict(), "health": {"ok": health.ok, "detail": health.detail}}
 
 
-def devices_rescan(agent: Agent, args: NoArgs) -> dict[str, Any]:
-    hotplug = getattr(agent, "hotplug", None)
-    if hotplug is not None and hasattr(hotplug, "rescan"):
-        hotplug.rescan()
+def devices_rescan(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
     # Every device not online gets an open attempt now instead of at its next backoff.
-    futures = {name: w.submit(lambda driver: None) for name, w in agent.workers.items()
+    futures = {name: w.submit(lambda driver: None) for name, w in runtime.device_workers().items()
                if w.state != "online"}
     for future in futures.values():
         try:
-            future.result(timeout=_timeout(agent))
+            future.result(timeout=_timeout(runtime))
         except (DriverError, FutureTimeout):
             pass  # the device's state says why
-    return {"reopened": sorted(futures), "devices": devices_list(agent, NoArgs())["devices"]}
+    return {"reopened": sorted(futures), "devices": devices_list(runtime, NoArgs())["devices"]}
 
 
-def capture(agent: Agent, args: CaptureArgs) -> dict[str, Any]:
-    _worker(agent, args.device)
-    assert agent.capture is not None
-    future = agent.capture.capture(args.device, args.position)
+def capture(runtime: Runtime, args: CaptureArgs) -> dict[str, Any]:
+    _worker(runtime, args.device)
     try:
-        outcome = future.result(timeout=_timeout(agent))
+        future = runtime.take_capture(args.device, args.position)
+    except Restarting as exc:
+        raise CommandError("busy", str(exc)) from None
+    try:
+        outcome = future.result(timeout=_timeout(runtime))
     except FutureTimeout:
         future.cancel()
         raise CommandError("timeout",
-                           f"no capture from {args.device} within {_timeout(agent):.0f} s") from None
+                           f"no capture from {args.device} within {_timeout(runtime):.0f} s") from None
     except CaptureRetry as exc:
         raise CommandError("failed", f"{args.device}: {exc.reason} after "
-                                     f"{agent.config.capture.max_attempts} attempts "
+                                     f"{runtime.config.capture.max_attempts} attempts "
                                      f"(the person was asked: {exc.hint})") from None
     except (DriverError, QueueError) as exc:
         raise CommandError("failed", f"{args.device}: {exc}") from None
@@ -199,15 +197,12 @@ def capture(agent: Agent, args: CaptureArgs) -> dict[str, Any]:
             "attempts": outcome.attempts, "image_bytes": outcome.size}
 
 
-def queue_retry(agent: Agent, args: NoArgs) -> dict[str, Any]:
-    assert agent.queue is not None
-    count = agent.queue.retry_rejected()
-    if agent.publisher is not None:
-        agent.publisher.rewind()
+def queue_retry(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
+    count = runtime.retry_rejected()
     return {"requeued": count}
 
 
-def log_level(agent: Agent, args: LogLevelArgs) -> dict[str, Any]:
+def log_level(runtime: Runtime, args: LogLevelArgs) -> dict[str, Any]:
     logger = logging.getLogger(args.logger or None)
     previous = logging.getLevelName(logger.getEffectiveLevel())
     logger.setLevel(args.level)
@@ -216,68 +211,65 @@ def log_level(agent: Agent, args: LogLevelArgs) -> dict[str, Any]:
     return {"logger": args.logger or "root", "level": args.level, "previous": previous}
 
 
-def diagnostics(agent: Agent, args: DiagnosticsArgs) -> dict[str, Any]:
-    from agent.transport.telemetry import snapshot
-
+def diagnostics(runtime: Runtime, args: DiagnosticsArgs) -> dict[str, Any]:
     lines = list(recent_logs().lines)[-args.lines:]
-    return {"telemetry": snapshot(agent), "config": redacted(agent.config), "logs": lines,
-            "audit": agent.remote_store.recent_audit(20) if agent.remote_store else []}
+    return {"telemetry": snapshot(runtime), "config": redacted(runtime.config), "logs": lines,
+            "audit": runtime.recent_audit(20)}
 
 
 # --- admin -------------------------------------------------------------------------------
 
 
-def queue_purge(agent: Agent, args: PurgeArgs) -> dict[str, Any]:
-    expected = f"purge {agent.config.kiosk.id}"
+def queue_purge(runtime: Runtime, args: PurgeArgs) -> dict[str, Any]:
+    expected = f"purge {runtime.config.kiosk.id}"
     if args.confirm != expected:
         raise CommandError("invalid_args", f"confirm must be exactly {expected!r}: a purge deletes "
                                            "captures for good")
-    assert agent.queue is not None
-    count, size = agent.queue.purge(tuple(args.states))
-    agent.events.emit("queue_purged", states=args.states, items=count, bytes=size)
+    count, size = runtime.purge_queue(tuple(args.states))
+    runtime.events.emit("queue_purged", states=args.states, items=count, bytes=size)
     return {"purged": count, "bytes": size, "states": args.states}
 
 
-def config_set(agent: Agent, args: ConfigSetArgs) -> dict[str, Any]:
+def config_set(runtime: Runtime, args: ConfigSetArgs) -> dict[str, Any]:
     changes = dict(args.model_extra or {})
     if not changes:
         raise CommandError("invalid_args", "give at least one dotted key and value, e.g. "
                                            '{"telemetry.interval_s": 30}')
-    if agent.config_path is None:
+    if runtime.config_path is None:
         raise CommandError("failed", "this agent was started without a config file; nothing to change")
-    remote = agent.config.remote
+    remote = runtime.config.remote
     path = remote.state_dir / OVERLAY_NAME
     try:
         tree = changes_to_tree(changes)
-        new_config = validate_config(merge(read_raw(agent.config_path), tree), "config.set")
+        new_config = validate_config(merge(read_raw(runtime.config_path), tree), "config.set")
         overlay = merge(read_overlay(path), tree)
     except OverlayError as exc:
         raise CommandError("invalid_args", str(exc)) from None
     except ConfigError as exc:
         raise CommandError("invalid_args", "; ".join(exc.problems)) from None
-    old_config = agent.config
+    old_config = runtime.config
     write_overlay(path, overlay)
-    if agent.reload(new_config, remote.rollback_timeout_s):
-        agent.events.emit("config_changed", keys=sorted(changes))
+    if runtime.reload(new_config, remote.rollback_timeout_s):
+        runtime.events.emit("config_changed", keys=sorted(changes))
         return {"applied": mask_secrets(changes), "previous_overlay": str(path.with_name(PREVIOUS_NAME)),
                 "connected": True}
     restore_previous(path)
-    agent.reload(old_config, remote.rollback_timeout_s)
-    agent.events.emit("config_rolled_back", keys=sorted(changes))
+    runtime.reload(old_config, remote.rollback_timeout_s)
+    runtime.events.emit("config_rolled_back", keys=sorted(changes))
     raise CommandError("rolled_back", f"the new config did not bring the MQTT connection up within "
                                       f"{remote.rollback_timeout_s:.0f} s (remote.rollback_timeout_s); "
                                       "the previous config is back in force")
 
 
-def restart(agent: Agent, args: NoArgs) -> dict[str, Any]:
-    if agent.config_path is None:
+def restart(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
+    if runtime.config_path is None:
         raise CommandError("failed", "this agent was started without a config file")
     try:
-        config = load_config(agent.config_path)
+        config = load_config(runtime.config_path)
     except ConfigError as exc:
         raise CommandError("failed", "the config file no longer validates, not restarting: "
                                      + "; ".join(exc.problems)) from None
-    connected = agent.reload(config, agent.config.remote.rollback_timeout_s)
+    connected = runtime.reload(config, runtime.config.remote.rollback_timeout_s)
     return {"restarted": True, "connected": connected}
 
 

@@ -21,13 +21,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import RemoteConfig
+from agent.guard import log_and_continue
+from agent.remote.audit import RemoteStore
 from agent.remote.auth import (
     Command,
     CommandError,
@@ -37,11 +39,10 @@ from agent.remote.auth import (
     verify_command,
 )
 from agent.remote.commands import COMMANDS, parse_args
+from agent.runtime import Runtime
 from agent.security.keys import KeyFileError, load_public
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
+from agent.transport.protocol import Topics
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ def load_operators(config: RemoteConfig) -> tuple[dict[str, Operator], list[str]
 class RemoteControl:
     """A link handler, plus the two worker threads that run commands."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.operators, problems = load_operators(agent.config.remote)
+    def __init__(self, runtime: Runtime, store: RemoteStore) -> None:
+        self.runtime = runtime
+        #: Remembered nonces (replay protection) and the audit log.
+        self.store = store
+        self.operators, problems = load_operators(runtime.config.remote)
         for problem in problems:
             log.error("%s", problem)
-            agent.events.emit("operator_key_unusable", problem=problem)
+            runtime.events.emit("operator_key_unusable", problem=problem)
         self._outbox: collections.deque[Reply] = collections.deque()
         self._quick: queue.Queue[tuple[Command, Reply] | None] = queue.Queue(QUICK_QUEUE)
         self._slow: queue.Queue[tuple[Command, Reply] | None] = queue.Queue(1)
@@ -104,8 +107,8 @@ class RemoteControl:
             t.join(timeout_s)
 
     @property
-    def topics(self):  # type: ignore[no-untyped-def]
-        return self.agent.topics
+    def topics(self) -> Topics:
+        return self.runtime.topics
 
     def _command_filter(self) -> str:
         return f"{self.topics.prefix}/{self.topics.kiosk_id}/commands/+"
@@ -151,9 +154,10 @@ class RemoteControl:
         try:
             body = parse_unverified(message.payload)
             reply = self._reply_address(message, body)
+            remote = self.runtime.config.remote
             command, operator = verify_command(
                 body, kiosk_id=self.topics.kiosk_id, topic_name=name, operators=self.operators,
-                skew_s=self.agent.config.remote.clock_skew_s, max_ttl_s=self.agent.config.remote.max_ttl_s)
+                skew_s=remote.clock_skew_s, max_ttl_s=remote.max_ttl_s)
             spec = COMMANDS.get(command.name)
             if spec is None:
                 raise CommandError("unknown_command", f"unknown command {command.name!r}; known: "
@@ -162,9 +166,8 @@ class RemoteControl:
                 raise CommandError("forbidden", f"operator {operator.name} (roles "
                                    f"{', '.join(sorted(operator.roles))}) may not run {command.name}; "
                                    f"it needs the {spec.role} role", command.id)
-            store = self.agent.remote_store
-            skew = self.agent.config.remote.clock_skew_s
-            if store is not None and not store.remember_nonce(command.nonce, command.expires_at + skew):
+            skew = self.runtime.config.remote.clock_skew_s
+            if not self.store.remember_nonce(command.nonce, command.expires_at + skew):
                 raise CommandError("replayed", "this command was already received (same nonce); "
                                    "sign a new one", command.id)
             lane = self._slow if spec.lane == "slow" else self._quick
@@ -213,16 +216,12 @@ class RemoteControl:
 
     def _record(self, rid: str | None, operator: str | None, command: str, args: dict[str, Any] | None,
                 result: str, code: str | None = None, message: str | None = None) -> None:
-        store = self.agent.remote_store
-        if store is None:
-            return
-        try:
-            entry = store.audit(request_id=rid, operator=operator, command=command, args=args,
-                                result=result, code=code, message=message)
-        except Exception:  # the audit must never stop a reply
-            log.exception("cannot write the audit log")
-            return
-        self.agent.events.emit("command", **{k: v for k, v in entry.items() if k != "at"})
+        entry = None
+        with log_and_continue(log, "cannot write the audit log"):  # it must never stop a reply
+            entry = self.store.audit(request_id=rid, operator=operator, command=command, args=args,
+                                     result=result, code=code, message=message)
+        if entry is not None:
+            self.runtime.events.emit("command", **{k: v for k, v in entry.items() if k != "at"})
 
     # --- workers ------------------------------------------------------------------------
 
@@ -238,10 +237,10 @@ class RemoteControl:
         spec = COMMANDS[command.name]
         started = time.monotonic()
         try:
-            if self.agent.reloading:
+            if self.runtime.reloading:
                 raise CommandError("busy", "the agent is restarting its components; try again shortly")
             args = parse_args(spec, command.args)
-            result = spec.run(self.agent, args)
+            result = spec.run(self.runtime, args)
         except CommandError as exc:
             exc.request_id = command.id
             self._answer_error(reply, exc, {"operator": command.operator, "args": command.args}, command.name)

@@ -15,6 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from agent.errors import PermanentError
+
 OVERLAY_NAME = "config-overlay.toml"
 PREVIOUS_NAME = "config-overlay.previous.toml"
 DEFAULT_STATE_DIR = Path("/var/lib/kiosk-agent/remote")
@@ -24,7 +26,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/kiosk-agent/remote")
 LOCKED_PREFIXES = ("remote", "security", "queue.path", "kiosk.id", "kiosk.state_dir")
 
 
-class OverlayError(ValueError):
+class OverlayError(PermanentError, ValueError):
     """A config change that cannot be applied; the message says which key and why."""
 
 

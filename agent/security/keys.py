@@ -18,8 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from agent.errors import PermanentError
 
-class KeyFileError(Exception):
+
+class KeyFileError(PermanentError):
     """A key file that is missing, unreadable or of the wrong type; the text says which."""
 
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from agent.errors import PermanentError
 from agent.security.keys import key_id, raw_public
 from agent.transport.protocol import HEADER_OFFSET, VERSION, ProtocolError, pack_frame, unpack_frame
 
@@ -43,7 +44,7 @@ _SIGNATURE_LEN = 64
 MAX_HEADER_BYTES = 4096
 
 
-class SealError(ValueError):
+class SealError(PermanentError, ValueError):
     """An envelope that cannot be opened or trusted.
 
     ``authentic`` is True only when the kiosk's signature verified, i.e. the kiosk really

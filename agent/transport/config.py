@@ -9,7 +9,7 @@ from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from agent.config_types import ConfigError, Port, Section
 from agent.config_types import topic_prefix as _topic_prefix
-from agent.transport.uplink import parse_window
+from agent.transport.windows import parse_window
 
 
 class TlsConfig(Section):
@@ -33,7 +33,6 @@ class TlsConfig(Section):
         return self
 
 
-
 class MqttConfig(Section):
     host: str = "127.0.0.1"
     port: Port = 1883
@@ -48,6 +47,9 @@ class MqttConfig(Section):
     topic_prefix: Annotated[str, AfterValidator(_topic_prefix)] = "kiosk"
     #: Captures handed to the broker and not yet acknowledged; the durable queue holds the rest.
     inflight_window: int = Field(16, ge=1, le=1000)
+    #: QoS 1/2 messages the broker may have on their way to us unacknowledged (MQTT 5 Receive
+    #: Maximum; 3.1.1 has none): commands and receipts on a kiosk, captures on a receiver.
+    receive_maximum: int = Field(16, ge=1, le=65535)
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
     #: A connection up this long resets the backoff to reconnect_min_s.
@@ -79,7 +81,6 @@ class MqttConfig(Section):
         return self.password.get_secret_value() if self.password else None
 
 
-
 class QueueConfig(Section):
     #: Default: queue.db in kiosk.state_dir (/var/lib/kiosk-agent/queue.db).
     path: Path | None = None
@@ -95,18 +96,15 @@ class QueueConfig(Section):
     reserve_bytes: int = Field(16 * 1024**2, ge=0)
 
 
-
 class TelemetryConfig(Section):
     #: Seconds between telemetry messages on <prefix>/<kiosk_id>/telemetry; 0 turns them off.
     interval_s: float = Field(60.0, ge=0)
-
 
 
 def _windows(value: list[str]) -> list[str]:
     for text in value:
         parse_window(text)  # ValueError names the bad range; pydantic adds its index
     return value
-
 
 
 class UplinkConfig(Section):
@@ -123,7 +121,7 @@ class UplinkConfig(Section):
     #: Bandwidth cap for captures in bytes per second (token bucket); 0: none.
     max_bytes_per_s: int = Field(0, ge=0)
     #: Bytes of captures sent per local day; when reached, captures wait for the next day
-    #: (event "quota_reached"). Kept across restarts in uplink-state.json beside the queue. 0: none.
+    #: (event "quota_reached"). Kept across restarts in uplink-state.json in kiosk.state_dir. 0: none.
     daily_budget_bytes: int = Field(0, ge=0)
     #: Local-time ranges "HH:MM-HH:MM" when captures may be sent; may wrap midnight
     #: ("22:00-06:00"). Empty: always.

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.errors import AgentError, PermanentError, TransientError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -57,15 +59,19 @@ END;
 """
 
 
-class QueueError(Exception):
-    """Base of the queue's errors."""
+class QueueError(AgentError):
+    """Base of the queue's errors, transient or permanent by subclass. Raised itself (and
+    permanent) for a queue that cannot be used at all: a file system without WAL support, a
+    schema this version cannot read; neither mends itself."""
 
 
-class QueueFull(QueueError):
+# Transient: the backlog drains once the kiosk is online again, giving back quota and disk.
+class QueueFull(QueueError, TransientError):
     """A new capture was refused (quota or free disk); nothing queued was dropped."""
 
 
-class QueueWriteError(QueueError):
+# Permanent: a failing disk or a file system remounted read-only needs a person.
+class QueueWriteError(QueueError, PermanentError):
     """SQLite could not write (I/O error, read-only file system); nothing was changed."""
 
 

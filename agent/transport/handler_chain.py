@@ -10,6 +10,7 @@ import logging
 
 import paho.mqtt.client as mqtt
 
+from agent.guard import log_and_continue
 from agent.transport.mqtt_link import BrokerLimits, LinkHandler, MqttLink
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,12 @@ class HandlerChain:
     def tick(self, link: MqttLink) -> bool:
         busy = False
         for h in self.handlers:
-            try:
+            # One handler's bug must not starve the others (captures keep flowing).
+            with log_and_continue(log, "error in %s; continuing", type(h).__name__):
                 busy |= bool(h.tick(link))
-            except Exception:
-                # One handler's bug must not starve the others (captures keep flowing).
-                log.exception("error in %s; continuing", type(h).__name__)
         return busy
 
     @staticmethod
     def _safe(fn, *args) -> None:  # type: ignore[no-untyped-def]
-        try:
+        with log_and_continue(log, "error in %s; continuing", getattr(fn, "__qualname__", fn)):
             fn(*args)
-        except Exception:
-            log.exception("error in %s; continuing", getattr(fn, "__qualname__", fn))

@@ -6,8 +6,8 @@ locks, and nothing can run concurrently with a callback. It reconnects with jitt
 exponential backoff, reset after a connection has been stable for a while, and reads the
 broker's CONNACK limits (Receive Maximum, Maximum Packet Size) that paho ignores.
 
-Every paho callback catches and logs its own errors: an exception escaping a callback
-would kill the network loop (see shared notes on paho pitfalls).
+Every paho callback and handler call is a log-and-continue boundary (agent/guard.py): an
+exception escaping a callback would kill the network loop (see shared notes on paho pitfalls).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import ConfigError, MqttConfig, TlsConfig
+from agent.config_types import ConfigError
+from agent.guard import log_and_continue
 from agent.transport.backoff import Backoff
+from agent.transport.config import MqttConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 MQTT_MAX_PACKET = 268_435_455
 #: How long the loop may sleep in select() when the handler has nothing to do.
 IDLE_WAIT_S = 0.05
+#: paho's in-flight limit is the capture window plus this many: command replies, telemetry,
+#: events and status share the connection and must not queue in paho behind a full window.
+CONTROL_INFLIGHT_ALLOWANCE = 8
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         # paho's own buffers stay small: the handler feeds a bounded window.
-        client.max_inflight_messages_set(cfg.inflight_window + 8)
+        client.max_inflight_messages_set(cfg.inflight_window + CONTROL_INFLIGHT_ALLOWANCE)
         return client
 
     # --- thread life cycle --------------------------------------------------------------
@@ -187,8 +192,7 @@ class MqttLink:
         if not self.v5:
             return None
         props = Properties(PacketTypes.CONNECT)
-        # Ask for up to what our window can use; the broker may grant less.
-        props.ReceiveMaximum = max(self.config.inflight_window, 16)
+        props.ReceiveMaximum = self.config.receive_maximum
         return props
 
     def _wait_before_retry(self, why: str) -> None:
@@ -228,17 +232,15 @@ class MqttLink:
         self._wait_before_retry(why)
 
     def _safe_tick(self) -> bool:
-        try:
-            return bool(self.handler.tick(self))
-        except Exception:
-            log.exception("error in %s work loop; continuing", self.name)
-            return False
+        busy = False
+        with log_and_continue(log, "error in %s work loop; continuing", self.name):
+            busy = bool(self.handler.tick(self))
+        return busy
 
     def _safe(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
-        try:
+        with log_and_continue(log, "error in %s handler %s; continuing", self.name,
+                              getattr(fn, "__name__", fn)):
             fn(*args)
-        except Exception:
-            log.exception("error in %s handler %s; continuing", self.name, getattr(fn, "__name__", fn))
 
     def _shutdown(self) -> None:
         if self.connected:
@@ -277,7 +279,7 @@ class MqttLink:
     # --- paho callbacks (each catches its own errors) -----------------------------------
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        try:
+        with log_and_continue(log, "error handling CONNACK; continuing"):
             if reason_code.is_failure:
                 self._connect_started = 0.0
                 log.error("broker refused the connection: %s", reason_code)
@@ -292,8 +294,6 @@ class MqttLink:
                      self.config.protocol, self.limits.receive_maximum,
                      self.limits.maximum_packet_size)
             self.handler.on_connected(self, self.limits)
-        except Exception:
-            log.exception("error handling CONNACK; continuing")
 
     def _limits_from(self, properties: Properties | None) -> BrokerLimits:
         if properties is None or not self.v5:
@@ -304,34 +304,26 @@ class MqttLink:
         )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        try:
+        with log_and_continue(log, "error handling disconnect; continuing"):
             if self.connected and not self._stop.is_set():
                 log.warning("disconnected from broker: %s", reason_code)
-        except Exception:
-            log.exception("error handling disconnect; continuing")
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
-        try:
+        with log_and_continue(log, "error handling a message on %s; continuing", message.topic):
             self.handler.on_message(self, message)
-        except Exception:
-            log.exception("error handling a message on %s; continuing", message.topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        try:
+        with log_and_continue(log, "error handling PUBACK %d; continuing", mid):
             if reason_code.is_failure:
                 log.warning("broker refused message %d: %s", mid, reason_code)
                 return
             self.handler.on_puback(self, mid)
-        except Exception:
-            log.exception("error handling PUBACK %d; continuing", mid)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
-        try:
+        with log_and_continue(log, "error handling SUBACK; continuing"):
             for rc in reason_codes:
                 if rc.is_failure:
                     log.error("broker refused a subscription: %s", rc)
-        except Exception:
-            log.exception("error handling SUBACK; continuing")
 
 
 # --- TLS ------------------------------------------------------------------------------

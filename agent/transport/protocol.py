@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.capture.record import CaptureRecord
+from agent.errors import PermanentError
 from drivers import Modality
 
 MAGIC = b"KAE"
@@ -29,7 +30,9 @@ MAX_HEADER_BYTES = 64 * 1024
 IMAGE_FORMATS = frozenset({"png", "jpeg", "wsq"})
 
 
-class ProtocolError(ValueError):
+# Permanent: the same bytes never parse however often they are read; the sender must change.
+# A ValueError too, for callers that treat it as bad input (``except ValueError``).
+class ProtocolError(PermanentError, ValueError):
     """A message that does not follow the protocol; the text says what is wrong.
 
     ``item_id`` is the capture id when it could be read, so a receipt can still name it.

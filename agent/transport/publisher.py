@@ -7,11 +7,13 @@ everything unacknowledged is offered again from the oldest, so delivery is at-le
 and the receiver de-duplicates by capture id.
 
 A capture larger than the broker's Maximum Packet Size or ``uplink.chunk_bytes`` goes in
-chunks (agent/transport/chunking.py): a manifest, the receiver's chunk status (which chunks it already
-holds), then only the missing chunks, at most ``uplink.inflight_bytes`` unacknowledged at a
-time and a few per loop turn, so command replies and telemetry (served first on every turn,
-agent/transport/handler_chain.py) never wait behind a large image. Every capture byte passes the
-uplink gate (agent/transport/uplink.py: bandwidth cap, daily budget, upload windows).
+chunks: a manifest, the receiver's chunk status (which chunks it already holds), then only
+the missing chunks. Which chunk goes when is the transfer's state machine
+(agent/transport/chunk_sender.py); the publisher sends for it, at most
+``uplink.inflight_bytes`` unacknowledged at a time and a few per loop turn, so command
+replies and telemetry (served first on every turn, agent/transport/handler_chain.py) never
+wait behind a large image. Every capture byte passes the uplink gate
+(agent/transport/uplink.py: bandwidth cap, daily budget, upload windows).
 
 All methods run on the MQTT link's thread (agent/transport/mqtt_link.py).
 """
@@ -21,21 +23,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.config import MqttConfig, UplinkConfig
-from agent.transport.chunking import (
-    ChunkStatus,
-    Manifest,
-    chunk_of,
-    chunk_size_for,
-    make_manifest,
-    manifest_size,
-)
+from agent.transport.chunk_sender import ChunkTransfer
+from agent.transport.chunking import ChunkStatus, chunk_size_for, manifest_size
+from agent.transport.config import MqttConfig, UplinkConfig
 from agent.transport.durable_queue import DurableQueue, QueuedItem, QueueError
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 from agent.transport.protocol import ProtocolError, Receipt, Topics, status_payload
@@ -73,46 +69,18 @@ class PublisherCounters:
     chunks_rerequested: int = 0
 
 
-@dataclass
-class _Transfer:
-    """One capture on its way in chunks.
-
-    Progress lives in memory only, on purpose: the receiver's chunks on disk are the truth.
-    After every (re)connect or agent restart the manifest goes out again and the receiver's
-    chunk status says what it holds, so nothing is sent twice that arrived, and nothing the
-    broker acknowledged but lost is taken for delivered. Keeping it in the queue database
-    would cost an fsync per chunk and still need that exchange.
-    """
-
-    item: QueuedItem
-    manifest: Manifest
-    #: Chunk indexes still to send, in order.
-    pending: list[int] = field(default_factory=list)
-    #: PUBLISH message id -> (chunk index, bytes) for chunks the broker has not acknowledged.
-    inflight: dict[int, tuple[int, int]] = field(default_factory=dict)
-    inflight_bytes: int = 0
-    #: The manifest is out and the receiver's chunk status not yet in: send nothing.
-    awaiting_status: bool = True
-    last_progress: float = 0.0
-    sent: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.item.id
-
-
 class Publisher:
     def __init__(self, queue: DurableQueue, config: MqttConfig, topics: Topics,
-                 status_fields: dict[str, Any], *, uplink: UplinkConfig | None = None,
-                 state_dir: Path | None = None, on_event: EventSink | None = None) -> None:
-        """``uplink``: chunking and cellular limits (default: chunk above 128 KiB, no limits);
-        ``state_dir``: where the daily budget is kept; ``on_event``: EventBus.emit, for
+                 status_fields: dict[str, Any], *, uplink: UplinkConfig, state_dir: Path,
+                 on_event: EventSink | None = None) -> None:
+        """``uplink``: chunking and cellular limits; ``state_dir``: the kiosk's state folder
+        (kiosk.state_dir), where the daily budget is kept; ``on_event``: EventBus.emit, for
         "quota_reached"."""
         self.queue = queue
         self.config = config
-        self.uplink_config = uplink or UplinkConfig()
-        self.uplink = Uplink.from_config(self.uplink_config, state_dir, on_event)
-        self._transfer: _Transfer | None = None
+        self.uplink_config = uplink
+        self.uplink = Uplink.from_config(uplink, state_dir, on_event)
+        self._transfer: ChunkTransfer | None = None
         self._statuses: list[ChunkStatus] = []
         self.topics = topics
         self.status_fields = status_fields
@@ -141,7 +109,7 @@ class Publisher:
         self._mid_to_id.clear()
         self._cursor = 0
         # A chunked transfer starts again from its manifest; the receiver's status says
-        # which chunks it already holds (see _Transfer).
+        # which chunks it already holds (see ChunkTransfer).
         self._transfer = None
         self._statuses.clear()
         if self.config.ack_mode == "receipt":
@@ -178,13 +146,9 @@ class Publisher:
             self._offline_acked = True
             return
         transfer = self._transfer
-        if transfer is not None and mid in transfer.inflight:
-            _, size = transfer.inflight.pop(mid)
-            transfer.inflight_bytes -= size
-            transfer.last_progress = time.monotonic()
-            if (self.config.ack_mode == "puback" and not transfer.pending and not transfer.inflight
-                    and not transfer.awaiting_status):
-                self._settled.append(transfer.id)  # puback mode: the broker has every chunk
+        if transfer is not None and transfer.acknowledged(mid, time.monotonic()):
+            if transfer.settled_by_broker:
+                self._settled.append(transfer.id)
             return
         item_id = self._mid_to_id.pop(mid, None)
         if item_id is not None and self.config.ack_mode == "puback":
@@ -277,11 +241,7 @@ class Publisher:
     def _offer(self, link: MqttLink, item: QueuedItem) -> str:
         """Send one item whole or start its chunked transfer: "sent", "wait" or "rejected"."""
         try:
-            chunk_size = chunk_size_for(self._max_packet, self.topics.chunks, self.uplink_config.chunk_bytes,
-                                        len(item.payload), PUBLISH_OVERHEAD)
-            if chunk_size is not None and manifest_size(len(item.payload), chunk_size) > self._max_packet:
-                raise ValueError(f"its chunk manifest would exceed the broker's maximum packet size of "
-                                 f"{self._max_packet:,} bytes")
+            chunk_size = self._chunk_size(item)
         except ValueError as exc:
             # Fail loudly and keep the capture for support; the broker's limit is far too small.
             log.error("capture %s (%d bytes) cannot be sent: %s; kept in the queue as 'rejected'",
@@ -290,22 +250,20 @@ class Publisher:
             self.counters.rejected += 1
             return "rejected"
         if chunk_size is not None:
-            if self._transfer is not None:
-                return "wait"  # one chunked transfer at a time: bounded memory, simple resume
-            manifest = make_manifest(item.id, self.topics.kiosk_id, item.seq, item.kind, item.payload,
-                                     chunk_size)
-            transfer = _Transfer(item, manifest)
-            if not self._send_manifest(link, transfer):
-                return "wait"
-            self._transfer = transfer
-            self._inflight[item.id] = _InFlight(item.seq, -1, time.monotonic())
-            self.counters.transfers += 1
-            log.info("capture %s (%d bytes) goes in %d chunks of up to %d bytes", item.id,
-                     manifest.size, manifest.count, chunk_size)
-            return "sent"
+            return self._start_transfer(link, item, chunk_size)
         if not self.uplink.try_send(len(item.payload) + len(self._topic(item)) + PUBLISH_OVERHEAD):
             return "wait"
         return "sent" if self._send(link, item) else "rejected"
+
+    def _chunk_size(self, item: QueuedItem) -> int | None:
+        """Bytes per chunk for this item, None when it goes whole; ValueError when the broker's
+        limit cannot carry it even in chunks."""
+        chunk_size = chunk_size_for(self._max_packet, self.topics.chunks, self.uplink_config.chunk_bytes,
+                                    len(item.payload), PUBLISH_OVERHEAD)
+        if chunk_size is not None and manifest_size(len(item.payload), chunk_size) > self._max_packet:
+            raise ValueError(f"its chunk manifest would exceed the broker's maximum packet size of "
+                             f"{self._max_packet:,} bytes")
+        return chunk_size
 
     def _send(self, link: MqttLink, item: QueuedItem) -> bool:
         mid = link.publish(self._topic(item), item.payload, qos=1)
@@ -339,20 +297,29 @@ class Publisher:
             self.queue.mark_sent([item.seq])
             self.counters.republished += 1
 
-    # --- chunked transfers ------------------------------------------------------------------
+    # --- chunked transfers: the publisher sends, ChunkTransfer decides -------------------
 
-    def _send_manifest(self, link: MqttLink, transfer: _Transfer) -> bool:
+    def _start_transfer(self, link: MqttLink, item: QueuedItem, chunk_size: int) -> str:
+        if self._transfer is not None:
+            return "wait"  # one chunked transfer at a time: bounded memory, simple resume
+        transfer = ChunkTransfer.of(item, self.topics.kiosk_id, chunk_size,
+                                    expects_status=self.config.ack_mode == "receipt")
+        if not self._send_manifest(link, transfer):
+            return "wait"
+        self._transfer = transfer
+        self._inflight[item.id] = _InFlight(item.seq, -1, time.monotonic())
+        self.counters.transfers += 1
+        log.info("capture %s (%d bytes) goes in %d chunks of up to %d bytes", item.id,
+                 transfer.manifest.size, transfer.manifest.count, chunk_size)
+        return "sent"
+
+    def _send_manifest(self, link: MqttLink, transfer: ChunkTransfer) -> bool:
         payload = transfer.manifest.encode()
         if not self.uplink.try_send(len(payload) + len(self.topics.chunks) + PUBLISH_OVERHEAD):
             return False
         link.publish(self.topics.chunks, payload, qos=1)
         self.counters.manifests_sent += 1
-        transfer.pending = []
-        # Under puback mode no receiver answers: send every chunk straight away.
-        transfer.awaiting_status = self.config.ack_mode == "receipt"
-        if not transfer.awaiting_status:
-            transfer.pending = list(range(transfer.manifest.count))
-        transfer.last_progress = time.monotonic()
+        transfer.announced(time.monotonic())
         return True
 
     def _end_transfer(self, item_id: str) -> None:
@@ -363,64 +330,36 @@ class Publisher:
         statuses, self._statuses = self._statuses, []
         for status in statuses:
             transfer = self._transfer
-            if transfer is None or (status.id, status.sha256) != (transfer.id, transfer.manifest.sha256):
+            if transfer is None or not transfer.answers(status):
                 continue  # for a transfer already finished or superseded
-            transfer.last_progress = time.monotonic()
-            in_flight = {index for index, _ in transfer.inflight.values()}
-            if status.state == "unknown":
-                # The receiver has no manifest for chunks we sent (it lost its state or
-                # another receiver holds it): announce the transfer again.
+            if transfer.on_status(status, time.monotonic()):
                 self._send_manifest(link, transfer)
-            elif status.state == "complete":
-                transfer.pending, transfer.awaiting_status = [], False  # the receipt follows
-            elif transfer.awaiting_status:
-                missing = set(range(transfer.manifest.count)) - status.have - in_flight
-                transfer.pending = sorted(missing | (status.bad - in_flight))
-                transfer.awaiting_status = False
-                log.info("capture %s: the receiver holds %d of %d chunks; sending %d", transfer.id,
-                         len(status.have), transfer.manifest.count, len(transfer.pending))
-            if status.bad:
-                # A chunk that failed its hash is sent again at once, never taken as delivered.
-                again = sorted(status.bad - in_flight - set(transfer.pending))
-                transfer.pending = again + transfer.pending
-                self.counters.chunks_rerequested += len(status.bad)
-                log.warning("capture %s: the receiver found chunk(s) %s corrupted; sending them again",
-                            transfer.id, sorted(status.bad))
+            self.counters.chunks_rerequested += len(status.bad)
 
     def _pump_chunks(self, link: MqttLink) -> bool:
         transfer = self._transfer
-        if transfer is None or transfer.awaiting_status or not transfer.pending:
+        if transfer is None:
             return False
-        limit = self.uplink_config.inflight_bytes
         budget = CHUNK_BYTES_PER_TURN
         sent = 0
-        while transfer.pending and budget > 0:
-            chunk = chunk_of(transfer.manifest, transfer.item.payload, transfer.pending[0])
+        while budget > 0 and (chunk := transfer.next_chunk()) is not None:
             payload = chunk.encode()
-            # Always let one chunk go when none is in flight, whatever its size.
-            if transfer.inflight and transfer.inflight_bytes + len(payload) > limit:
+            if not transfer.has_room(len(payload), self.uplink_config.inflight_bytes):
                 break
             if not self.uplink.try_send(len(payload) + len(self.topics.chunks) + PUBLISH_OVERHEAD):
                 break
             mid = link.publish(self.topics.chunks, payload, qos=1)
-            transfer.pending.pop(0)
-            transfer.inflight[mid] = (chunk.index, len(payload))
-            transfer.inflight_bytes += len(payload)
-            transfer.sent += 1
+            transfer.chunk_sent(mid, len(payload), time.monotonic())
             self.counters.chunks_sent += 1
             budget -= len(payload)
             sent += 1
-        if sent:
-            transfer.last_progress = time.monotonic()
         return sent > 0
 
     def _transfer_overdue(self, link: MqttLink) -> None:
         """Everything sent and no receipt for a while (or no status after the manifest):
         ask again with the manifest; the status names what is missing."""
         transfer = self._transfer
-        if transfer is None or transfer.pending or transfer.inflight:
-            return
-        if time.monotonic() - transfer.last_progress < self.config.receipt_timeout_s:
+        if transfer is None or not transfer.overdue(time.monotonic(), self.config.receipt_timeout_s):
             return
         log.info("capture %s: no %s after %.0f s; sending its manifest again", transfer.id,
                  "chunk status" if transfer.awaiting_status else "receipt", self.config.receipt_timeout_s)

@@ -3,7 +3,7 @@
 Telemetry goes to <prefix>/<kiosk_id>/telemetry as one JSON object, retained, so a support
 engineer (or `kiosk-agent remote --list`) sees the last known state of a kiosk that is
 offline now. Events go to <prefix>/<kiosk_id>/events, not retained. Both are small and go
-out before any capture in the same loop turn (see agent/link_handlers.py).
+out before any capture in the same loop turn (see agent/transport/handler_chain.py).
 """
 
 from __future__ import annotations
@@ -16,16 +16,14 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from agent import __version__
+from agent.runtime import Runtime
 from agent.transport.events import EventBus
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +70,15 @@ def _read(path: Path) -> str:
         return ""
 
 
-def snapshot(agent: Agent, publish_rate_per_s: float | None = None) -> dict[str, Any]:
+def snapshot(runtime: Runtime, publish_rate_per_s: float | None = None) -> dict[str, Any]:
     """Everything support needs at a glance; cheap (one small SQLite query, a few /proc reads)."""
-    cfg = agent.config
-    queue = agent.queue.stats().as_dict() if agent.queue else None
-    link = agent.link
-    capture = agent.capture
+    cfg = runtime.config
+    stats = runtime.queue_stats()
+    queue = stats.as_dict() if stats else None
+    link = runtime.connection()
+    counts = runtime.capture_counts()
     drain_s = None
-    uplink = getattr(agent.publisher, "uplink", None)
+    uplink = runtime.uplink()
     if queue and uplink is not None:
         # Captures wait for the cap, a window and the day's budget too (agent/transport/uplink.py).
         drain_s = uplink.drain_estimate_s(queue["pending_bytes"], queue["pending"], publish_rate_per_s)
@@ -98,24 +97,23 @@ def snapshot(agent: Agent, publish_rate_per_s: float | None = None) -> dict[str,
         "at": time.time(),
         "version": __version__,
         "python": platform.python_version(),
-        "uptime_s": round(time.time() - agent.started_at, 1) if agent.started_at else 0,
+        "uptime_s": round(time.time() - runtime.started_at, 1) if runtime.started_at else 0,
         "system_uptime_s": system_uptime_s(),
         "queue": queue,
         "backlog_drain_estimate_s": drain_s,
         "uplink": uplink.state() if uplink is not None else None,
-        "captures_today": capture.captured_today if capture else 0,
-        "captures_refused": capture.refused if capture else 0,
+        "captures_today": counts.captured_today,
+        "captures_refused": counts.refused,
         "publish_rate_per_s": publish_rate_per_s,
-        "devices": [w.status().as_dict() for w in agent.workers.values()],
+        "devices": [w.status().as_dict() for w in runtime.device_workers().values()],
         "disk": disk_info,
         "cpu_temperature_c": cpu_temperature_c(),
         "memory": memory(),
         "connection": {
-            "connected": bool(link and link.connected),
+            "connected": link.connected,
             "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
-            "reconnects": max(0, link.connects - 1) if link else 0,
-            "certificate_expires_at": link.cert_expires_at.isoformat()
-            if link and link.cert_expires_at else None,
+            "reconnects": link.reconnects,
+            "certificate_expires_at": link.cert_expires_at.isoformat() if link.cert_expires_at else None,
         },
     }
 
@@ -123,9 +121,9 @@ def snapshot(agent: Agent, publish_rate_per_s: float | None = None) -> dict[str,
 class TelemetryPublisher:
     """A link handler: telemetry every ``interval_s`` and events as they come."""
 
-    def __init__(self, agent: Agent, events: EventBus, interval_s: float,
+    def __init__(self, runtime: Runtime, events: EventBus, interval_s: float,
                  acknowledged: Callable[[], int]) -> None:
-        self.agent = agent
+        self.runtime = runtime
         self.events = events
         self.interval_s = interval_s
         self._acknowledged = acknowledged
@@ -156,8 +154,8 @@ class TelemetryPublisher:
         return busy
 
     def publish_now(self, link: MqttLink) -> None:
-        payload = snapshot(self.agent, self._rate())
-        link.publish(self.agent.topics.telemetry, json.dumps(payload, default=str).encode(), qos=1,
+        payload = snapshot(self.runtime, self._rate())
+        link.publish(self.runtime.topics.telemetry, json.dumps(payload, default=str).encode(), qos=1,
                      retain=True)
 
     def _rate(self) -> float | None:
@@ -172,7 +170,7 @@ class TelemetryPublisher:
         batch = self.events.take()
         for i, event in enumerate(batch):
             try:
-                link.publish(self.agent.topics.events, json.dumps(event, default=str).encode(), qos=1)
+                link.publish(self.runtime.topics.events, json.dumps(event, default=str).encode(), qos=1)
             except OSError as exc:
                 log.warning("cannot publish events now: %s; they wait for the next connection", exc)
                 self.events.put_back(batch[i:])

@@ -7,12 +7,12 @@ whose budget is spent.
 - Bandwidth cap (``uplink.max_bytes_per_s``): a token bucket. A message larger than the
   bucket may still go when the bucket is full and leaves it in debt, so the long-run rate
   holds whatever the message sizes.
-- Daily budget (``uplink.daily_budget_bytes``): bytes of capture data per local day,
-  persisted beside the queue (written atomically at most once a second, and at stop) so a
+- Daily budget (``uplink.daily_budget_bytes``): bytes of capture data per local day, kept
+  in the kiosk's state folder (written atomically at most once a second, and at stop) so a
   restart does not hand out a fresh budget. A crash may lose the last second's count: at
   most one second of traffic at the cap goes uncounted.
-- Upload windows (``uplink.windows``): "HH:MM-HH:MM" local-time ranges, which may wrap
-  midnight ("22:00-06:00"); none: always open.
+- Upload windows (``uplink.windows``, agent/transport/windows.py): "HH:MM-HH:MM" local-time
+  ranges, which may wrap midnight ("22:00-06:00"); none: always open.
 
 The clock is injectable (``clock``: local wall time, ``monotonic``: for the bucket) so
 tests can move to the next day or into a window.
@@ -24,15 +24,16 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from datetime import time as dtime
 from pathlib import Path
 from typing import Any
+
+from agent.guard import log_and_continue
+from agent.transport.config import UplinkConfig
+from agent.transport.windows import parse_windows, seconds_until_open, seconds_until_tomorrow, window_open
 
 log = logging.getLogger(__name__)
 
@@ -40,71 +41,10 @@ log = logging.getLogger(__name__)
 BURST_S = 0.25
 #: Budget state is written at most this often (and when the budget is reached, and at stop).
 PERSIST_INTERVAL_S = 1.0
-_WINDOW = re.compile(r"^\s*(\d{2}):(\d{2})\s*-\s*(\d{2}):(\d{2})\s*$")
+#: The day's budget, in the kiosk's state folder (kiosk.state_dir).
+STATE_FILE = "uplink-state.json"
 
 EventSink = Callable[..., None]
-
-
-@dataclass(frozen=True)
-class Window:
-    """A daily local-time range [start, end) in minutes after midnight; may wrap midnight."""
-
-    start: int
-    end: int
-
-    def contains(self, minute: int) -> bool:
-        if self.start < self.end:
-            return self.start <= minute < self.end
-        return minute >= self.start or minute < self.end
-
-    def __str__(self) -> str:
-        return f"{self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d}"
-
-
-def parse_window(text: str) -> Window:
-    """'HH:MM-HH:MM' -> Window; ValueError says exactly what is wrong (it becomes a config error)."""
-    if not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a string like \"08:00-18:00\"")
-    m = _WINDOW.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a time range like \"08:00-18:00\" "
-                         "(24-hour HH:MM-HH:MM, local time)")
-    sh, sm, eh, em = (int(g) for g in m.groups())
-    for hour, minute, end in ((sh, sm, False), (eh, em, True)):
-        # 24:00 is allowed as an end only ("18:00-24:00" reads better than "18:00-00:00").
-        if minute > 59 or hour > 24 or (hour == 24 and (minute or not end)):
-            raise ValueError(f"{text!r}: {hour:02d}:{minute:02d} is not a time of day")
-    start, end_minute = sh * 60 + sm, (eh * 60 + em) % 1440
-    if start == end_minute:
-        raise ValueError(f"{text!r} starts and ends at the same time; leave uplink.windows empty "
-                         "for always open")
-    return Window(start, end_minute)
-
-
-def parse_windows(texts: list[str]) -> list[Window]:
-    return [parse_window(t) for t in texts]
-
-
-def _minute(now: datetime) -> int:
-    return now.hour * 60 + now.minute
-
-
-def window_open(windows: list[Window], now: datetime) -> bool:
-    return not windows or any(w.contains(_minute(now)) for w in windows)
-
-
-def seconds_until_open(windows: list[Window], now: datetime) -> float:
-    """0 when open; else seconds until the next window starts (local wall time)."""
-    if window_open(windows, now):
-        return 0.0
-    today = datetime.combine(now.date(), dtime(0), now.tzinfo)
-    starts = [today + timedelta(days=d, minutes=w.start) for w in windows for d in (0, 1)]
-    return min((s - now).total_seconds() for s in starts if s > now)
-
-
-def seconds_until_tomorrow(now: datetime) -> float:
-    midnight = datetime.combine(now.date() + timedelta(days=1), dtime(0), now.tzinfo)
-    return (midnight - now).total_seconds()
 
 
 class Uplink:
@@ -137,13 +77,10 @@ class Uplink:
         self._load()
 
     @classmethod
-    def from_config(cls, config: Any, state_dir: Path | None, on_event: EventSink | None = None) -> Uplink:
-        """From an UplinkConfig (None: no limits); state beside the queue in ``state_dir``."""
-        if config is None:
-            return cls()
+    def from_config(cls, config: UplinkConfig, state_dir: Path, on_event: EventSink | None = None) -> Uplink:
+        """The gate ``config`` describes, keeping its daily budget in ``state_dir``."""
         return cls(max_bytes_per_s=config.max_bytes_per_s, daily_budget_bytes=config.daily_budget_bytes,
-                   windows=config.windows, on_event=on_event,
-                   state_path=state_dir / "uplink-state.json" if state_dir is not None else None)
+                   windows=config.windows, on_event=on_event, state_path=state_dir / STATE_FILE)
 
     # --- the gate -------------------------------------------------------------------------
 
@@ -195,11 +132,10 @@ class Uplink:
         log.warning("uplink: daily data budget of %d bytes reached (%d used); captures wait in the queue "
                     "until %s local time", self.budget, self.used, resume.strftime("%Y-%m-%d %H:%M"))
         if self.on_event is not None:
-            try:
+            # An event is advice; it must never stop the link.
+            with log_and_continue(log, "cannot emit the quota_reached event"):
                 self.on_event("quota_reached", budget_bytes=self.budget, used_bytes=self.used,
                               day=self.day, resumes_at=resume.isoformat(timespec="minutes"))
-            except Exception:  # an event is advice; it must never stop the link
-                log.exception("cannot emit the quota_reached event")
 
     # --- persistence ------------------------------------------------------------------------
 

@@ -40,6 +40,24 @@ def test_valid_config_loads_with_driver_model(tmp_path: Path) -> None:
     assert type(config.devices["finger"]).__name__ == "SimFingerConfig"
 
 
+def test_state_dir_is_one_setting_resolved_once(tmp_path: Path) -> None:
+    # Default: /var/lib/kiosk-agent, and every state file inside it.
+    config = load_config(write(tmp_path, VALID), {})
+    state = Path("/var/lib/kiosk-agent")
+    assert (config.state_dir, config.queue.path) == (state, state / "queue.db")
+    assert config.remote.state_dir == state / "remote"
+    assert config.registration.store_path == state / "registrations.db"
+    # Named: everything follows it.
+    config = load_config(write(tmp_path, VALID), {"KIOSK_AGENT_KIOSK__STATE_DIR": str(tmp_path / "s")})
+    assert config.queue.path == tmp_path / "s" / "queue.db"
+    assert config.remote.state_dir == tmp_path / "s" / "remote"
+    assert config.registration.store_path == tmp_path / "s" / "registrations.db"
+    # Older files that only name the queue keep their state beside it.
+    queue = str(tmp_path / "q" / "queue.db")
+    config = load_config(write(tmp_path, VALID), {"KIOSK_AGENT_QUEUE__PATH": queue})
+    assert config.state_dir == tmp_path / "q" and config.remote.state_dir == tmp_path / "q" / "remote"
+
+
 def test_every_bad_field_is_named(tmp_path: Path) -> None:
     text = VALID.replace("port = 8883", "port = 70000\nprotocol = \"4\"")
     problems = problems_of(write(tmp_path, text))

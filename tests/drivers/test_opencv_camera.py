@@ -1,6 +1,6 @@
 """The OpenCV camera driver on real video and image files written by the tests: best-frame
-selection, the no-face retry, and a source that disappears and returns (offline, then online
-again through the agent's DeviceWorker)."""
+selection with the agent's face judge, the no-face retry, capture without a judge, and a source
+that disappears and returns (offline, then online again through the agent's DeviceWorker)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 from agent.capture.workers import DeviceWorker
 from agent.config import FaceQualityConfig, validate_config
 from agent.quality.face import token_from_capture
+from agent.quality.judge import face_judge_maker
 from drivers import (
     CaptureRequest,
     CaptureRetry,
@@ -44,9 +45,15 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 10.0) -> 
     return path
 
 
-def camera(source: Path | str, **settings: object) -> OpenCvCameraDriver:
+def camera(source: Path | str, quality: FaceQualityConfig | None = None, *, judged: bool = True,
+           **settings: object) -> OpenCvCameraDriver:
+    """A camera on ``source`` with the agent's face judge (``quality``'s thresholds), as the agent
+    builds it; ``judged=False``: without a judge."""
     config = OpenCvCameraConfig.model_validate({"source": str(source), "warmup_frames": 0, **settings})
-    return OpenCvCameraDriver("camera", config)
+    driver = OpenCvCameraDriver("camera", config)
+    if judged:
+        driver.make_judge = face_judge_maker(quality or FaceQualityConfig())
+    return driver
 
 
 @pytest.fixture
@@ -141,12 +148,27 @@ def test_an_image_file_is_a_source(tmp_path: Path, opened: list[OpenCvCameraDriv
 def test_thresholds_are_handed_to_the_driver(tmp_path: Path, opened: list[OpenCvCameraDriver]) -> None:
     still = tmp_path / "portrait.png"
     cv2.imwrite(str(still), portrait())
-    driver = camera(still)
+    driver = camera(still, FaceQualityConfig(min_eye_distance_px=200))
     opened.append(driver)
-    driver.quality_config = FaceQualityConfig(min_eye_distance_px=200)
     driver.open()
     detail = driver.capture(CaptureRequest(timeout_s=1)).quality_detail
     assert [c["name"] for c in detail["checks"] if not c["passed"]] == ["eye_distance"]
+
+
+def test_without_a_judge_the_sharpest_frame_is_taken_unjudged(tmp_path: Path,
+                                                              opened: list[OpenCvCameraDriver]) -> None:
+    video = write_video(tmp_path / "person.avi", [blurred(), portrait(), blurred()] * 3)
+    driver = camera(video, judged=False, frames_after_pass=2)
+    opened.append(driver)
+    assert driver.probe().extra["kind"] == "video"
+    driver.open()
+    assert driver.preview().shape == (480, 640, 3)
+    image = driver.capture(CaptureRequest(timeout_s=5))
+    detail = image.quality_detail
+    assert image.quality is None and detail["judged"] is False and "no face judge" in detail["note"]
+    assert detail["frames_analysed"] == 3 and "checks" not in detail and driver.last_token is None
+    taken = cv2.imdecode(np.frombuffer(image.image, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    assert np.abs(taken - portrait()).mean() < np.abs(taken - blurred()).mean()  # the sharp frame
 
 
 def test_missing_source_and_missing_yunet_model(tmp_path: Path) -> None:
@@ -158,13 +180,12 @@ def test_missing_source_and_missing_yunet_model(tmp_path: Path) -> None:
     driver.close()  # twice is fine
     still = tmp_path / "portrait.png"
     cv2.imwrite(str(still), portrait())
-    yunet = camera(still)
-    yunet.quality_config = FaceQualityConfig(yunet_model=tmp_path / "face_detection_yunet.onnx")
+    yunet = camera(still, FaceQualityConfig(yunet_model=tmp_path / "face_detection_yunet.onnx"))
     with pytest.raises(PermanentDeviceError, match="quality.face.yunet_model"):
         yunet.open()
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a network")
-    yunet.quality_config = FaceQualityConfig(yunet_model=junk)
+    yunet.make_judge = face_judge_maker(FaceQualityConfig(yunet_model=junk))
     with pytest.raises(PermanentDeviceError, match="cannot load the YuNet model"):
         yunet.open()
 

@@ -25,6 +25,7 @@ from drivers import (
     PermanentDeviceError,
     TransientDeviceError,
     driver_class,
+    registry,
     serial_scan,
     usb_scan,
 )
@@ -435,5 +436,5 @@ def test_the_udev_rules_cover_every_recognised_usb_id() -> None:
     rules = (ROOT / "systemd" / "60-kiosk-agent.rules").read_text()
     covered = set(re.findall(r'ATTRS\{idVendor\}=="([0-9a-f]{4})", ATTRS\{idProduct\}=="([0-9a-f]{4})"'
                              r'.*MODE="0660", GROUP="plugdev"', rules))
-    known = {(f"{v:04x}", f"{p:04x}") for v, p in usb_scan.known_usb_ids()}
+    known = {(f"{v:04x}", f"{p:04x}") for v, p in registry.known_usb_ids()}
     assert known and known <= covered

@@ -7,14 +7,22 @@ import time
 from pathlib import Path
 
 from agent.config import load_config
-from devtools.broker import MosquittoBroker
+from devtools.broker import MosquittoBroker, free_port
 from receiver.service import Receiver
 from tests.reliability.common import SOAK, committed_ids, integrity, rng
 from tests.support.config import receiver_config
-from tests.support.processes import queued_while_running, spawn_agent, stored_ids, write_config
+from tests.support.processes import (
+    NotifySocket,
+    queue_ids,
+    queued_while_running,
+    spawn_agent,
+    stored_ids,
+    write_config,
+)
 from tests.support.waiting import wait_until
 
 KILLS = 200 if SOAK else 50
+STARTUP_SIGNALS = 40 if SOAK else 8
 
 
 def test_sigkill_storm_loses_nothing(tmp_path: Path, broker: MosquittoBroker) -> None:
@@ -27,6 +35,7 @@ def test_sigkill_storm_loses_nothing(tmp_path: Path, broker: MosquittoBroker) ->
     queue = tmp_path / "queue.db"
     checks = []
     proc = None
+    notify = None
     try:
         for _ in range(KILLS):
             proc = spawn_agent(config_path, log_path)
@@ -39,7 +48,11 @@ def test_sigkill_storm_loses_nothing(tmp_path: Path, broker: MosquittoBroker) ->
         # Restart once more without capturing: the backlog must drain to the receiver.
         text = config_path.read_text().replace('mode = "continuous"', 'mode = "on-demand"')
         config_path.write_text(text)
-        proc = spawn_agent(config_path, log_path)
+        notify = NotifySocket(tmp_path / "notify")
+        proc = spawn_agent(config_path, log_path, notify)
+        # "Backlog drained" can be true before the new agent has even loaded: wait for its
+        # READY=1, as systemd would, so the SIGTERM below stops a running agent.
+        notify.wait_for("READY=1")
         wait_until(lambda: queued_while_running(queue) == 0, timeout_s=120, what="backlog drained")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -47,6 +60,8 @@ def test_sigkill_storm_loses_nothing(tmp_path: Path, broker: MosquittoBroker) ->
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        if notify is not None:
+            notify.close()
         receiver.stop()
     committed = committed_ids(log_path.read_text())
     stored = stored_ids(out)
@@ -58,3 +73,36 @@ def test_sigkill_storm_loses_nothing(tmp_path: Path, broker: MosquittoBroker) ->
     # Exactly once in storage: one file pair per id, however often it came over the wire.
     assert receiver.counters.stored == len(stored)
     assert integrity(queue) == "ok"
+
+
+def test_sigterm_during_start_up_ends_cleanly(tmp_path: Path) -> None:
+    """systemd may stop a unit that is still starting: at any moment of start-up (loading,
+    opening the queue and devices, connecting to a broker that is not there) SIGTERM must
+    end the agent with exit 0, nothing queued lost, the queue intact.
+
+    The moments run from 0.1 s after the process starts: before that the Python interpreter
+    itself is starting (about 30 ms), before any code of ours can install a handler."""
+    random = rng("sigterm-start-up")
+    config_path = write_config(tmp_path, free_port(), max_captures=3)
+    log_path = tmp_path / "agent.log"
+    queue = tmp_path / "queue.db"
+    delays = sorted(random.uniform(0.1, 2.5) for _ in range(STARTUP_SIGNALS))
+    outcomes = []
+    for delay in delays:
+        before = queue_ids(queue) if queue.exists() else set()
+        notify = NotifySocket(tmp_path / "notify")
+        proc = spawn_agent(config_path, log_path, notify)
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            outcomes.append((round(delay, 2), proc.wait(30)))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            notify.close()
+        assert before <= (queue_ids(queue) if queue.exists() else set()), "nothing queued is lost"
+        if queue.exists():
+            assert integrity(queue) == "ok"
+    assert [code for _, code in outcomes] == [0] * len(delays), f"exit codes by delay: {outcomes}"
+    assert "Traceback" not in log_path.read_text()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,44 @@ def write_config(tmp_path: Path, port: int, *, kiosk_id: str = "kiosk-p1", level
     return path
 
 
-def spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+class NotifySocket:
+    """The datagram socket systemd gives a Type=notify service ($NOTIFY_SOCKET), so a test
+    knows, as systemd does, when the agent is ready: its stop-signal handlers installed and
+    its components started (READY=1)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, line: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while line not in self.messages:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {line} on {self.path} within {timeout_s:.0f} s "
+                                     f"(got {self.messages[-5:]})")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            self.messages += data.decode(errors="replace").splitlines()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def spawn_agent(config_path: Path, log_path: Path,
+                notify: NotifySocket | None = None) -> subprocess.Popen[bytes]:
+    """``python -m agent run``; with ``notify``, as systemd runs it (wait for READY=1 before
+    signalling it: the test then stops a started agent, not one still loading)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("WATCHDOG_USEC", None)
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = str(notify.path)
     with log_path.open("ab") as log:
         return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config_path)],
                                 stdout=log, stderr=log, env=env)

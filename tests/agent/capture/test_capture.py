@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.capture.attempts import Verdict, attempt_capture
 from agent.capture.service import CaptureService
 from agent.capture.workers import DeviceWorker
 from agent.security.keys import load_decryption_key, load_encryption_public, load_kiosk_keys, load_signing_key
@@ -14,7 +15,16 @@ from agent.security.sealing import Opener, Sealer
 from agent.transport.backoff import Backoff
 from agent.transport.durable_queue import DurableQueue, QueueFull
 from agent.transport.protocol import decode_capture
-from drivers import CaptureRetry, TransientDeviceError, driver_class
+from drivers import (
+    CapturedImage,
+    CaptureRequest,
+    CaptureRetry,
+    Driver,
+    PermanentDeviceError,
+    TransientDeviceError,
+    driver_class,
+)
+from drivers.sim_finger import SimFingerConfig
 from tests.support.config import agent_config, keys_for
 from tests.support.waiting import wait_until
 
@@ -30,7 +40,7 @@ def service(tmp_path: Path, faults: list[str], **queue: int) -> tuple[CaptureSer
     sealer = Sealer(load_signing_key(config.security.kiosk_key),
                     load_encryption_public(config.security.central_public_key))
     worker.start()
-    return CaptureService(config, q, {"finger": worker}, sealer), worker
+    return CaptureService(config.kiosk, config.capture, q, {"finger": worker}, sealer), worker
 
 
 def open_item(tmp_path: Path, payload: bytes) -> bytes:
@@ -82,6 +92,20 @@ def test_unplugged_device_goes_offline_and_comes_back(tmp_path: Path) -> None:
     assert worker.status().state == "stopped"
 
 
+def test_a_broken_device_is_reported_as_permanent_until_fixed(tmp_path: Path) -> None:
+    """A device fault a person must fix stays permanent: the next request is not told to
+    wait for the device to come back (it will not, by itself)."""
+    svc, worker = service(tmp_path, ["broken"])
+    try:
+        with pytest.raises(PermanentDeviceError, match="replace the device"):
+            svc.capture("finger").result(30)
+        assert worker.status().state == "failed"
+        with pytest.raises(PermanentDeviceError, match="is failed"):
+            svc.capture("finger").result(30)
+    finally:
+        stop(svc, worker)
+
+
 def test_full_queue_refuses_capture_and_keeps_the_rest(tmp_path: Path) -> None:
     svc, worker = service(tmp_path, [], max_bytes=1024 * 1024)
     try:
@@ -94,6 +118,49 @@ def test_full_queue_refuses_capture_and_keeps_the_rest(tmp_path: Path) -> None:
         assert worker.status().state == "online", "a full queue is not a device fault"
     finally:
         stop(svc, worker)
+
+
+def sim_finger(faults: list[str]) -> Driver:
+    driver = driver_class("sim-finger")("finger", SimFingerConfig(seed=4, faults=faults))
+    driver.open()
+    return driver
+
+
+def test_attempts_keep_the_first_image_without_a_judge() -> None:
+    driver = sim_finger(["no-finger", "ok"])
+    retries: list[tuple[int, str]] = []
+    kept = attempt_capture(lambda: driver.capture(CaptureRequest(position=2)), 3,
+                           on_retry=lambda n, retry: retries.append((n, retry.reason)))
+    assert kept.attempts == 2 and kept.image.position == 2 and kept.verdict.passed
+    assert retries == [(1, "no finger")]
+
+
+def test_a_judge_keeps_the_best_or_stops_at_the_first_pass() -> None:
+    scores = iter([30.0, 70.0, 50.0, 90.0])
+    seen: list[int] = []
+
+    def judge(image: CapturedImage) -> Verdict[str]:
+        score = next(scores)
+        return Verdict(score >= 80, score, f"scored {score:g}")
+
+    driver = sim_finger([])
+
+    def take() -> CapturedImage:
+        return driver.capture(CaptureRequest(position=1))
+
+    kept = attempt_capture(take, 3, judge, on_judged=lambda n, image, verdict: seen.append(n))
+    assert kept.attempts == 3 and seen == [1, 2, 3]
+    assert not kept.verdict.passed and kept.verdict.detail == "scored 70", "the best of three, not the last"
+    kept = attempt_capture(take, 3, judge)
+    assert kept.attempts == 1 and kept.verdict.passed and kept.verdict.detail == "scored 90"
+
+
+def test_attempts_end_at_once_on_a_device_fault() -> None:
+    driver = sim_finger(["no-finger", "disconnect", "ok"])
+    attempts: list[int] = []
+    with pytest.raises(TransientDeviceError, match="unplugged"):
+        attempt_capture(lambda: driver.capture(CaptureRequest()), 3, on_attempt=attempts.append)
+    assert attempts == [1, 2]
 
 
 def test_backoff_full_jitter_is_bounded_and_resets() -> None:

@@ -19,6 +19,7 @@ from drivers.png_phys import read_phys
 from tests.emulators.gt521f import Gt521fEmulator
 from tests.emulators.zfm import ZfmEmulator
 from tests.support.config import to_toml
+from tests.support.faces import portrait
 
 FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.15}
 
@@ -150,6 +151,19 @@ def test_capture_simulated_devices(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["capture", "face", "--config", str(config), "--out", str(jpeg), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["format"] == "jpeg" and jpeg.read_bytes()[:2] == b"\xff\xd8"  # as the camera gave it
+
+
+def test_capture_from_a_camera_is_judged_with_the_configs_thresholds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    still = tmp_path / "portrait.png"
+    cv2.imwrite(str(still), portrait())
+    camera = {"driver": "opencv", "source": str(still), "warmup_frames": 0}
+    config = write_config(tmp_path, {"camera": camera}, quality={"face": {"min_eye_distance_px": 200}})
+    out = tmp_path / "face.jpg"
+    assert main(["capture", "camera", "--config", str(config), "--out", str(out), "--json"]) == 0
+    detail = json.loads(capsys.readouterr().out)["quality_detail"]
+    assert [c["name"] for c in detail["checks"] if not c["passed"]] == ["eye_distance"]
+    assert detail["token_image"] is True and "judged" not in detail
 
 
 def test_capture_no_finger_exits_1_with_the_hint(tmp_path: Path, zfm: ZfmEmulator,

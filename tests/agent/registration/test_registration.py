@@ -258,6 +258,9 @@ def test_live_preview_streams_at_least_3_frames_a_second(kiosk: Kiosk) -> None:
     assert status == 200 and frame[:2] == b"\xff\xd8"
     status, err = api.call("GET", "/v1/devices/finger/preview.jpg")
     assert status == 503 and "no live preview" in err["error"]["message"]
+    # Asking a scanner for a preview is the caller's mistake: the scanner stays in service.
+    finger = next(d for d in api.call("GET", "/v1/devices")[1]["devices"] if d["name"] == "finger")
+    assert finger["state"] == "online"
     with urllib.request.urlopen(
         api.base + "/v1/devices/camera/preview.mjpeg?fps=5&checks=1", timeout=10
     ) as resp:
@@ -274,7 +277,7 @@ def test_live_preview_streams_at_least_3_frames_a_second(kiosk: Kiosk) -> None:
 
 
 def test_openapi_document_matches_the_routes(kiosk: Kiosk) -> None:
-    from agent.registration.local_api import ROUTES
+    from agent.registration.http import ROUTES
     from agent.registration.openapi import spec
 
     served = kiosk.api.ok("GET", "/v1/openapi.json")

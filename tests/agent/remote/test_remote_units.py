@@ -69,8 +69,8 @@ def test_roles_are_cumulative() -> None:
 def test_changes_to_tree_refuses_locked_and_malformed_keys() -> None:
     tree = changes_to_tree({"mqtt.port": 1, "mqtt.tls.enabled": True})
     assert tree == {"mqtt": {"port": 1, "tls": {"enabled": True}}}
-    for bad in ("remote.operators.x.roles", "security.kiosk_key", "queue.path", "kiosk.id", "remote",
-                "mqtt..port", "", ".x"):
+    for bad in ("remote.operators.x.roles", "security.kiosk_key", "queue.path", "kiosk.id",
+                "kiosk.state_dir", "remote", "mqtt..port", "", ".x"):
         with pytest.raises(OverlayError):
             changes_to_tree({bad: 1})
     with pytest.raises(OverlayError, match="conflicts"):

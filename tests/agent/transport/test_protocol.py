@@ -5,6 +5,7 @@ import hashlib
 import pytest
 
 from agent.capture.record import CaptureRecord
+from agent.errors import PermanentError
 from agent.transport.protocol import ProtocolError, Receipt, Topics, decode_capture, encode_capture
 from drivers import Modality
 
@@ -70,3 +71,9 @@ def test_topics() -> None:
     assert Topics("org/kiosk", "+").kiosk_of("org/kiosk/k9/captures") == "k9"
     with pytest.raises(ProtocolError):
         t.kiosk_of("org/k9/captures")
+
+
+def test_protocol_errors_are_permanent_and_still_value_errors() -> None:
+    exc = ProtocolError("bad magic", "some-id")
+    assert isinstance(exc, PermanentError) and not exc.transient
+    assert isinstance(exc, ValueError) and exc.item_id == "some-id" and str(exc) == "bad magic"

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.transport.durable_queue import DurableQueue, QueueFull
+from agent.errors import PermanentError, TransientError
+from agent.transport.durable_queue import DurableQueue, QueueError, QueueFull, QueueWriteError
 
 MB = 1024 * 1024
 
@@ -168,3 +169,11 @@ def test_integrity_check_ok(tmp_path: Path) -> None:
     put(q, "a")
     assert q.integrity_check() == "ok"
     q.close()
+
+
+def test_error_kinds() -> None:
+    # A full queue or disk passes as the backlog drains; a failing disk needs a person.
+    assert QueueFull("x").transient and isinstance(QueueFull("x"), TransientError)
+    assert not QueueWriteError("x").transient and isinstance(QueueWriteError("x"), PermanentError)
+    assert isinstance(QueueFull("x"), QueueError) and isinstance(QueueWriteError("x"), QueueError)
+    assert not QueueError("unusable").transient

@@ -1,4 +1,5 @@
-"""The uplink gate (agent/transport/uplink.py): windows, token bucket, daily budget, drain estimate.
+"""The uplink gate (agent/transport/uplink.py) and upload windows (windows.py): windows, token bucket,
+daily budget, drain estimate.
 
 Clocks are injected, so days and windows pass in microseconds."""
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, UplinkConfig, validate_config
-from agent.transport.uplink import Uplink, parse_window, seconds_until_open, window_open
+from agent.transport.uplink import Uplink
+from agent.transport.windows import parse_window, seconds_until_open, window_open
 from receiver.config import ReceiverServiceConfig
 from tests.support.config import security_section
 
