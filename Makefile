@@ -14,7 +14,7 @@ test: deps-test mosquitto systemd-tools
 	$(BIN)/python -m pytest
 
 lint: deps-test
-	$(BIN)/ruff check agent drivers tests
+	$(BIN)/ruff check agent drivers receiver devtools cli tests bench
 
 # Regenerate the JSON Schema editors use to validate config files.
 schema: deps-demo

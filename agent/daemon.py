@@ -116,7 +116,7 @@ class Agent:
         for name, dev_cfg in cfg.devices.items():
             if not dev_cfg.enabled:
                 continue
-            self.workers[name] = DeviceWorker(name, build_driver(name, dev_cfg, cfg))
+            self.workers[name] = DeviceWorker(name, build_driver(name, dev_cfg, cfg.quality.face))
         for worker in self.workers.values():
             worker.start()
         # Scanners plugged in or out: workers reopen or go offline at once; support hears of it.

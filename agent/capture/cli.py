@@ -139,7 +139,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from agent.capture.build import build_driver
 
-    driver = build_driver(args.device, device, config)
+    driver = build_driver(args.device, device, config.quality.face)
     attempts = config.capture.max_attempts
 
     def retried(attempt: int, retry: CaptureRetry) -> None:

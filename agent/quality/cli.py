@@ -18,7 +18,8 @@ from agent.quality.report import BadImage, QualityReport
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: modality -> "module:function"; each function is ``assess_file(path, config) -> QualityReport``
-#: where config is the AgentConfig or None (defaults). Imported lazily: OpenCV is slow to load.
+#: where config is the config file's [quality] tables or None (defaults). Imported lazily:
+#: OpenCV is slow to load.
 ASSESSORS: dict[str, str] = {
     "face": "agent.quality.face:assess_file",
     "finger": "agent.quality.finger:assess_file",
@@ -41,7 +42,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     if args.config:
         from agent.config import load_config
 
-        config = load_config(Path(args.config))  # ConfigError -> exit 2 in cli.main
+        config = load_config(Path(args.config)).quality  # ConfigError -> exit 2 in cli.main
     module_name, _, func_name = ASSESSORS[args.modality].partition(":")
     assess = getattr(importlib.import_module(module_name), func_name)
     try:

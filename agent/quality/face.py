@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.config import AgentConfig, FaceQualityConfig
+from agent.quality.config import FaceQualityConfig, QualityConfig
 from agent.quality.face_detect import Face, FaceDetector, make_detector
 from agent.quality.report import BadImage, Check, QualityReport, load_image
 
@@ -297,9 +297,9 @@ def token_from_capture(jpeg: bytes, quality_detail: dict[str, Any], jpeg_quality
 # --- the command line ---------------------------------------------------------------------
 
 
-def assess_file(path: Path, config: AgentConfig | None) -> QualityReport:
+def assess_file(path: Path, config: QualityConfig | None) -> QualityReport:
     """``kiosk-agent quality IMAGE --modality face``: the report of one image file."""
-    cfg = config.quality.face if config is not None else FaceQualityConfig()
+    cfg = config.face if config is not None else FaceQualityConfig()
     frame = load_image(path, grey=False)
     if min(frame.shape[:2]) < 32:
         raise BadImage(f"{path}: {frame.shape[1]} x {frame.shape[0]} pixels is too small for a face")

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from agent.quality.config import FingerQualityConfig
+from agent.quality.config import FingerQualityConfig, QualityConfig
 from agent.quality.plugins import resolve_factory
 from agent.quality.report import BadImage, Check, QualityReport, load_image
 
@@ -275,9 +275,9 @@ def file_ppi(path: Path, data: bytes) -> int:
     return DEFAULT_PPI
 
 
-def assess_file(path: Any, config: Any = None) -> QualityReport:
-    """``kiosk-agent quality IMAGE --modality finger``: ``config`` is an AgentConfig or None."""
+def assess_file(path: Any, config: QualityConfig | None = None) -> QualityReport:
+    """``kiosk-agent quality IMAGE --modality finger``: ``config`` is [quality] or None (defaults)."""
     gray = load_image(path, grey=True)
     ppi = file_ppi(Path(path), Path(path).read_bytes())
-    finger_config = config.quality.finger if config is not None else None
+    finger_config = config.finger if config is not None else None
     return load_assessor(finger_config).assess(gray, ppi)
