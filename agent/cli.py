@@ -37,7 +37,7 @@ from agent.config import (
 from agent.logs import setup_logging
 from agent.quality import cli as quality_cli
 from agent.remote import cli as remote_cli
-from agent.remote.control import load_operators
+from agent.remote.control import load_operators, operator_key_exposure
 from agent.security import cli as security_cli
 
 log = logging.getLogger("kiosk-agent")
@@ -117,10 +117,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _check_kiosk_config(path: Path) -> tuple[str, list[str]]:
     config = load_config(path)
+    exposed = operator_key_exposure(config.remote, config.security.service_user)
+    if exposed:  # the agent refuses to start with these: an error here too, not a warning
+        raise ConfigError(str(path), exposed)
     summary = (f"kiosk {config.kiosk.id}, {len(config.devices)} devices: "
                f"{', '.join(sorted(config.devices)) or 'none'}")
     # Unusable operator keys: the agent runs without those operators; worth fixing.
     warnings = load_operators(config.remote)[1] if config.remote.enabled else []
+    plaintext = config.mqtt.plaintext_warning()  # allowed (allow_plaintext), yet worth saying
+    if plaintext:
+        warnings.append(plaintext)
     return summary, warnings
 
 

@@ -10,6 +10,7 @@ dotted path, so an operator fixes a file in one pass.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -23,7 +24,8 @@ from agent.formats.config import FormatsConfig
 from agent.quality.config import FaceQualityConfig, FingerQualityConfig, QualityConfig
 from agent.registration.config import LocalApiConfig, RegistrationConfig
 from agent.remote.config import OperatorConfig, RemoteConfig, Role
-from agent.remote.overlay import OverlayError, merge, overlay_path, read_overlay
+from agent.remote.overlay import OVERLAY_NAME, OverlayError, allowed_part, merge, read_overlay
+from agent.remote.settable import tls_enabled
 from agent.security.config import SecurityConfig
 from agent.transport.config import MqttConfig, QueueConfig, TelemetryConfig, TlsConfig, UplinkConfig
 from drivers import DriverConfig, driver_class, driver_names
@@ -34,13 +36,15 @@ __all__ = [
     "FormatsConfig", "KioskConfig", "LocalApiConfig", "LoggingConfig", "MqttConfig", "OperatorConfig",
     "QualityConfig", "QueueConfig", "RegistrationConfig", "RemoteConfig", "Role", "SecurityConfig",
     "TelemetryConfig", "TlsConfig", "TopicSegment", "UplinkConfig", "config_path", "json_schema",
-    "load_config", "read_raw", "redacted", "validate_config",
+    "load_config", "overlay_location", "read_raw", "read_toml", "redacted", "validate_config",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/kiosk-agent/agent.toml")
 ENV_PREFIX = "KIOSK_AGENT_"
 CONFIG_ENV = "KIOSK_AGENT_CONFIG"
 DEFAULT_STATE_DIR = Path("/var/lib/kiosk-agent")
+
+log = logging.getLogger(__name__)
 
 
 class KioskConfig(Section):
@@ -63,7 +67,8 @@ class LoggingConfig(Section):
 
 class AgentConfig(Section):
     kiosk: KioskConfig
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    #: Validated even when the file has no [mqtt] table: the defaults alone are plain MQTT, refused.
+    mqtt: MqttConfig = Field(default_factory=dict, validate_default=True)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -83,14 +88,11 @@ class AgentConfig(Section):
     @model_validator(mode="after")
     def _resolve_state_dir(self) -> AgentConfig:
         # The one place where the state folder and the paths inside it are worked out.
-        if self.kiosk.state_dir is None:
-            self.kiosk.state_dir = (self.queue.path.parent if self.queue.path is not None
-                                    else DEFAULT_STATE_DIR)
-        state = self.kiosk.state_dir
+        state, self.remote.state_dir = state_dirs(self.kiosk.state_dir, self.queue.path,
+                                                  self.remote.state_dir)
+        self.kiosk.state_dir = state
         if self.queue.path is None:
             self.queue.path = state / "queue.db"
-        if self.remote.state_dir is None:
-            self.remote.state_dir = state / "remote"
         if self.registration.store_path is None:
             self.registration.store_path = state / "registrations.db"
         return self
@@ -119,13 +121,65 @@ def config_path(cli_path: str | os.PathLike[str] | None) -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
+def state_dirs(kiosk_state_dir: Path | None, queue_path: Path | None,
+               remote_state_dir: Path | None) -> tuple[Path, Path]:
+    """(kiosk.state_dir, remote.state_dir) as given or by default: the folder of queue.path,
+    else /var/lib/kiosk-agent; the remote folder inside it. AgentConfig and the overlay's
+    location both come from here, so config.set writes where the next start reads."""
+    state = kiosk_state_dir or (queue_path.parent if queue_path is not None else DEFAULT_STATE_DIR)
+    return state, remote_state_dir or state / "remote"
+
+
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> AgentConfig:
     """Read, override from the environment and validate; raise ConfigError naming every problem."""
     return validate_config(read_raw(path, environ), str(path))
 
 
-def read_raw(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """The TOML tree with environment overrides applied, not yet validated."""
+def read_raw(path: str | os.PathLike[str], environ: dict[str, str] | None = None,
+             overlay: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The file, the remote overlay over it (``overlay``, or the one on disk), the environment
+    over both: the tree a kiosk runs with, not yet validated."""
+    environ = os.environ if environ is None else environ
+    raw = read_toml(path)
+    # The overlay's folder and whether TLS is on come from the file and the environment only:
+    # the overlay can set neither, so it cannot move itself or turn on its own broker keys.
+    base = merge(raw, {})
+    apply_env_overrides(base, environ)
+    location = _overlay_location(base)
+    try:
+        overlay = read_overlay(location) if overlay is None else overlay
+    except OverlayError as exc:
+        raise ConfigError(str(path), [str(exc)]) from None
+    overlay, dropped = allowed_part(overlay, tls_enabled(base))
+    if dropped:
+        log.warning("%s: ignoring %s: not settable remotely (written by an older version, or by "
+                    "someone else); remove them from that file", location, ", ".join(dropped))
+    raw = merge(raw, overlay)
+    apply_env_overrides(raw, environ)
+    return raw
+
+
+def overlay_location(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Path:
+    """Where the remote overlay of the kiosk configured by ``path`` is read and written."""
+    raw = read_toml(path)
+    apply_env_overrides(raw, os.environ if environ is None else environ)
+    return _overlay_location(raw)
+
+
+def _overlay_location(raw: dict[str, Any]) -> Path:
+    def setting(section: str, key: str) -> Path | None:
+        table = raw.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        # Anything but a path string fails validation later; the default serves till then.
+        return Path(value) if isinstance(value, str) and value else None
+
+    _, remote = state_dirs(setting("kiosk", "state_dir"), setting("queue", "path"),
+                           setting("remote", "state_dir"))
+    return remote / OVERLAY_NAME
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file's TOML tree alone (no overlay, no environment), or ConfigError saying why."""
     path = Path(path)
     source = str(path)
     try:
@@ -145,11 +199,6 @@ def read_raw(path: str | os.PathLike[str], environ: dict[str, str] | None = None
         raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text: {exc}"]) from None
-    try:
-        raw = merge(raw, read_overlay(overlay_path(raw)))
-    except OverlayError as exc:
-        raise ConfigError(source, [str(exc)]) from None
-    apply_env_overrides(raw, os.environ if environ is None else environ)
     return raw
 
 

@@ -21,20 +21,23 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from agent import __version__, shutdown
 from agent.capture.build import build_driver
 from agent.capture.hotplug import HotplugMonitor
 from agent.capture.service import CaptureOutcome, CaptureService, ContinuousCapture
 from agent.capture.workers import DeviceWorker
 from agent.config import AgentConfig, ConfigError
+from agent.guard import log_and_continue
 from agent.logs import recent_logs
 from agent.registration.local_api import LocalApi
 from agent.registration.service import RegistrationService
 from agent.remote.audit import RemoteStore
-from agent.remote.control import RemoteControl
+from agent.remote.control import RemoteControl, operator_key_exposure
 from agent.runtime import CaptureCounts, Connection, Deliveries, Restarting
 from agent.sd_notify import Notifier
-from agent.security.keys import KeyFileError, load_encryption_public, load_signing_key
+from agent.security.keys import KeyFileError, load_encryption_public, load_receipt_keys, load_signing_key
 from agent.security.sealing import Sealer
 from agent.transport.durable_queue import DurableQueue, QueueStats
 from agent.transport.events import EventBus
@@ -84,6 +87,11 @@ class Agent:
         if self._stop_requested.is_set():
             log.info("a stop was requested while the agent was loading; not starting")
             return
+        # Before anything starts: an operator's private key the service user can read is the
+        # whole fleet's to lose, so it is a config error (exit 2), not a warning.
+        exposed = operator_key_exposure(self.config.remote, self.config.security.service_user)
+        if exposed:
+            raise ConfigError("remote.operators", exposed)
         self.started_at = time.time()
         recent_logs()  # the diagnostics command's recent lines
         remote = self.config.remote
@@ -106,6 +114,7 @@ class Agent:
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.kiosk.id)
         self.workers = {}
         sealer = self._sealer()  # before anything starts: no keys, no captures
+        receipt_keys = self._receipt_keys()  # nor a kiosk that could never delete what it sent
         self.queue = DurableQueue(cfg.queue.path, max_bytes=cfg.queue.max_bytes,
                                   min_free_bytes=cfg.queue.min_free_bytes,
                                   erase_interval_s=cfg.queue.erase_interval_s,
@@ -129,7 +138,8 @@ class Agent:
             capture=self.capture, queue=self.queue, sealer=sealer, workers=self.workers)
         status = self.status_fields()
         self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status, uplink=cfg.uplink,
-                                   state_dir=cfg.state_dir, on_event=self.events.emit)
+                                   state_dir=cfg.state_dir, on_event=self.events.emit,
+                                   receipt_keys=receipt_keys, signer=sealer)
         publisher = self.publisher
         self.telemetry = TelemetryPublisher(self, self.events, cfg.telemetry.interval_s,
                                             lambda: publisher.counters.acknowledged)
@@ -162,6 +172,14 @@ class Agent:
         sec = self.config.security
         try:
             return Sealer(load_signing_key(sec.kiosk_key), load_encryption_public(sec.central_public_key))
+        except KeyFileError as exc:
+            raise ConfigError("security", [str(exc)]) from None
+
+    def _receipt_keys(self) -> dict[str, Ed25519PublicKey]:
+        if self.config.mqtt.ack_mode != "receipt":
+            return {}  # nothing waits for a receipt
+        try:
+            return load_receipt_keys(self.config.security.receipt_keys)
         except KeyFileError as exc:
             raise ConfigError("security", [str(exc)]) from None
 
@@ -240,7 +258,8 @@ class Agent:
         self._stop_requested.set()
 
     def supervise(self, stop: threading.Event) -> None:
-        """The main thread's loop until ``stop``: watchdog pings and STATUS= lines.
+        """The main thread's loop until ``stop``: watchdog pings, STATUS= lines, and erasing
+        the registration sessions the central side has all of.
 
         WATCHDOG=1 goes out only while the MQTT loop turns: if it hangs, systemd stops
         hearing from us and restarts the service.
@@ -248,6 +267,7 @@ class Agent:
         watchdog = self.notifier.watchdog_s
         period = min(1.0, watchdog / 4) if watchdog else 1.0
         last_status = ""
+        next_erase = 0.0
         while not stop.wait(period):
             if self.reloading:
                 continue
@@ -261,6 +281,24 @@ class Agent:
             if status != last_status:
                 self.notifier.status(status)
                 last_status = status
+            if time.monotonic() >= next_erase:
+                # Personal data leaves the kiosk on the queue's erasure schedule (an fsync each).
+                next_erase = time.monotonic() + self.config.queue.erase_interval_s
+                self.erase_delivered_sessions()
+
+    def erase_delivered_sessions(self) -> int:
+        """Erase the registration sessions the central side has all of (agent/registration/
+        erasure.py); skipped while a reload swaps the components: the next turn catches up."""
+        if not self._lifecycle.acquire(blocking=False):
+            return 0
+        try:
+            if self.registrations is None or not self._queue_open:
+                return 0
+            with log_and_continue(log, "erasing delivered registration sessions failed"):
+                return self.registrations.erase_delivered()
+            return 0
+        finally:
+            self._lifecycle.release()
 
     def healthy(self, stale_after_s: float) -> bool:
         link = self.link

@@ -122,13 +122,14 @@ class Workspace:
             "kiosk": {"id": KIOSK_ID, "site": "bench"},
             # Short reconnect delays: the drain's clock starts when the broker comes up. A long
             # CONNECT timeout: the drain holds the first connection until the broker is ready.
-            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1,
+            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1, "allow_plaintext": True,
                      "reconnect_max_s": 1.0, "connect_timeout_s": 120.0, "ack_mode": ack_mode},
             "queue": {"path": str(queue_path), "min_free_bytes": 0, "max_bytes": 8 * 1024**3},
             "capture": {"mode": "on-demand"},
             "logging": {"level": level, "format": "text"},
             "security": {"kiosk_key": str(self.keys.kiosk_key),
-                         "central_public_key": str(self.keys.central_public)},
+                         "central_public_key": str(self.keys.central_public),
+                         "receipt_keys": [str(self.keys.receipt_public)]},
             "devices": devices or {},
         }
 
@@ -137,7 +138,7 @@ class Workspace:
 
     def receiver_settings(self, *, port: int, output_dir: Path, name: str) -> dict[str, Any]:
         return {
-            "mqtt": {"host": "127.0.0.1", "port": port},
+            "mqtt": {"host": "127.0.0.1", "port": port, "allow_plaintext": True},
             "receiver": {"output_dir": str(output_dir), "name": name, "share_group": "receivers",
                          "central_private_key": str(self.keys.central_key),
                          "kiosk_keys_dir": str(self.keys.kiosks_dir)},

@@ -101,8 +101,9 @@ def _start_broker(opts: DemoOptions, err: TextIO) -> tuple[Any, str, int, str]:
 
 
 def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: str):  # type: ignore[no-untyped-def]
+    # A demo broker on this machine (or one named with --broker) without TLS: allowed explicitly.
     mqtt = {"host": host, "port": port, "protocol": protocol, "reconnect_min_s": 0.2,
-            "reconnect_max_s": 5.0, "receipt_timeout_s": 10.0}
+            "reconnect_max_s": 5.0, "receipt_timeout_s": 10.0, "allow_plaintext": True}
     keys = provision(workdir / "keys", "demo-kiosk")
     agent_cfg = validate_config({
         "kiosk": {"id": "demo-kiosk", "site": "demo"},
@@ -110,7 +111,8 @@ def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: s
         "queue": {"path": str(workdir / "queue.db"), "min_free_bytes": 0},
         "capture": {"mode": "continuous", "rate_per_s": opts.rate, "max_captures": opts.count},
         "logging": {"level": "WARNING"},
-        "security": {"kiosk_key": str(keys.kiosk_key), "central_public_key": str(keys.central_public)},
+        "security": {"kiosk_key": str(keys.kiosk_key), "central_public_key": str(keys.central_public),
+                     "receipt_keys": [str(keys.receipt_public)]},
         "devices": {
             "finger": {"driver": "sim-finger", "seed": 1},
             "camera": {"driver": "sim-camera", "seed": 1},
@@ -119,7 +121,8 @@ def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: s
     receiver_cfg = ReceiverServiceConfig(
         mqtt=agent_cfg.mqtt,
         receiver=ReceiverConfig(output_dir=workdir / "received", name="demo-receiver",
-                                central_private_key=keys.central_key, kiosk_keys_dir=keys.kiosks_dir),
+                                central_private_key=keys.central_key, receipt_signing_key=keys.receipt_key,
+                                kiosk_keys_dir=keys.kiosks_dir),
     )
     return agent_cfg, receiver_cfg
 

@@ -6,20 +6,28 @@ Layout beside the captures (receiver/store.py)::
     <output_dir>/<kiosk_id>/registrations/<registration id>.manifest.json
     <output_dir>/<kiosk_id>/registrations/<registration id>.an2          (complete ones)
     <output_dir>/<kiosk_id>/registrations/<registration id>.complete.json (written last)
+    <output_dir>/<kiosk_id>/registrations/<registration id>.error.json    (while assembly fails)
 
 Parts arrive in any order (resends after an outage reorder them), so completeness is
 checked when the manifest arrives and again whenever one of its captures does. Every file is
 written durably and the last one with ``link()``, so two receivers sharing the directory
-finish a registration exactly once.
+finish a registration exactly once. When assembling fails with every part present, the
+``.error.json`` record says so until a retry (receiver/retries.py) succeeds.
+
+Every id here (the registration's and each capture's it lists) passes receiver/paths.py
+before it names a file, so a manifest can neither write outside its kiosk's folder nor pull
+another kiosk's capture into its transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from agent.capture.record import CaptureRecord
 from agent.formats.ansi_nist import (
@@ -31,7 +39,8 @@ from agent.formats.ansi_nist import (
     build_transaction,
 )
 from agent.transport.protocol import ProtocolError
-from receiver.store import EXTENSIONS, CaptureStore, write_durably
+from receiver.paths import check_item_id, item_path
+from receiver.store import EXTENSIONS, CaptureStore, Outcome, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,8 @@ def parse_manifest(data: bytes, item_id: str, kiosk_id: str) -> dict[str, Any]:
         isinstance(c, dict) and isinstance(c.get("id"), str) for c in captures
     ):
         raise ProtocolError("manifest captures must be a list of objects with ids", item_id)
+    for entry in captures:
+        check_item_id(entry["id"], "capture id in the registration manifest")
     if not isinstance(manifest.get("exceptions", []), list):
         raise ProtocolError("manifest exceptions must be a list", item_id)
     return manifest
@@ -66,33 +77,67 @@ class RegistrationAssembler:
         self.completed = 0
 
     def folder(self, kiosk_id: str) -> Path:
-        return self.captures.root / kiosk_id / "registrations"
+        return self.captures.folder(kiosk_id) / "registrations"
 
-    def store_manifest(self, kiosk_id: str, manifest: dict[str, Any]) -> Literal["stored", "duplicate"]:
-        folder = self.folder(kiosk_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{manifest['id']}.manifest.json"
+    def path(self, kiosk_id: str, registration_id: str, suffix: str) -> Path:
+        """A registration's file; UnsafeName for a hostile kiosk or registration id."""
+        return item_path(self.folder(kiosk_id), registration_id, suffix, "registration id")
+
+    def store_manifest(self, kiosk_id: str, manifest: dict[str, Any]) -> Outcome:
+        """File a manifest under the verified kiosk; the same id with other content is a
+        conflict (never overwritten, never a duplicate)."""
+        path = self.path(kiosk_id, manifest["id"], ".manifest.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        return "stored" if write_durably(path, data, replace=False) else "duplicate"
+        if write_durably(path, data, replace=False):
+            return "stored"
+        same = hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+        return "duplicate" if same else "conflict"
 
-    def on_capture(self, record: CaptureRecord) -> None:
-        if record.registration and isinstance(record.registration.get("id"), str):
-            self.try_complete(record.kiosk_id, record.registration["id"])
+    @staticmethod
+    def registration_of(record: CaptureRecord) -> str | None:
+        """The registration a capture belongs to (its id checked), or None."""
+        if not record.registration:
+            return None
+        return check_item_id(record.registration.get("id"), "registration id")
 
     def status(self, kiosk_id: str, registration_id: str) -> str:
-        """ "complete", "cancelled", "waiting" (manifest here, captures missing) or "unknown"."""
-        folder = self.folder(kiosk_id)
-        if (folder / f"{registration_id}.complete.json").exists():
+        """ "complete", "cancelled", "failed" (assembly failed; retried), "waiting" (manifest
+        here, captures missing) or "unknown"."""
+        if self.path(kiosk_id, registration_id, ".complete.json").exists():
             return "complete"
-        if (folder / f"{registration_id}.cancelled.json").exists():
+        if self.path(kiosk_id, registration_id, ".cancelled.json").exists():
             return "cancelled"
-        return "waiting" if (folder / f"{registration_id}.manifest.json").exists() else "unknown"
+        if self.path(kiosk_id, registration_id, ".error.json").exists():
+            return "failed"
+        return "waiting" if self.path(kiosk_id, registration_id, ".manifest.json").exists() else "unknown"
+
+    # --- assembly that failed ---------------------------------------------------------------
+
+    def record_failure(self, kiosk_id: str, registration_id: str, error: str, attempts: int,
+                       retry_in_s: float) -> None:
+        """Leave a record that this registration is incomplete because assembling it failed."""
+        record = {"id": registration_id, "state": "incomplete", "kiosk_id": kiosk_id, "error": error,
+                  "attempts": attempts, "retry_in_s": round(retry_in_s, 1),
+                  "failed_at": datetime.now().astimezone().isoformat(timespec="seconds")}
+        write_durably(self.path(kiosk_id, registration_id, ".error.json"),
+                      json.dumps(record, indent=2).encode(), replace=True)
+
+    def clear_failure(self, kiosk_id: str, registration_id: str) -> None:
+        self.path(kiosk_id, registration_id, ".error.json").unlink(missing_ok=True)
+
+    def failures(self) -> Iterator[tuple[str, str]]:
+        """(kiosk id, registration id) of every failure record on disk (read at start)."""
+        for path in self.captures.root.glob("*/registrations/*.error.json"):
+            yield path.parent.parent.name, path.name.removesuffix(".error.json")
+
+    # --- assembly ------------------------------------------------------------------------------
 
     def try_complete(self, kiosk_id: str, registration_id: str) -> bool:
-        folder = self.folder(kiosk_id)
-        manifest_path = folder / f"{registration_id}.manifest.json"
+        manifest_path = self.path(kiosk_id, registration_id, ".manifest.json")
         if not manifest_path.exists() or self.status(kiosk_id, registration_id) in ("complete", "cancelled"):
             return False
+        folder = manifest_path.parent
         manifest = json.loads(manifest_path.read_bytes())
         if manifest["state"] == "cancelled":
             summary = {"id": registration_id, "state": "cancelled", "reason": manifest.get("reason")}
@@ -160,7 +205,7 @@ class RegistrationAssembler:
                                               acquisition_level=acquisition_level(ppi)))
 
     def _load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:
-        meta_path = self.captures.root / kiosk_id / f"{capture_id}.json"
+        meta_path = item_path(self.captures.folder(kiosk_id), capture_id, ".json", "capture id")
         if not meta_path.exists():
             return None
         meta = json.loads(meta_path.read_bytes())

@@ -1,8 +1,8 @@
 """The central side's commands, added to ``kiosk-agent`` by cli/main.py.
 
 ``kiosk-agent receiver`` runs the reference receiver; ``check-config --receiver`` checks its
-config; ``keys init|show --central`` and ``keys enrol`` manage the central service's key and
-the enrolled kiosks' keys.
+config; ``keys init|show --central`` and ``keys enrol`` manage the central service's keys
+(encryption and receipt signing) and the enrolled kiosks' keys.
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ def extend(sub: Subparsers, parsers: dict[str, Any]) -> None:
 
     init = parsers["keys init"]
     init.add_argument("--central", action="store_true",
-                      help="create the central service's key pair (receiver.central_private_key)")
+                      help="create the central service's key pairs: encryption "
+                           "(receiver.central_private_key) and receipt signing "
+                           "(receiver.receipt_signing_key)")
     init.set_defaults(func=_either(cmd_central_key_init, init.get_default("func"), "central"))
     show = parsers["keys show"]
-    show.add_argument("--central", action="store_true", help="the central service's key")
+    show.add_argument("--central", action="store_true",
+                      help="the central service's public keys (encryption, receipt signing)")
     show.set_defaults(func=_either(cmd_central_key_show, show.get_default("func"), "central"))
 
     enrol = parsers["keys"].add_parser(
@@ -62,16 +65,39 @@ def _either(central: Command, kiosk: Command, flag: str) -> Command:
     return run
 
 
-def _central_key(args: argparse.Namespace) -> Path:
-    return load_receiver_config(config_path(args.config)).receiver.central_private_key
+def _central_keys(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The central service's two key pairs: (private key path, what) each."""
+    rc = load_receiver_config(config_path(args.config)).receiver
+    return [(rc.central_private_key, "central"), (rc.receipt_key, "receipt-signing")]
 
 
 def cmd_central_key_init(args: argparse.Namespace) -> int:
-    return init_key(_central_key(args), "central", args.json)
+    """Both central key pairs: X25519 (captures are sealed to it) and Ed25519 (receipts are
+    signed with it); one command, since a receiver needs both. A pair that already exists is
+    kept and shown (a receiver set up before receipts were signed gets only the new one)."""
+    pairs = _central_keys(args)
+    if all(path.exists() for path, _ in pairs):
+        print(f"error: {pairs[0][0]} and {pairs[1][0]} already exist; refusing to overwrite keys (move "
+              "them away first if you really mean to replace them)", file=sys.stderr)
+        return EXIT_FAILED
+    for path, what in pairs:
+        if path.exists():
+            print(f"keeping the existing {what} key {path}", file=sys.stderr)
+            status = show_key(path, what, args.json)
+        else:
+            status = init_key(path, what, args.json)
+        if status != EXIT_OK:
+            return status
+    return EXIT_OK
 
 
 def cmd_central_key_show(args: argparse.Namespace) -> int:
-    return show_key(_central_key(args), "central", args.json)
+    """Both central public keys (with --json, one JSON object per line)."""
+    for path, what in _central_keys(args):
+        status = show_key(path, what, args.json)
+        if status != EXIT_OK:
+            return status
+    return EXIT_OK
 
 
 def cmd_check_receiver_config(args: argparse.Namespace) -> int:
@@ -80,7 +106,9 @@ def cmd_check_receiver_config(args: argparse.Namespace) -> int:
 
 def _check_receiver_config(path: Path) -> tuple[str, list[str]]:
     config = load_receiver_config(path)
-    return f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}", []
+    plaintext = config.mqtt.plaintext_warning()
+    return (f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}",
+            [plaintext] if plaintext else [])
 
 
 def cmd_keys_enrol(args: argparse.Namespace) -> int:

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from agent.config import LoggingConfig, read_raw
+from agent.config import LoggingConfig, apply_env_overrides, read_toml
 from agent.config_types import ConfigError, Section, TopicSegment, describe_errors
 from agent.formats.config import FormatsConfig
+from agent.security.keys import RECEIPT_KEY_NAME
 from agent.transport.config import MqttConfig
 
 
@@ -25,15 +26,40 @@ class ReceiverConfig(Section):
     name: str = "receiver"
     #: The central service's X25519 private key (`kiosk-agent keys init --central`).
     central_private_key: Path = Path("/var/lib/kiosk-agent-receiver/keys/central.key")
+    #: The central service's Ed25519 receipt-signing key: only receipts it signs let a kiosk
+    #: delete a capture. Default: receipt-signing.key beside central_private_key (where
+    #: `kiosk-agent keys init --central` creates it along with the encryption key).
+    receipt_signing_key: Path | None = None
     #: Enrolled kiosks: one `<kiosk_id>.pub` Ed25519 public key file each (`kiosk-agent keys enrol`).
     kiosk_keys_dir: Path = Path("/etc/kiosk-agent/kiosks")
+    #: Chunks a kiosk may have waiting for reassembly, in bytes (files charged in whole 4 KiB
+    #: blocks). A kiosk sends one chunked transfer at a time, at most 256 MiB: the default
+    #: leaves room for that and for leftovers of transfers purged on the kiosk.
+    chunk_quota_bytes: int = Field(1 << 30, ge=1 << 20)
+    #: A registration whose assembly failed with every part present is retried after this
+    #: long, then twice as long each time, up to assembly_retry_max_s.
+    assembly_retry_s: float = Field(30.0, gt=0)
+    assembly_retry_max_s: float = Field(3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _receipt_key_beside_central_key(self) -> ReceiverConfig:
+        if self.receipt_signing_key is None:
+            self.receipt_signing_key = self.central_private_key.with_name(RECEIPT_KEY_NAME)
+        return self
+
+    @property
+    def receipt_key(self) -> Path:
+        """receipt_signing_key, resolved (set by validation when not configured)."""
+        assert self.receipt_signing_key is not None
+        return self.receipt_signing_key
 
 
 
 class ReceiverServiceConfig(Section):
     """The reference receiver's own config file: no kiosk, no devices."""
 
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    #: Validated even when the file has no [mqtt] table: the defaults alone are plain MQTT, refused.
+    mqtt: MqttConfig = Field(default_factory=dict, validate_default=True)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     #: Accepted and ignored, so one file can serve a kiosk and a receiver in a demo.
@@ -58,7 +84,10 @@ class ReceiverServiceConfig(Section):
 
 def load_receiver_config(path: str | os.PathLike[str],
                          environ: dict[str, str] | None = None) -> ReceiverServiceConfig:
-    raw = read_raw(path, environ)
+    # The file and the environment only: a kiosk's remote overlay never applies to a receiver
+    # (in a demo both read one file and may share a state folder).
+    raw = read_toml(path)
+    apply_env_overrides(raw, os.environ if environ is None else environ)
     try:
         return ReceiverServiceConfig.model_validate(raw)
     except ValidationError as exc:

@@ -8,28 +8,42 @@ stored once and receipted again. It is the executable contract for the matching 
 Captures too large for one message arrive in chunks on ``<prefix>/<kiosk>/chunks``: the
 receiver answers each manifest with the chunks it already holds (``chunk-status``), keeps
 verified chunks on disk (ChunkAssembly), and hands the reassembled, verified envelope to
-the same path as a single-message capture, receipt included.
+the same path as a single-message capture, receipt included. A manifest is accepted only
+when the kiosk's enrolled key signed it. Every receipt is signed with the central
+receipt-signing key and names the bytes received and the kiosk's send (receiver/receipting.py).
+
+Storage is the receiver's to defend: a capture is filed under the kiosk whose enrolled key
+verified it, every id passes receiver/paths.py before it names a file, nothing stored is
+overwritten, and what is refused for those reasons is answered ``rejected`` and counted
+and logged as a security event. Chunks are kept only for enrolled kiosks and within a
+per-kiosk quota; a registration whose assembly fails is retried from the loop (``tick``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 
 from agent.config import ConfigError
-from agent.guard import log_and_continue
-from agent.security.keys import KeyFileError, load_decryption_key, load_kiosk_keys
+from agent.security.keys import KeyFileError, load_decryption_key, load_kiosk_keys, load_receipt_signing_key
 from agent.security.sealing import Opener, SealError
-from agent.transport.chunking import CHUNK_MAGIC, MANIFEST_MAGIC, Chunk, ChunkStatus, Manifest, chunk_ok
+from agent.transport.chunking import CHUNK_MAGIC, MANIFEST_MAGIC, Chunk, ChunkStatus, Manifest
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
-from agent.transport.protocol import ProtocolError, Receipt, Topics, decode_capture
+from agent.transport.protocol import ProtocolError, Topics, decode_capture, open_send
+from agent.transport.receipts import Receipt
 from receiver.assembly import RegistrationAssembler, parse_manifest
+from receiver.chunks import ChunkAssembly, OverQuota, Transfer
 from receiver.config import ReceiverServiceConfig
-from receiver.store import CaptureStore, ChunkAssembly
+from receiver.paths import UnsafeName, check_item_id
+from receiver.receipting import Receipts
+from receiver.retries import RegistrationFinisher
+from receiver.store import CaptureStore
+from receiver.warnings_limit import LimitedWarnings
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +63,19 @@ class ReceiverCounters:
     chunks_corrupt: int = 0
     chunks_duplicate: int = 0
     reassembled: int = 0
+    #: Refused as hostile (warning logged): an id that cannot name a file, content that
+    #: differs from what is stored under the same id, chunks from a kiosk not enrolled.
+    security_events: int = 0
+    #: Chunk manifests and chunks refused because the kiosk's chunk quota is full.
+    over_quota: int = 0
+    #: Registration assemblies that failed (each retried), and registrations that then succeeded.
+    assembly_failures: int = 0
+    assembly_recovered: int = 0
 
 #: An unknown kiosk makes the receiver re-read the enrolled keys, at most this often.
 KEY_RELOAD_INTERVAL_S = 10.0
+#: Stale chunk state is swept at start and then this often.
+SWEEP_INTERVAL_S = 3600.0
 
 
 class Receiver:
@@ -59,9 +83,12 @@ class Receiver:
         rc = config.receiver
         self.config = config
         self.store = CaptureStore(rc.output_dir)
-        self.chunks = ChunkAssembly(rc.output_dir)
+        self.chunks = ChunkAssembly(rc.output_dir, rc.chunk_quota_bytes)
         self.chunks.sweep()
+        self.chunks.rebuild()
+        self._swept_at = time.monotonic()
         self._unknown_answered: dict[tuple[str, str], float] = {}
+        self.warnings = LimitedWarnings(log)
         from agent.formats.ansi_nist import TransactionOptions
 
         self.registrations = RegistrationAssembler(self.store, TransactionOptions.from_config(config.formats))
@@ -70,10 +97,13 @@ class Receiver:
         try:
             self.opener = Opener(load_decryption_key(rc.central_private_key),
                                  load_kiosk_keys(rc.kiosk_keys_dir))
+            self.receipts = Receipts(load_receipt_signing_key(rc.receipt_key), config.mqtt.topic_prefix)
         except KeyFileError as exc:
             raise ConfigError("receiver", [str(exc)]) from None
         self._keys_loaded_at = time.monotonic()
         self._lock = threading.Lock()  # counters are read by other threads (demo, tests)
+        self.finisher = RegistrationFinisher(self.registrations, rc.assembly_retry_s, rc.assembly_retry_max_s,
+                                             self._count)
         self.link = MqttLink(config.mqtt, self, client_id=config.client_id(), name=f"receiver-{rc.name}")
 
     def start(self) -> None:
@@ -114,6 +144,10 @@ class Receiver:
         pass
 
     def tick(self, link: MqttLink) -> bool:
+        self.finisher.tick()
+        if time.monotonic() - self._swept_at >= SWEEP_INTERVAL_S:
+            self._swept_at = time.monotonic()
+            self.chunks.sweep()
         return False
 
     def on_message(self, link: MqttLink, message: mqtt.MQTTMessage) -> None:
@@ -125,14 +159,26 @@ class Receiver:
         if message.topic.rsplit("/", 1)[-1] == "chunks":
             self._on_chunks(link, kiosk_id, message.payload)
             return
-        receipt = self._handle(kiosk_id, message.payload)
+        try:
+            nonce, sealed = open_send(message.payload)
+        except ProtocolError as exc:
+            self._count("unreadable")
+            log.error("ignored a message on kiosk %s's captures topic: %s", kiosk_id, exc)
+            return
+        receipt = self._handle(kiosk_id, sealed)
         if receipt is not None:
-            reply_to = Topics(self.topics.prefix, kiosk_id).receipts
-            link.publish(reply_to, receipt.encode(), qos=1)
+            # Names the bytes received and the kiosk's send: only that send's capture goes.
+            self.receipts.send(link, kiosk_id, replace(receipt, sha256=hashlib.sha256(sealed).hexdigest(),
+                                                       nonce=nonce))
 
     # --- chunked transfers ----------------------------------------------------------------
 
     def _on_chunks(self, link: MqttLink, kiosk_id: str, payload: bytes) -> None:
+        if not self._enrolled(kiosk_id):
+            # Before anything is written: a name on the broker is not an enrolled kiosk.
+            self._security_event(kiosk_id, "not-enrolled", "chunks for a kiosk that is not enrolled; "
+                                 "nothing stored")
+            return
         try:
             if payload[:3] == MANIFEST_MAGIC:
                 self._on_manifest(link, kiosk_id, payload)
@@ -140,6 +186,12 @@ class Receiver:
                 self._on_chunk(link, kiosk_id, Chunk.decode(payload))
             else:
                 raise ProtocolError("neither a chunk manifest nor a chunk (bad magic)")
+        except UnsafeName as exc:
+            self._security_event(kiosk_id, "unsafe-name", f"chunked transfer refused: {exc}")
+        except OverQuota as exc:
+            # No status: the kiosk sends nothing more and asks again after its receipt timeout.
+            self._count("over_quota")
+            self.warnings.warn(kiosk_id, "over-quota", "chunks refused, nothing stored: %s", exc)
         except ProtocolError as exc:
             # Unreadable: nothing is stored and nothing answered (as for a bad envelope).
             with self._lock:
@@ -149,35 +201,43 @@ class Receiver:
     def _send_status(self, link: MqttLink, kiosk_id: str, status: ChunkStatus) -> None:
         link.publish(Topics(self.topics.prefix, kiosk_id).chunk_status, status.encode(), qos=1)
 
-    def _status(self, kiosk_id: str, manifest: Manifest, bad: set[int] | None = None) -> ChunkStatus:
-        return ChunkStatus(manifest.id, manifest.sha256, "partial", manifest.count,
-                           frozenset(self.chunks.held(kiosk_id, manifest)), frozenset(bad or ()),
-                           self.config.receiver.name)
+    def _status(self, transfer: Transfer, bad: set[int] | None = None) -> ChunkStatus:
+        return ChunkStatus(transfer.id, transfer.sha256, "partial", transfer.count,
+                           frozenset(transfer.indexes()), frozenset(bad or ()), self.config.receiver.name)
 
     def _on_manifest(self, link: MqttLink, kiosk_id: str, payload: bytes) -> None:
         manifest = Manifest.decode(payload)
         if manifest.kiosk_id != kiosk_id:
             raise ProtocolError(f"manifest for kiosk {manifest.kiosk_id!r} sent on {kiosk_id!r}'s topic")
+        key = self.opener.kiosk_keys.get(kiosk_id)  # enrolled: _on_chunks checked
+        if key is None or not manifest.signed_by(key):
+            # Nothing written, nothing answered: a forged first manifest must not fix which
+            # digests the genuine chunks are held to.
+            self._security_event(kiosk_id, "unsigned-manifest", f"chunk manifest for {manifest.id!r} "
+                                 "not signed by the kiosk's enrolled key; nothing stored")
+            return
         with self._lock:
             self.counters.manifests += 1
+        self.receipts.announced(kiosk_id, manifest)
         done = self.chunks.done_receipt(kiosk_id, manifest.id, manifest.sha256)
         if done is not None:
-            # Stored already; the kiosk missed the receipt: both again, no chunk needed.
+            # Stored already; the kiosk missed the receipt: both again, no chunk needed, the
+            # receipt signed anew for this send.
             self._send_status(link, kiosk_id, ChunkStatus(manifest.id, manifest.sha256, "complete",
                                                           manifest.count, receiver=self.config.receiver.name))
-            link.publish(Topics(self.topics.prefix, kiosk_id).receipts, done, qos=1)
+            self.receipts.send_again(link, kiosk_id, manifest, done)
             return
-        self.chunks.begin(kiosk_id, manifest, payload)
-        if len(self.chunks.held(kiosk_id, manifest)) == manifest.count:
-            self._complete(link, kiosk_id, manifest)  # every chunk came before a restart
+        transfer = self.chunks.begin(kiosk_id, manifest, payload)
+        if transfer.held == transfer.count:
+            self._complete(link, kiosk_id, transfer)  # every chunk came before a restart
             return
-        self._send_status(link, kiosk_id, self._status(kiosk_id, manifest))
+        self._send_status(link, kiosk_id, self._status(transfer))
 
     def _on_chunk(self, link: MqttLink, kiosk_id: str, chunk: Chunk) -> None:
         if chunk.kiosk_id != kiosk_id:
             raise ProtocolError(f"chunk for kiosk {chunk.kiosk_id!r} sent on {kiosk_id!r}'s topic")
-        manifest = self.chunks.manifest(kiosk_id, chunk.id, chunk.sha256)
-        if manifest is None:
+        transfer = self.chunks.lookup(kiosk_id, chunk.id, chunk.sha256)
+        if transfer is None:
             if self.chunks.done_receipt(kiosk_id, chunk.id, chunk.sha256) is not None:
                 with self._lock:
                     self.counters.chunks_duplicate += 1
@@ -190,52 +250,51 @@ class Receiver:
                 self._send_status(link, kiosk_id, ChunkStatus(
                     chunk.id, chunk.sha256, "unknown", chunk.count, receiver=self.config.receiver.name))
             return
-        if not chunk_ok(manifest, chunk):
+        if not transfer.accepts(chunk):
             # Never stored as good: the kiosk sends it again at once.
             with self._lock:
                 self.counters.chunks_corrupt += 1
             log.warning("chunk %d of %s from kiosk %s failed its SHA-256; asking for it again",
                         chunk.index, chunk.id, kiosk_id)
-            self._send_status(link, kiosk_id, self._status(kiosk_id, manifest, {chunk.index}))
+            self._send_status(link, kiosk_id, self._status(transfer, {chunk.index}))
             return
-        held = self.chunks.held(kiosk_id, manifest)
-        if chunk.index in held:
-            with self._lock:
-                self.counters.chunks_duplicate += 1
-            return
-        self.chunks.put(kiosk_id, manifest, chunk)
+        outcome = self.chunks.put(transfer, chunk)
+        if outcome == "duplicate":
+            self._count("chunks_duplicate")
+        if outcome != "stored":
+            return  # or "gone": finished elsewhere or swept; the kiosk's next manifest settles it
         with self._lock:
             self.counters.chunks_received += 1
-        if len(held) + 1 == manifest.count:
-            self._complete(link, kiosk_id, manifest)
+        if transfer.held == transfer.count:
+            self._complete(link, kiosk_id, transfer)
 
-    def _complete(self, link: MqttLink, kiosk_id: str, manifest: Manifest) -> None:
-        payload, bad = self.chunks.assemble(kiosk_id, manifest)
-        if payload is None and not bad:
+    def _complete(self, link: MqttLink, kiosk_id: str, transfer: Transfer) -> None:
+        path, bad = self.chunks.assemble(transfer)
+        if path is None and not bad:
             log.error("transfer %s from kiosk %s: its chunks match their digests but not the manifest's "
-                      "total SHA-256; discarded (a faulty or forged manifest)", manifest.id, kiosk_id)
+                      "total SHA-256; discarded (a faulty or forged manifest)", transfer.id, kiosk_id)
             return
-        if payload is None:
+        if path is None:
             with self._lock:
                 self.counters.chunks_corrupt += len(bad)
             log.error("transfer %s from kiosk %s: chunk(s) %s damaged on disk; asking for them again",
-                      manifest.id, kiosk_id, sorted(bad))
-            self._send_status(link, kiosk_id, self._status(kiosk_id, manifest, bad))
+                      transfer.id, kiosk_id, sorted(bad))
+            self._send_status(link, kiosk_id, self._status(transfer, bad))
             return
-        receipt = self._handle(kiosk_id, payload)
-        if receipt is None or receipt.id != manifest.id:
+        receipt = self._handle(kiosk_id, path.read_bytes())
+        if receipt is None or receipt.id != transfer.id:
             # Not authentic, or not the item its manifest named: keep nothing, answer nothing.
             log.error("transfer %s from kiosk %s: the reassembled envelope was not accepted; discarded",
-                      manifest.id, kiosk_id)
-            self.chunks.discard(kiosk_id, manifest)
+                      transfer.id, kiosk_id)
+            self.chunks.discard(transfer)
             return
-        encoded = receipt.encode()
-        self.chunks.finish(kiosk_id, manifest, encoded)
+        receipt = replace(receipt, sha256=transfer.sha256, nonce=self.receipts.nonce_of(transfer))
+        self.chunks.finish(transfer, receipt.record())
         with self._lock:
             self.counters.reassembled += 1
-        log.info("capture %s from %s reassembled from %d chunks: %s", manifest.id, kiosk_id,
-                 manifest.count, receipt.status)
-        link.publish(Topics(self.topics.prefix, kiosk_id).receipts, encoded, qos=1)
+        log.info("capture %s from %s reassembled from %d chunks: %s", transfer.id, kiosk_id,
+                 transfer.count, receipt.status)
+        self.receipts.send(link, kiosk_id, receipt)
 
     def _handle(self, kiosk_id: str, payload: bytes) -> Receipt | None:
         name = self.config.receiver.name
@@ -252,9 +311,18 @@ class Receiver:
             log.error("rejected an envelope on kiosk %s's topic (id %s): %s", kiosk_id,
                       exc.item_id or "unreadable", exc)
             return None
-        if header.kind == "registration":
-            return self._handle_manifest(kiosk_id, header.id, inner)
+        # From here the envelope is authentic: header.kiosk_id is the name its verifying key
+        # is enrolled under, and that (never a field the sender chose) names the folder.
+        signer = header.kiosk_id
         try:
+            check_item_id(header.id)
+        except UnsafeName as exc:
+            return self._refuse(signer, header.id, str(exc))
+        if header.kind == "registration":
+            return self._handle_manifest(signer, header.id, inner)
+        try:
+            if header.kind != "capture":
+                raise ProtocolError(f"kind {header.kind!r} is not a capture or a registration", header.id)
             record = decode_capture(inner)
             if (record.id, record.kiosk_id, record.seq) != (header.id, header.kiosk_id, header.seq):
                 raise ProtocolError("the signed capture does not match its envelope's routing header",
@@ -265,34 +333,61 @@ class Receiver:
                 self.counters.rejected += 1
             log.error("rejected capture %s from kiosk %s: %s", header.id, kiosk_id, exc)
             return Receipt(header.id, "rejected", name, str(exc))
-        outcome = self.store.store(record)
+        try:
+            registration_id = self.registrations.registration_of(record)
+            outcome = self.store.store(signer, record)
+        except UnsafeName as exc:
+            return self._refuse(signer, record.id, str(exc))
+        if outcome == "conflict":
+            return self._refuse(signer, record.id, "a capture with other content is stored under this id",
+                                "conflict")
         with self._lock:
             if outcome == "stored":
                 self.counters.stored += 1
             else:
                 self.counters.duplicates += 1
-        log.debug("capture %s from %s: %s", record.id, kiosk_id, outcome)
-        self._assemble(lambda: self.registrations.on_capture(record), record.id)
+        log.debug("capture %s from %s: %s", record.id, signer, outcome)
+        if registration_id is not None:
+            self.finisher.assemble(signer, registration_id)
         return Receipt(record.id, outcome, name)
 
     def _handle_manifest(self, kiosk_id: str, item_id: str, inner: bytes) -> Receipt:
         name = self.config.receiver.name
         try:
             manifest = parse_manifest(inner, item_id, kiosk_id)
+            outcome = self.registrations.store_manifest(kiosk_id, manifest)
+        except UnsafeName as exc:
+            return self._refuse(kiosk_id, item_id, str(exc))
         except ProtocolError as exc:
             with self._lock:
                 self.counters.rejected += 1
             log.error("rejected registration manifest %s from kiosk %s: %s", item_id, kiosk_id, exc)
             return Receipt(item_id, "rejected", name, str(exc))
-        outcome = self.registrations.store_manifest(kiosk_id, manifest)
-        self._assemble(lambda: self.registrations.try_complete(kiosk_id, item_id), item_id)
+        if outcome == "conflict":
+            return self._refuse(kiosk_id, item_id, "a registration manifest with other content is stored "
+                                "under this id", "conflict")
+        self.finisher.assemble(kiosk_id, item_id)
         return Receipt(item_id, outcome, name)
 
-    def _assemble(self, step, item_id: str) -> None:  # type: ignore[no-untyped-def]
-        # Assembling a registration must never cost a capture its receipt.
-        with log_and_continue(log, "registration bookkeeping failed for %s; it is retried when the "
-                                   "next part of that registration arrives", item_id):
-            step()
+    # --- security events ---------------------------------------------------------------------
+
+    def _refuse(self, kiosk_id: str, item_id: str, reason: str, kind: str = "unsafe-name") -> Receipt:
+        """An authentic envelope refused for what it would do to storage: ``rejected``, so
+        the kiosk neither deletes it as delivered nor sends it again."""
+        self._security_event(kiosk_id, kind, f"refused {item_id!r}: {reason}")
+        return Receipt(item_id, "rejected", self.config.receiver.name, reason)
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+
+    def _security_event(self, kiosk_id: str, kind: str, reason: str) -> None:
+        self._count("security_events")
+        self.warnings.warn(kiosk_id, kind, "security event: kiosk %s: %s", kiosk_id, reason)
+
+    def _enrolled(self, kiosk_id: str) -> bool:
+        return kiosk_id in self.opener.kiosk_keys or (self._reload_kiosk_keys()
+                                                      and kiosk_id in self.opener.kiosk_keys)
 
     def _open(self, payload: bytes):  # type: ignore[no-untyped-def]
         try:

@@ -1,12 +1,17 @@
 """Where the reference receiver files captures: one image file and one JSON file each.
 
-Layout: ``<output_dir>/<kiosk_id>/<capture id>.<png|jpeg|wsq>`` and ``<capture id>.json``.
-The JSON file is written last and created with ``link()``, which fails when the file
-exists: that single atomic step both publishes a capture and de-duplicates it, even
-between several receivers sharing one directory.
+Layout: ``<output_dir>/<kiosk_id>/<capture id>.<png|jpg|wsq>`` and ``<capture id>.json``.
+A capture is identified by (the kiosk whose key verified it, its id): the folder is the
+verified kiosk's, never one a message names, and both names pass receiver/paths.py.
 
-Chunked transfers in progress live under ``<output_dir>/.chunks/`` (ChunkAssembly), so a
-receiver restart keeps every chunk already received.
+Nothing stored is ever replaced. Both files are created with ``link()``, which fails when
+the name exists; the JSON file, written last, both publishes a capture and de-duplicates
+it, even between several receivers sharing one directory. The same id again with the same
+image is a duplicate (at-least-once delivery); with another image it is a conflict, which
+the caller refuses: answering ``duplicate`` would make a kiosk delete a capture that was
+never stored.
+
+Chunked transfers in progress live under ``<output_dir>/.chunks/`` (receiver/chunks.py).
 """
 
 from __future__ import annotations
@@ -14,18 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Literal
 
 from agent.capture.record import CaptureRecord
-from agent.transport.chunking import Chunk, Manifest
-from agent.transport.protocol import ProtocolError
+from receiver.paths import item_path, kiosk_folder
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "wsq": "wsq"}
+
+Outcome = Literal["stored", "duplicate", "conflict"]
 
 
 class CaptureStore:
@@ -33,144 +36,55 @@ class CaptureStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def paths(self, record: CaptureRecord) -> tuple[Path, Path]:
-        folder = self.root / record.kiosk_id
-        return (folder / f"{record.id}.{EXTENSIONS[record.image_format]}",
-                folder / f"{record.id}.json")
+    def folder(self, kiosk_id: str) -> Path:
+        return kiosk_folder(self.root, kiosk_id)
 
-    def contains(self, record: CaptureRecord) -> bool:
-        return self.paths(record)[1].exists()
+    def paths(self, kiosk_id: str, item_id: str, image_format: str) -> tuple[Path, Path]:
+        """(image, metadata) paths of a capture; UnsafeName for a hostile kiosk id or id."""
+        folder = self.folder(kiosk_id)
+        return (item_path(folder, item_id, f".{EXTENSIONS[image_format]}", "capture id"),
+                item_path(folder, item_id, ".json", "capture id"))
 
-    def store(self, record: CaptureRecord) -> Literal["stored", "duplicate"]:
-        image_path, meta_path = self.paths(record)
-        if meta_path.exists():
-            return "duplicate"
+    def store(self, kiosk_id: str, record: CaptureRecord) -> Outcome:
+        """File ``record`` under the verified ``kiosk_id``; never replaces a stored file."""
+        image_path, meta_path = self.paths(kiosk_id, record.id, record.image_format)
+        stored = _stored_image_sha(meta_path)
+        if stored is not None:
+            return "duplicate" if stored == record.image_sha256 else "conflict"
         image_path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(image_path, record.image, replace=True)
+        if not write_durably(image_path, record.image, replace=False):
+            # An image without its JSON: a receiver stopped between the two, or another one
+            # is storing this id now. The same bytes may be completed; other bytes may not.
+            if _file_sha(image_path) != record.image_sha256:
+                return "conflict"
         meta = json.dumps(record.metadata(), indent=2, sort_keys=True).encode()
-        return "stored" if write_durably(meta_path, meta, replace=False) else "duplicate"
+        if write_durably(meta_path, meta, replace=False):
+            return "stored"
+        return "duplicate" if _stored_image_sha(meta_path) == record.image_sha256 else "conflict"
 
     def count(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.json"))
 
 
-_KIOSK_DIR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-#: Unfinished transfers (a capture purged on its kiosk mid-transfer) and the markers of
-#: finished ones are swept after this long.
-CHUNK_STATE_MAX_AGE_S = 30 * 86400
+def _stored_image_sha(meta_path: Path) -> str | None:
+    """The image hash a stored capture's JSON names; None when nothing is stored; "" when the
+    JSON is unreadable (it then matches nothing: a damaged record is never overwritten)."""
+    try:
+        meta = json.loads(meta_path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return ""
+    sha = meta.get("image_sha256") if isinstance(meta, dict) else None
+    return sha if isinstance(sha, str) else ""
 
 
-class ChunkAssembly:
-    """Chunked transfers being reassembled, on disk, so a receiver restart loses nothing.
-
-    Layout under ``<output_dir>/.chunks/<kiosk_id>/``: a folder ``<id>-<sha16>/`` per
-    transfer holding ``manifest`` (as received) and ``<index>.part`` per verified chunk, each
-    written durably (temporary file, fsync, rename: a chunk file is whole or absent), and,
-    once the item is stored, ``<id>-<sha16>.done`` holding its receipt, so a kiosk that
-    missed the receipt gets it again without sending a byte more. Nothing is cached in
-    memory: receivers sharing one output_dir (one share group) see each other's chunks.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike[str]) -> None:
-        self.root = Path(output_dir) / ".chunks"
-
-    def _folder(self, kiosk_id: str) -> Path:
-        # The kiosk id comes from the topic, before anything is authenticated: it must be a
-        # plain name (no "..", no separators) to become a directory.
-        if not _KIOSK_DIR.fullmatch(kiosk_id):
-            raise ProtocolError(f"kiosk id {kiosk_id!r} cannot name a folder")
-        return self.root / kiosk_id
-
-    def _dir(self, kiosk_id: str, item_id: str, sha256: str) -> Path:
-        return self._folder(kiosk_id) / f"{item_id}-{sha256[:16]}"
-
-    def done_receipt(self, kiosk_id: str, item_id: str, sha256: str) -> bytes | None:
-        try:
-            return (self._folder(kiosk_id) / f"{item_id}-{sha256[:16]}.done").read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def begin(self, kiosk_id: str, manifest: Manifest, raw: bytes) -> None:
-        folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "manifest").exists():
-            write_durably(folder / "manifest", raw, replace=True)
-
-    def manifest(self, kiosk_id: str, item_id: str, sha256: str) -> Manifest | None:
-        try:
-            raw = (self._dir(kiosk_id, item_id, sha256) / "manifest").read_bytes()
-        except FileNotFoundError:
-            return None
-        manifest = Manifest.decode(raw)
-        return manifest if manifest.sha256 == sha256 else None
-
-    def held(self, kiosk_id: str, manifest: Manifest) -> set[int]:
-        folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return set()
-        return {int(n[:-5]) for n in names if n.endswith(".part") and n[:-5].isdigit()
-                and int(n[:-5]) < manifest.count}
-
-    def put(self, kiosk_id: str, manifest: Manifest, chunk: Chunk) -> None:
-        """Store a chunk the caller has verified against the manifest (chunking.chunk_ok)."""
-        folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
-        write_durably(folder / f"{chunk.index}.part", chunk.data, replace=True)
-
-    def assemble(self, kiosk_id: str, manifest: Manifest) -> tuple[bytes | None, set[int]]:
-        """(the whole item, set()) when every chunk is here and verifies; (None, the bad
-        chunks, removed so they are asked for again); (None, set()) when the chunks verify
-        but the whole does not match the manifest: the transfer is discarded."""
-        folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
-        parts, bad = [], set()
-        for index in range(manifest.count):
-            try:
-                data = (folder / f"{index}.part").read_bytes()
-            except FileNotFoundError:
-                bad.add(index)
-                continue
-            start, end = manifest.chunk_range(index)
-            if len(data) != end - start or hashlib.sha256(data).digest() != manifest.digests[index]:
-                (folder / f"{index}.part").unlink(missing_ok=True)  # damaged on disk: never used
-                bad.add(index)
-            parts.append(data)
-        if bad:
-            return None, bad
-        whole = b"".join(parts)
-        if hashlib.sha256(whole).hexdigest() != manifest.sha256:
-            # Every chunk matches its digest but the whole does not: the manifest itself is
-            # inconsistent. Start over rather than hand on bytes that fail their hash.
-            self.discard(kiosk_id, manifest)
-            return None, set()
-        return whole, set()
-
-    def finish(self, kiosk_id: str, manifest: Manifest, receipt: bytes) -> None:
-        folder = self._dir(kiosk_id, manifest.id, manifest.sha256)
-        write_durably(folder.with_name(folder.name + ".done"), receipt, replace=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-    def discard(self, kiosk_id: str, manifest: Manifest) -> None:
-        shutil.rmtree(self._dir(kiosk_id, manifest.id, manifest.sha256), ignore_errors=True)
-
-    def sweep(self, max_age_s: float = CHUNK_STATE_MAX_AGE_S) -> int:
-        """Remove transfers untouched for ``max_age_s`` and old .done markers; how many."""
-        if not self.root.exists():
-            return 0
-        cutoff = time.time() - max_age_s
-        removed = 0
-        for entry in self.root.glob("*/*"):
-            try:
-                if entry.stat().st_mtime >= cutoff:
-                    continue
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-                removed += 1
-            except OSError:
-                continue
-        return removed
+def _file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_durably(path: Path, data: bytes, *, replace: bool) -> bool:

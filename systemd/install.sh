@@ -3,6 +3,7 @@
 #   DESTDIR   stage into this root instead of / (packaging, tests): no users, no systemctl
 #   PYTHON    interpreter for the virtual environment (default python3)
 #   PIP_ARGS  extra pip arguments (for example --no-deps for an offline staging install)
+#   KIOSK_APP_GROUP  the registration app's group, which may read the local API token (default kiosk-app)
 # Upgrades: the queue (/var/lib/kiosk-agent) and the config (/etc/kiosk-agent) are kept.
 set -eu
 
@@ -10,6 +11,7 @@ action=${1:-install}
 DESTDIR=${DESTDIR:-}
 PYTHON=${PYTHON:-python3}
 PIP_ARGS=${PIP_ARGS:-}
+APP_GROUP=${KIOSK_APP_GROUP:-kiosk-app}
 src=$(cd "$(dirname "$0")/.." && pwd)
 venv=$DESTDIR/opt/kiosk-agent
 etc=$DESTDIR/etc/kiosk-agent
@@ -50,6 +52,29 @@ install_config() {
     say "wrote $2 (kiosk id $id)"
 }
 
+install_api_token() {
+    # The local API's bearer token (docs/local-api.md): readable by the agent (owner kiosk)
+    # and the registration app's group only, never by other users or by a web page. Kept
+    # across upgrades: the app holds it too.
+    dir=$DESTDIR/etc/kiosk-local-api
+    if $live && ! getent group "$APP_GROUP" >/dev/null; then
+        groupadd --system "$APP_GROUP"
+        say "created group $APP_GROUP; add the registration app's user to it: usermod -aG $APP_GROUP USER"
+    fi
+    install -d -m 0750 "$dir"
+    $live && chown "kiosk:$APP_GROUP" "$dir"
+    if [ -e "$dir/token" ]; then
+        say "keeping existing $dir/token"
+        return
+    fi
+    # umask first: the token is never readable by others, not even for an instant.
+    (umask 0137 && "$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$dir/token.tmp")
+    chmod 0640 "$dir/token.tmp"
+    $live && chown "kiosk:$APP_GROUP" "$dir/token.tmp"
+    mv "$dir/token.tmp" "$dir/token"
+    say "wrote the local API token $dir/token (0640, kiosk:$APP_GROUP): the app sends it as Authorization: Bearer"
+}
+
 do_install() {
     need_root
     if $live && ! id kiosk >/dev/null 2>&1; then
@@ -63,10 +88,10 @@ do_install() {
         done
     fi
     install -d -m 0755 "$DESTDIR/opt" "$units" "$rules"
-    install -d -m 0750 "$etc"
+    install -d -m 0750 "$etc" "$etc/tls"
     install -d -m 0700 "$state"
     if $live; then
-        chgrp kiosk "$etc"
+        chgrp kiosk "$etc" "$etc/tls"
         chown kiosk:kiosk "$state"
     fi
     if [ ! -x "$venv/bin/python" ]; then
@@ -80,7 +105,15 @@ do_install() {
     install -m 0644 "$src/systemd/60-kiosk-agent.rules" "$src/systemd/61-kiosk-serial.rules" "$rules/"
     install_config "$src/config/kiosk-default.toml" "$etc/agent.toml"
     install_config "$src/config/receiver.toml" "$etc/receiver.toml"
-    "$venv/bin/kiosk-agent" check-config "$etc/agent.toml"
+    install_api_token
+    if ! "$venv/bin/kiosk-agent" check-config "$etc/agent.toml"; then
+        # An upgrade keeps the old config: one that ran plain MQTT is refused from this version on.
+        echo "kiosk-agent install: $etc/agent.toml is not valid for this version (see above); fix it" \
+            "before restarting the service. Plain MQTT is refused now: enable [mqtt.tls], or set" \
+            "mqtt.allow_plaintext = true for a lab broker only." >&2
+        exit 1
+    fi
+    say "broker TLS files ([mqtt.tls], on by default) go in $etc/tls: ca.pem, kiosk.pem, kiosk.key (0640, group kiosk)"
     if $live && [ ! -e "$state/keys/kiosk.key" ]; then
         # The kiosk's signing key, owned by the service user (mode 0600).
         "$venv/bin/kiosk-agent" keys init --config "$etc/agent.toml" >/dev/null

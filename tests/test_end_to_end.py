@@ -132,7 +132,7 @@ def test_two_receivers_share_the_load(tmp_path: Path, broker: MosquittoBroker) -
     r2.start()
     agent = Agent(config)
     try:
-        wait_until(lambda: r1.link.connected and r2.link.connected, what="receivers connected")
+        wait_until(lambda: r1.link.subscribed and r2.link.subscribed, what="receivers subscribed")
         agent.start()
         wait_until(lambda: agent.capture.captured >= total and agent.queue.totals()[0] == 0,  # type: ignore[union-attr]
                    what="all captures acknowledged")

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from agent.config_types import Section
 
@@ -40,9 +40,8 @@ def _loopback(value: str) -> str:
     except ValueError:
         if value == "localhost":
             return value
-    raise ValueError("must be a loopback address (127.0.0.1, ::1): the local API has no "
-                     "authentication and serves only the registration app on this machine")
-
+    raise ValueError("must be a loopback address (127.0.0.1, ::1): the local API serves only "
+                     "the registration app on this machine")
 
 
 class LocalApiConfig(Section):
@@ -54,7 +53,30 @@ class LocalApiConfig(Section):
     host: Annotated[str, AfterValidator(_loopback)] = "127.0.0.1"
     #: 0: any free port (tests); the port in use is logged.
     port: int = Field(8765, ge=0, le=65535)
-    #: Serve on this Unix socket instead of TCP (file permissions then decide who may call).
+    #: Serve on this Unix socket instead of TCP (mode 0660; callers must also pass the checks
+    #: below: allowed_uids/allowed_gids or the token).
     unix_socket: Path | None = None
+    #: The bearer token the registration app sends (Authorization: Bearer ...), one line in a
+    #: file that only the agent and the app's group may read (0640 or stricter; `make
+    #: install` creates /etc/kiosk-local-api/token). Required over TCP: loopback is reachable
+    #: from every web page the kiosk's browser shows.
+    token_file: Path | None = None
+    #: Over the Unix socket: callers whose user or primary group id (SO_PEERCRED) is listed
+    #: are let in without the token.
+    allowed_uids: list[Annotated[int, Field(ge=0)]] = []
+    allowed_gids: list[Annotated[int, Field(ge=0)]] = []
     #: Frames per second of the live camera preview (MJPEG).
     preview_fps: float = Field(5.0, ge=1, le=30)
+
+    @model_validator(mode="after")
+    def _someone_can_call(self) -> LocalApiConfig:
+        if not self.enabled or self.token_file is not None:
+            return self
+        if self.unix_socket is None:
+            raise ValueError(
+                "token_file is required when the API listens on TCP: any web page in the kiosk's "
+                "browser can reach loopback (`make install` creates /etc/kiosk-local-api/token)"
+            )
+        if not self.allowed_uids and not self.allowed_gids:
+            raise ValueError("set token_file, allowed_uids or allowed_gids: nobody could call the API")
+        return self

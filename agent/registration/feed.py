@@ -67,6 +67,12 @@ class SessionFeed:
         with self._cond:
             return self._previews.get((session_id, item_key))
 
+    def drop_previews(self, session_id: str) -> None:
+        """Forget a session's previews: once it ends, nobody may see that applicant's images again."""
+        with self._cond:
+            for key in [k for k in self._previews if k[0] == session_id]:
+                del self._previews[key]
+
     def keep_result(self, capture_id: str, result: dict[str, Any]) -> None:
         with self._cond:
             _bounded_put(self._results, capture_id, result, MAX_RESULTS)

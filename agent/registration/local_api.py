@@ -3,12 +3,14 @@
 JSON over HTTP on a loopback address (or a Unix socket), served by the standard library's
 threading HTTP server: each request runs on its own thread and may block (a capture waits
 for the person); device work still goes through each device's worker thread, and
-agent/registration/service.py allows one action per device at a time. No authentication: only
-processes on the kiosk itself can reach it.
+agent/registration/service.py allows one action per device at a time. Every request on every
+endpoint must come from the registration app: its token (or, on a Unix socket, its uid or
+gid), the API's own Host, nothing a browser page sends (agent/registration/access.py).
 
 Errors are JSON too: ``{"error": {"code": "...", "message": "..."}}`` with a status that
-says whose fault it is and whether waiting helps (400 bad request, 404 unknown, 409 busy or
-wrong state, 422 the person must try again, 503 device or agent unavailable for now: retry
+says whose fault it is and whether waiting helps (400 bad request, 401/403 not the
+registration app, 404 unknown, 409 busy or wrong state, 410 a preview of an ended session,
+422 the person must try again, 503 device or agent unavailable for now: retry
 later; 500 a device failed for good, ``device_failed``: its config or hardware must change).
 """
 
@@ -23,6 +25,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 from agent.capture.workers import DeviceWorker
+from agent.registration.access import Access, TokenFileError, read_token
 from agent.registration.http import ApiError, Raw, Request, Stream, UnixHTTPServer, make_handler, route
 from agent.registration.service import RegistrationError, RegistrationService
 from agent.runtime import Runtime
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STATUS = {
     "not_found": 404,
+    "gone": 410,
     "invalid": 400,
     "busy": 409,
     "closed": 409,
@@ -52,12 +56,21 @@ class LocalApi:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.address = ""
+        #: Why the API is not serving (it stays off; the agent goes on capturing), or None.
+        self.error: str | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        handler = make_handler(self, LocalApi, _error_answer)
         cfg = self.config
+        where = str(cfg.unix_socket or f"{cfg.host}:{cfg.port}")
+        try:
+            # An API without its credential would answer any page in the kiosk's browser: off.
+            token = read_token(cfg.token_file) if cfg.token_file is not None else None
+        except TokenFileError as exc:
+            return self._unavailable(where, f"{exc}; the local API stays off until then", str(exc))
+        access = Access(token, cfg.allowed_uids, cfg.allowed_gids)
+        handler = make_handler(self, LocalApi, _error_answer, access.check)
         try:
             if cfg.unix_socket is not None:
                 cfg.unix_socket.unlink(missing_ok=True)
@@ -67,25 +80,28 @@ class LocalApi:
             else:
                 self.server = ThreadingHTTPServer((cfg.host, cfg.port), handler)
                 host, port = self.server.server_address[:2]
+                access.listening_on([cfg.host, host], port)
                 self.address = f"http://{host}:{port}"
         except OSError as exc:
-            # The agent keeps capturing and delivering; the registration app cannot reach it.
-            where = cfg.unix_socket or f"{cfg.host}:{cfg.port}"
-            log.error(
-                "local API cannot listen on %s: %s; the registration app cannot reach the agent "
-                "until local_api.port (or unix_socket) is fixed",
-                where,
-                exc.strerror or exc,
-            )
-            self.runtime.events.emit("local_api_unavailable", address=str(where), error=str(exc))
             self.server = None
-            return
+            return self._unavailable(
+                where,
+                f"local API cannot listen on {where}: {exc.strerror or exc}; the registration app "
+                "cannot reach the agent until local_api.port (or unix_socket) is fixed",
+                str(exc),
+            )
         self.server.daemon_threads = True  # type: ignore[attr-defined]
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="local-api", daemon=True
         )
         self._thread.start()
         log.info("local API listening on %s", self.address)
+
+    def _unavailable(self, where: str, message: str, error: str) -> None:
+        # The agent keeps capturing and delivering; the registration app cannot reach it.
+        self.error = message
+        log.error("%s", message)
+        self.runtime.events.emit("local_api_unavailable", address=where, error=error)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -138,14 +154,12 @@ class LocalApi:
 
     @route("POST", "/v1/sessions")
     def start_session(self, req: Request) -> Any:
-        body = req.json()
+        body = req.json(("applicant_ref", "operator_id"))
         return 201, self._registrations().start(body.get("applicant_ref"), body.get("operator_id"))
 
-    @route("GET", "/v1/sessions")
+    @route("GET", "/v1/sessions", query=("state",))
     def list_sessions(self, req: Request) -> Any:
-        state = (req.query.get("state") or [None])[0]
-        if state not in (None, "open", "completed", "cancelled"):
-            raise ApiError(400, "invalid", "state must be open, completed or cancelled")
+        state = req.choice("state", ("open", "completed", "cancelled"))
         return {"sessions": self._registrations().sessions(state)}
 
     @route("GET", "/v1/sessions/{session}")
@@ -154,29 +168,38 @@ class LocalApi:
 
     @route("POST", "/v1/sessions/{session}/capture")
     def capture_item(self, req: Request) -> Any:
-        item = req.json().get("item")
+        item = req.json(("item",)).get("item")
         if item is not None and not isinstance(item, str):
             raise ApiError(400, "invalid", "item must be an item key such as 'finger-2' or 'face'")
         return self._registrations().capture(req.params["session"], item)
 
     @route("POST", "/v1/sessions/{session}/exceptions")
     def add_exception(self, req: Request) -> Any:
-        body = req.json()
+        body = req.json(("position", "code", "reason"))
+        # Missing ones are the service's to explain; a wrong type must not reach it (a list
+        # as code is unhashable, true passes for finger 1).
+        wrong = [n for n in ("code", "reason") if body.get(n) is not None and not isinstance(body[n], str)]
+        if isinstance(body.get("position"), bool):
+            wrong.insert(0, "position")
+        if wrong:
+            raise ApiError(400, "invalid", f"wrong type for {', '.join(wrong)}: position is a whole "
+                           "number, code and reason are strings")
         return self._registrations().add_exception(
             req.params["session"], body.get("position"), body.get("code"), body.get("reason")
         )
 
     @route("POST", "/v1/sessions/{session}/complete")
     def complete(self, req: Request) -> Any:
+        req.json(())
         return self._registrations().complete(req.params["session"])
 
     @route("POST", "/v1/sessions/{session}/cancel")
     def cancel(self, req: Request) -> Any:
-        return self._registrations().cancel(req.params["session"], req.json().get("reason"))
+        return self._registrations().cancel(req.params["session"], req.json(("reason",)).get("reason"))
 
-    @route("GET", "/v1/sessions/{session}/events")
+    @route("GET", "/v1/sessions/{session}/events", query=("after", "wait"))
     def events(self, req: Request) -> Any:
-        after = int(req.number("after", 0, 0, 1e12))
+        after = int(req.number("after", 0, 0, 1e12, integer=True))
         wait = req.number("wait", 0, 0, 60)
         return {"events": self._registrations().events(req.params["session"], after, wait)}
 
@@ -191,9 +214,9 @@ class LocalApi:
 
     @route("POST", "/v1/devices/{device}/capture")
     def single_capture(self, req: Request) -> Any:
-        body = req.json()
+        body = req.json(("position",))
         position = body.get("position", 0)
-        if not isinstance(position, int) or not 0 <= position <= 15:
+        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= 15:
             raise ApiError(400, "invalid", "position must be 0..10 (a finger), 13..15 (a slap) or 0 (a face)")
         self._worker(req.params["device"])
         return self._registrations().single_capture(req.params["device"], position)
@@ -208,10 +231,10 @@ class LocalApi:
         _, report = self._frame(req.params["device"], judge=True)
         return report
 
-    @route("GET", "/v1/devices/{device}/preview.mjpeg")
+    @route("GET", "/v1/devices/{device}/preview.mjpeg", query=("fps", "checks"))
     def preview_stream(self, req: Request) -> Any:
         fps = req.number("fps", self.config.preview_fps, 1, 30)
-        judge = (req.query.get("checks") or ["0"])[0] in ("1", "true")
+        judge = req.choice("checks", ("0", "1", "true", "false")) in ("1", "true")
         self._frame(req.params["device"], judge=False)  # fail before the stream starts
         return Stream(lambda: self._frame(req.params["device"], judge=judge), fps, self._stopping)
 

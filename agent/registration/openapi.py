@@ -20,6 +20,9 @@ ERRORS = {
     str(code): _json(_ref("Error"), text)
     for code, text in (
         (400, "bad request: the message says what is wrong"),
+        (401, "unauthorized: no token, or the wrong one (Authorization: Bearer <local_api.token_file>)"),
+        (403, "forbidden: a browser page (Origin, Sec-Fetch-Site), a Host that is not this API's, "
+              "or a Unix socket peer not in allowed_uids/allowed_gids"),
         (404, "no such session, item, capture or device"),
         (409, "busy (one action per device), or the session is closed or incomplete"),
         (422, "the person must try again: no usable image in every attempt"),
@@ -27,6 +30,11 @@ ERRORS = {
               "(the message names what); internal: a bug"),
         (503, "device, unavailable: the device or the agent is unavailable for now; retry later"),
     )
+}
+#: Only where a request has a body.
+BODY_ERRORS = {
+    "411": _json(_ref("Error"), "Transfer-Encoding (chunked) is refused: send Content-Length"),
+    "413": _json(_ref("Error"), "request body over 64 KiB"),
 }
 
 SESSION_PARAM = {"name": "session", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -40,12 +48,14 @@ def _op(
     params: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
     status: str = "200",
+    errors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {status: ok, **ERRORS}}
+    op: dict[str, Any] = {"summary": summary, "responses": {status: ok, **ERRORS, **(errors or {})}}
     if params:
         op["parameters"] = params
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"].update(BODY_ERRORS)
     return op
 
 
@@ -58,6 +68,7 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
 
 def spec() -> dict[str, Any]:
     string, integer = {"type": "string"}, {"type": "integer"}
+    ref = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "\\S"}  # not blank
     jpeg = {
         "description": "JPEG image",
         "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
@@ -68,8 +79,10 @@ def spec() -> dict[str, Any]:
             "title": "kiosk-agent local API",
             "version": __version__,
             "description": "For the kiosk's registration application, on loopback or a Unix socket. "
-            "See docs/local-api.md.",
+            "Every endpoint, this document included, needs the app's bearer token (or, on the Unix "
+            "socket, an allowed uid or gid) and refuses browser pages. See docs/local-api.md.",
         },
+        "security": [{"bearer": []}],
         "paths": {
             "/v1/devices": {
                 "get": _op(
@@ -82,9 +95,7 @@ def spec() -> dict[str, Any]:
                 "post": _op(
                     "Start a registration session",
                     _json(_ref("Session"), "created"),
-                    body=_obj(
-                        {"applicant_ref": string, "operator_id": string}, ["applicant_ref", "operator_id"]
-                    ),
+                    body=_obj({"applicant_ref": ref, "operator_id": ref}, ["applicant_ref", "operator_id"]),
                     status="201",
                 ),
                 "get": _op(
@@ -147,24 +158,30 @@ def spec() -> dict[str, Any]:
                     _json(_obj({"events": {"type": "array", "items": {"type": "object"}}})),
                     params=[
                         SESSION_PARAM,
-                        {"name": "after", "in": "query", "required": False, "schema": integer},
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
                         {
                             "name": "wait",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "number", "maximum": 60},
+                            "schema": {"type": "number", "minimum": 0, "maximum": 60},
                         },
                     ],
                 )
             },
             "/v1/sessions/{session}/items/{item}/preview": {
                 "get": _op(
-                    "The latest attempt's image of an item, downscaled",
+                    "The latest attempt's image of an item, downscaled (open sessions only)",
                     jpeg,
                     params=[
                         SESSION_PARAM,
                         {"name": "item", "in": "path", "required": True, "schema": string},
                     ],
+                    errors={"410": _json(_ref("Error"), "gone: the session has ended; no previews")},
                 )
             },
             "/v1/captures/{capture}": {
@@ -203,13 +220,26 @@ def spec() -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "number", "minimum": 1, "maximum": 30},
                         },
-                        {"name": "checks", "in": "query", "required": False, "schema": {"enum": ["0", "1"]}},
+                        {
+                            "name": "checks",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": ["0", "1", "true", "false"]},
+                        },
                     ],
                 )
             },
             "/v1/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The token in local_api.token_file (over the Unix socket, an "
+                    "allowed uid or gid will do instead)",
+                }
+            },
             "schemas": {
                 "Error": _obj(
                     {
@@ -220,7 +250,10 @@ def spec() -> dict[str, Any]:
                                 "code": {
                                     "enum": [
                                         "invalid",
+                                        "unauthorized",
+                                        "forbidden",
                                         "not_found",
+                                        "gone",
                                         "busy",
                                         "closed",
                                         "incomplete",

@@ -32,6 +32,7 @@ from agent.config import KioskConfig
 from agent.formats.config import FormatsConfig
 from agent.quality.config import QualityConfig
 from agent.registration.config import RegistrationConfig
+from agent.registration.erasure import erase_delivered
 from agent.registration.errors import RegistrationError
 from agent.registration.feed import SessionFeed
 from agent.registration.judging import Judge
@@ -76,6 +77,13 @@ class RegistrationService:
 
     def close(self) -> None:
         self.store.close()
+
+    def erase_delivered(self) -> int:
+        """Erase the closed sessions the central side has all of (agent/registration/erasure.py)."""
+        erased = erase_delivered(self.store, self.queue)
+        if erased:
+            log.info("erased %d registration sessions the central side has received", len(erased))
+        return len(erased)
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -139,7 +147,14 @@ class RegistrationService:
         }
 
     def sessions(self, state: str | None = None) -> list[dict[str, Any]]:
-        return [self.view(sid) for sid in self.store.list_ids(state)]
+        views = []
+        for sid in self.store.list_ids(state):
+            try:
+                views.append(self.view(sid))
+            except RegistrationError as exc:
+                if exc.code != "not_found":
+                    raise  # not_found: erased (delivered) since the list was read; not listed
+        return views
 
     # --- capture ------------------------------------------------------------------------
 
@@ -213,6 +228,7 @@ class RegistrationService:
         manifest = build_manifest(state, self._plan(state), self.kiosk, "completed")
         queue_manifest(self.queue, self.sealer, self.kiosk.id, state.id, manifest)
         self.store.set_state(session_id, "completed")
+        self.feed.drop_previews(session_id)
         log.info(
             "registration %s completed: %d captures, %d exceptions",
             session_id, len(manifest["captures"]), len(manifest["exceptions"]),
@@ -228,6 +244,7 @@ class RegistrationService:
         manifest = build_manifest(state, self._plan(state), self.kiosk, "cancelled", reason.strip())
         queue_manifest(self.queue, self.sealer, self.kiosk.id, state.id, manifest)
         self.store.set_state(session_id, "cancelled", reason.strip())
+        self.feed.drop_previews(session_id)
         self.feed.event(session_id, "cancelled", reason=reason.strip())
         return self.view(session_id)
 
@@ -239,7 +256,14 @@ class RegistrationService:
         return self.feed.events(session_id, after, wait_s)
 
     def preview(self, session_id: str, item_key: str) -> tuple[bytes, str]:
-        self._state(session_id)
+        state = self._state(session_id)
+        if state.state != "open":
+            # The operator's screen has moved on to the next applicant; this one's images are
+            # in the sealed queue, and a rogue operator must not page back through them.
+            raise RegistrationError(
+                "gone",
+                f"session {session_id} is {state.state}: previews of an ended session are not served",
+            )
         found = self.feed.preview(session_id, item_key)
         if found is None:
             raise RegistrationError(

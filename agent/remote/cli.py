@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.config import ConfigError, MqttConfig, TopicSegment, read_raw
+from agent.config import ConfigError, MqttConfig, TopicSegment, read_toml
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -43,11 +43,12 @@ class OperatorToolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     operator: OperatorIdentity
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    #: Validated even when the file has no [mqtt] table: the defaults alone are plain MQTT, refused.
+    mqtt: MqttConfig = Field(default_factory=dict, validate_default=True)
 
 
 def load_operator_config(path: Path) -> OperatorToolConfig:
-    raw = read_raw(path, environ={})
+    raw = read_toml(path)  # the operator's own file: no kiosk overlay, no environment
     try:
         return OperatorToolConfig.model_validate(raw)
     except ValidationError as exc:

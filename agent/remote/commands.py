@@ -20,20 +20,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import __version__
-from agent.config import ConfigError, load_config, read_raw, redacted, validate_config
+from agent.config import ConfigError, load_config, overlay_location, read_raw, redacted, validate_config
 from agent.logs import recent_logs
 from agent.remote.audit import mask_secrets
 from agent.remote.auth import CommandError
 from agent.remote.overlay import (
-    OVERLAY_NAME,
     PREVIOUS_NAME,
     OverlayError,
+    allowed_part,
     changes_to_tree,
     merge,
     read_overlay,
     restore_previous,
     write_overlay,
 )
+from agent.remote.settable import broker_move_problems, over_ceiling
 from agent.runtime import Restarting, Runtime
 from agent.transport.durable_queue import QueueError
 from agent.transport.telemetry import snapshot
@@ -117,7 +118,7 @@ def status(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
 
 
 def config_get(runtime: Runtime, args: NoArgs) -> dict[str, Any]:
-    overlay = read_overlay(runtime.config.remote.state_dir / OVERLAY_NAME)
+    overlay = read_overlay(overlay_location(runtime.config_path)) if runtime.config_path else {}
     return {"config": redacted(runtime.config), "remote_overlay": mask_secrets(overlay),
             "config_file": str(runtime.config_path) if runtime.config_path else None}
 
@@ -237,17 +238,25 @@ def config_set(runtime: Runtime, args: ConfigSetArgs) -> dict[str, Any]:
                                            '{"telemetry.interval_s": 30}')
     if runtime.config_path is None:
         raise CommandError("failed", "this agent was started without a config file; nothing to change")
-    remote = runtime.config.remote
-    path = remote.state_dir / OVERLAY_NAME
+    old_config = runtime.config
+    remote = old_config.remote
     try:
-        tree = changes_to_tree(changes)
-        new_config = validate_config(merge(read_raw(runtime.config_path), tree), "config.set")
-        overlay = merge(read_overlay(path), tree)
+        # The allow-list first, on the key names alone: a refused key's value is never
+        # validated, so nothing it names is ever imported or opened.
+        tree = changes_to_tree(changes, old_config.mqtt.tls.enabled)
+        # Written where the next start reads it, whatever the environment says about the
+        # state folder (agent/config.py resolves both).
+        path = overlay_location(runtime.config_path)
+        overlay, _ = allowed_part(merge(read_overlay(path), tree), old_config.mqtt.tls.enabled)
+        # File, overlay, environment: the config the next start would build, built now.
+        new_config = validate_config(read_raw(runtime.config_path, overlay=overlay), "config.set")
+        problems = over_ceiling(changes, new_config) + broker_move_problems(old_config.mqtt, new_config.mqtt)
+        if problems:
+            raise OverlayError("; ".join(problems))
     except OverlayError as exc:
         raise CommandError("invalid_args", str(exc)) from None
     except ConfigError as exc:
         raise CommandError("invalid_args", "; ".join(exc.problems)) from None
-    old_config = runtime.config
     write_overlay(path, overlay)
     if runtime.reload(new_config, remote.rollback_timeout_s):
         runtime.events.emit("config_changed", keys=sorted(changes))

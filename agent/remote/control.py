@@ -40,6 +40,7 @@ from agent.remote.auth import (
 )
 from agent.remote.commands import COMMANDS, parse_args
 from agent.runtime import Runtime
+from agent.security.key_access import exposure, private_key_of, service_accounts
 from agent.security.keys import KeyFileError, load_public
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 from agent.transport.protocol import Topics
@@ -74,6 +75,23 @@ def load_operators(config: RemoteConfig) -> tuple[dict[str, Operator], list[str]
             continue
         operators[name] = Operator(name, key, frozenset(op.roles))  # type: ignore[arg-type]
     return operators, problems
+
+
+def operator_key_exposure(remote: RemoteConfig, service_user: str) -> list[str]:
+    """A problem line for each operator whose private key (the public key's path without
+    ``.pub``) the kiosk's service user could read. The agent refuses to start on any: an
+    operator key signs commands for the whole fleet, not for this kiosk alone."""
+    accounts = service_accounts(service_user)
+    problems = []
+    for name, op in sorted(remote.operators.items()):
+        private = private_key_of(op.public_key)
+        why = exposure(private, accounts) if private is not None else None
+        if why is not None:
+            problems.append(f"remote.operators.{name}.public_key: the operator's private key {private} is "
+                            f"{why}; an operator key signs commands for every kiosk and must not be "
+                            "readable by the kiosk's service user (move it off the kiosk, or make it "
+                            "root-owned with mode 0600)")
+    return problems
 
 
 class RemoteControl:
@@ -128,6 +146,11 @@ class RemoteControl:
         self.tick(link)
 
     def tick(self, link: MqttLink) -> bool:
+        summary = None
+        with log_and_continue(log, "cannot write the audit log"):
+            summary = self.store.flush_refusals()
+        if summary is not None:
+            self._announce_refusals(summary)
         sent = False
         while self._outbox:
             reply = self._outbox[0]
@@ -151,6 +174,9 @@ class RemoteControl:
         name = message.topic[len(prefix):]
         body: dict[str, Any] = {}
         reply = self._reply_address(message, body)
+        #: Until the nonce is new, the sender is not established: a replayed or expired command
+        #: carries a genuine signature but may come from anyone who saw it on the broker.
+        fresh = False
         try:
             body = parse_unverified(message.payload)
             reply = self._reply_address(message, body)
@@ -158,6 +184,10 @@ class RemoteControl:
             command, operator = verify_command(
                 body, kiosk_id=self.topics.kiosk_id, topic_name=name, operators=self.operators,
                 skew_s=remote.clock_skew_s, max_ttl_s=remote.max_ttl_s)
+            if not self.store.remember_nonce(command.nonce, command.expires_at + remote.clock_skew_s):
+                raise CommandError("replayed", "this command was already received (same nonce); "
+                                   "sign a new one", command.id)
+            fresh = True
             spec = COMMANDS.get(command.name)
             if spec is None:
                 raise CommandError("unknown_command", f"unknown command {command.name!r}; known: "
@@ -166,10 +196,6 @@ class RemoteControl:
                 raise CommandError("forbidden", f"operator {operator.name} (roles "
                                    f"{', '.join(sorted(operator.roles))}) may not run {command.name}; "
                                    f"it needs the {spec.role} role", command.id)
-            skew = self.runtime.config.remote.clock_skew_s
-            if not self.store.remember_nonce(command.nonce, command.expires_at + skew):
-                raise CommandError("replayed", "this command was already received (same nonce); "
-                                   "sign a new one", command.id)
             lane = self._slow if spec.lane == "slow" else self._quick
             try:
                 lane.put_nowait((command, reply))
@@ -177,7 +203,10 @@ class RemoteControl:
                 raise CommandError("busy", f"another {spec.lane} command is running; try again when "
                                    "it has answered", command.id) from None
         except CommandError as exc:
-            self._answer_error(reply, exc, body, name)
+            if fresh:
+                self._answer_error(reply, exc, body, name)
+            else:
+                self._answer_refusal(reply, exc, body, name)
 
     def _reply_address(self, message: mqtt.MQTTMessage, body: dict[str, Any]) -> Reply:
         default = f"{self.topics.prefix}/{self.topics.kiosk_id}/replies"
@@ -197,6 +226,27 @@ class RemoteControl:
                 or topic.startswith(f"{self.topics.prefix}/operators/"))
 
     # --- replies ------------------------------------------------------------------------
+
+    def _answer_refusal(self, reply: Reply, exc: CommandError, body: dict[str, Any], name: str) -> None:
+        """Refused before the sender was established: one reply as always, but only a small,
+        rate-limited audit row (and log line and event), whatever the sender puts in it."""
+        rid = exc.request_id or request_id_of(body)
+        claimed = body.get("operator") if isinstance(body.get("operator"), str) else None
+        entry = None
+        with log_and_continue(log, "cannot write the audit log"):  # it must never stop a reply
+            entry = self.store.refusal(request_id=rid, operator=claimed, command=name, code=exc.code,
+                                       message=exc.message)
+        if entry is not None:
+            level = logging.WARNING if exc.code in ("unauthenticated", "replayed") else logging.INFO
+            log.log(level, "command %s from %s refused: %s: %s", entry["command"], entry["operator"] or "?",
+                    exc.code, entry["message"])
+            self.runtime.events.emit("command", **{k: v for k, v in entry.items() if k != "at"})
+        self._send(reply, {"v": 1, "id": rid, "ok": False, "command": name[:64],
+                           "error": {"code": exc.code, "message": exc.message}})
+
+    def _announce_refusals(self, summary: dict[str, Any]) -> None:
+        log.warning("%s", summary["message"])
+        self.runtime.events.emit("commands_refused", count=summary["count"], message=summary["message"])
 
     def _answer_error(self, reply: Reply, exc: CommandError, body: dict[str, Any], name: str) -> None:
         rid = exc.request_id or request_id_of(body)

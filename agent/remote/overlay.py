@@ -5,6 +5,12 @@ installer's); it writes the changed keys to an overlay file in ``remote.state_di
 merged over the file at every load. Precedence: environment > overlay > config file. The
 overlay in force before a change is kept as ``config-overlay.previous.toml``, so a change
 that fails is undone by putting that file back.
+
+Where the overlay lives is worked out by agent/config.py (``overlay_location``), the one
+place that resolves the state folders, so config.set writes where the next start reads.
+Only settings on agent/remote/settable.py's allow-list are taken from it, at config.set and
+again at every load (an overlay written by an older version, or by anyone who could write
+the state folder, cannot smuggle a path or a host in).
 """
 
 from __future__ import annotations
@@ -16,33 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import PermanentError
+from agent.remote.settable import flatten, refusals
 
 OVERLAY_NAME = "config-overlay.toml"
 PREVIOUS_NAME = "config-overlay.previous.toml"
-DEFAULT_STATE_DIR = Path("/var/lib/kiosk-agent/remote")
-
-#: Keys config.set refuses: who may command the kiosk, its keys and where its queue lives
-#: are changed on the kiosk itself, never over the network.
-LOCKED_PREFIXES = ("remote", "security", "queue.path", "kiosk.id", "kiosk.state_dir")
 
 
 class OverlayError(PermanentError, ValueError):
     """A config change that cannot be applied; the message says which key and why."""
-
-
-def overlay_path(raw: dict[str, Any]) -> Path:
-    """Where the overlay lives, read from the raw tree the way AgentConfig resolves it."""
-    remote, queue, kiosk = raw.get("remote"), raw.get("queue"), raw.get("kiosk")
-    state_dir = remote.get("state_dir") if isinstance(remote, dict) else None
-    if isinstance(state_dir, str):
-        return Path(state_dir) / OVERLAY_NAME
-    kiosk_state = kiosk.get("state_dir") if isinstance(kiosk, dict) else None
-    if isinstance(kiosk_state, str):
-        return Path(kiosk_state) / "remote" / OVERLAY_NAME
-    queue_path = queue.get("path") if isinstance(queue, dict) else None
-    if isinstance(queue_path, str):
-        return Path(queue_path).parent / "remote" / OVERLAY_NAME
-    return DEFAULT_STATE_DIR / OVERLAY_NAME
 
 
 def read_overlay(path: Path) -> dict[str, Any]:
@@ -67,16 +54,19 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def changes_to_tree(changes: dict[str, Any]) -> dict[str, Any]:
-    """{"mqtt.port": 1884} -> {"mqtt": {"port": 1884}}; refuses locked and malformed keys."""
+def changes_to_tree(changes: dict[str, Any], tls_enabled: bool) -> dict[str, Any]:
+    """{"mqtt.keepalive_s": 20} -> {"mqtt": {"keepalive_s": 20}}; refuses malformed keys and
+    every key not on the allow-list (all named at once), before any value is looked at."""
+    malformed = [f"{dotted!r}: not a dotted config key such as 'telemetry.interval_s'"
+                 for dotted in changes if not dotted or any(not p for p in dotted.split("."))]
+    if malformed:
+        raise OverlayError("; ".join(malformed))
+    refused = refusals(changes, tls_enabled)
+    if refused:
+        raise OverlayError("; ".join(refused))
     tree: dict[str, Any] = {}
     for dotted, value in changes.items():
         parts = dotted.split(".")
-        if not dotted or any(not p for p in parts):
-            raise OverlayError(f"{dotted!r}: not a dotted config key such as 'mqtt.port'")
-        if any(dotted == p or dotted.startswith(p + ".") for p in LOCKED_PREFIXES):
-            raise OverlayError(f"{dotted}: cannot be changed remotely (remote.*, security.*, queue.path "
-                               "and kiosk.id are set on the kiosk itself)")
         if value is None:
             raise OverlayError(f"{dotted}: null is not a config value")
         node = tree
@@ -87,6 +77,22 @@ def changes_to_tree(changes: dict[str, Any]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return tree
+
+
+def allowed_part(overlay: dict[str, Any], tls_enabled: bool) -> tuple[dict[str, Any], list[str]]:
+    """The overlay's settings that may come from a remote change, and the keys left out."""
+    kept: dict[str, Any] = {}
+    dropped = []
+    for dotted, value in flatten(overlay).items():
+        if refusals([dotted], tls_enabled):
+            dropped.append(dotted)
+            continue
+        node = kept
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return kept, dropped
 
 
 def write_overlay(path: Path, overlay: dict[str, Any]) -> None:

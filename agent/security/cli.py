@@ -37,11 +37,13 @@ def add_parser(sub: Subparsers) -> dict[str, Any]:
     return {"keys": ksub, "init": init, "show": show}
 
 
-def _key_path(args: argparse.Namespace) -> tuple[Path, str]:
-    """(private key path, what): an operator's key, else the kiosk's from its config."""
+def _key_path(args: argparse.Namespace) -> tuple[Path, str, str | None]:
+    """(private key path, what, owner): an operator's key (which keeps the owner that made
+    it), else the kiosk's from its config (handed to its service user)."""
     if getattr(args, "operator", None):
-        return args.operator, "operator"
-    return load(args).security.kiosk_key, "kiosk"
+        return args.operator, "operator", None
+    security = load(args).security
+    return security.kiosk_key, "kiosk", security.service_user
 
 
 def print_public(path: Path, what: str, as_json: bool) -> None:
@@ -58,8 +60,14 @@ def print_public(path: Path, what: str, as_json: bool) -> None:
               f"{keys.key_id(public)})\n{pem}", end="")
 
 
-def init_key(path: Path, what: str, as_json: bool) -> int:
-    """Create the key pair at ``path`` ("central": X25519, otherwise Ed25519) and print it."""
+def init_key(path: Path, what: str, as_json: bool, owner: str | None = None) -> int:
+    """Create the key pair at ``path`` ("central": X25519, otherwise Ed25519) and print it.
+
+    ``owner``: the service user that gets the files (when run as root). Only the kiosk's own
+    key has one; every other key stays with whoever made it, so the kiosk's service user
+    never holds a key that signs or decrypts for more than this kiosk.
+    """
+    new_folder = not path.parent.exists()
     try:
         if what == "central":
             keys.create_encryption_key(path)
@@ -72,7 +80,8 @@ def init_key(path: Path, what: str, as_json: bool) -> int:
         print(f"error: cannot write {path}: {exc.strerror}; run as the service user "
               "(sudo -u kiosk kiosk-agent keys init)", file=sys.stderr)
         return EXIT_FAILED
-    keys.chown_to_service_user(path)
+    if owner is not None:
+        keys.chown_to_service_user(path, owner, folder=new_folder)
     if not as_json:
         print(f"created {what} private key {path} (mode 0600)")
     print_public(path, what, as_json)
@@ -89,8 +98,10 @@ def show_key(path: Path, what: str, as_json: bool) -> int:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    return init_key(*_key_path(args), args.json)
+    path, what, owner = _key_path(args)
+    return init_key(path, what, args.json, owner)
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    return show_key(*_key_path(args), args.json)
+    path, what, _ = _key_path(args)
+    return show_key(path, what, args.json)

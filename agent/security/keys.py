@@ -1,4 +1,5 @@
-"""Key files: the kiosk's Ed25519 signing key and the central service's X25519 key pair.
+"""Key files: the kiosk's Ed25519 signing key, the central service's X25519 key pair and its
+Ed25519 receipt-signing key pair (receipts let a kiosk delete a capture: docs/security.md).
 
 Keys are PEM files (PKCS#8 private, SubjectPublicKeyInfo public) written with the
 ``cryptography`` package. Private keys are created with mode 0600 from the first byte
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from agent.errors import PermanentError
+
+#: The central receipt-signing key's file name when no path is configured: beside the
+#: central encryption key (receiver.central_private_key), as `keys init --central` makes both.
+RECEIPT_KEY_NAME = "receipt-signing.key"
 
 
 class KeyFileError(PermanentError):
@@ -108,6 +114,14 @@ def load_signing_key(path: Path, setting: str = "security.kiosk_key") -> Ed25519
     return key
 
 
+def load_receipt_signing_key(path: Path, setting: str = "receiver.receipt_signing_key") -> Ed25519PrivateKey:
+    """The central service's receipt-signing key: what it signs lets a kiosk delete a capture."""
+    key = _load_private(_read(path, "central receipt-signing private key", setting), path, setting)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{setting}: {path} is not an Ed25519 private key")
+    return key
+
+
 def load_decryption_key(path: Path, setting: str = "receiver.central_private_key") -> X25519PrivateKey:
     key = _load_private(_read(path, "central private key", setting), path, setting)
     if not isinstance(key, X25519PrivateKey):
@@ -136,6 +150,23 @@ def load_public(path: Path, setting: str, kind: type) -> Ed25519PublicKey | X255
 
 def load_encryption_public(path: Path, setting: str = "security.central_public_key") -> X25519PublicKey:
     return load_public(path, setting, X25519PublicKey)  # type: ignore[return-value]
+
+
+def load_receipt_keys(paths: Sequence[Path],
+                      setting: str = "security.receipt_keys") -> dict[str, Ed25519PublicKey]:
+    """The central receipt-signing public keys a kiosk trusts, by key id (the ``kid`` a
+    receipt names). More than one while the central service rotates its key."""
+    if not paths:
+        raise KeyFileError(f"{setting}: no key listed; without one no receipt can be verified and "
+                           "no capture would ever leave the queue")
+    trusted = {}
+    for path in paths:
+        if not path.exists():
+            raise KeyFileError(f"{setting}: {path} not found; install the central service's receipt-signing "
+                               "public key there (`kiosk-agent keys show --central` on the central side)")
+        key = load_public(path, setting, Ed25519PublicKey)
+        trusted[key_id(key)] = key
+    return trusted  # type: ignore[return-value]
 
 
 def load_kiosk_keys(directory: Path, setting: str = "receiver.kiosk_keys_dir") -> dict[str, Ed25519PublicKey]:
@@ -167,12 +198,23 @@ class KeySet:
     def central_public(self) -> Path:
         return public_path(self.central_key)
 
+    @property
+    def receipt_key(self) -> Path:
+        """The central receipt-signing key (Ed25519), beside the central encryption key."""
+        return self.central_key.with_name(RECEIPT_KEY_NAME)
+
+    @property
+    def receipt_public(self) -> Path:
+        return public_path(self.receipt_key)
+
 
 def provision(directory: Path, kiosk_id: str) -> KeySet:
-    """Create kiosk and central keys under ``directory`` and enrol the kiosk (demo, tests)."""
+    """Create kiosk and central keys (encryption, receipt signing) under ``directory`` and enrol
+    the kiosk (demo, tests)."""
     keys = KeySet(directory / "kiosk.key", directory / "central.key", directory / "kiosks")
     create_signing_key(keys.kiosk_key)
     create_encryption_key(keys.central_key)
+    create_signing_key(keys.receipt_key)
     enrol(kiosk_id, public_path(keys.kiosk_key), keys.kiosks_dir)
     return keys
 
@@ -180,15 +222,23 @@ def provision(directory: Path, kiosk_id: str) -> KeySet:
 SERVICE_USER = "kiosk"
 
 
-def chown_to_service_user(private_path: Path) -> None:
-    """When run as root, hand the new key files to the service user so the agent can read them."""
+def chown_to_service_user(private_path: Path, user: str = SERVICE_USER, *, folder: bool = False) -> None:
+    """When run as root, hand the kiosk's own new key files to the service user so the agent
+    can read them; their folder too when ``folder`` (keys init made it for this key).
+
+    For the kiosk's key alone: an operator's, the central service's or a release key signs
+    or decrypts for more than this kiosk, and the agent must not be able to read one (it
+    refuses to start if it can: agent/remote/control.py operator_key_exposure). A folder
+    that was there before (/etc/kiosk-agent, say) is never handed over: the service user
+    could then replace what else is in it.
+    """
     if os.geteuid() != 0:
         return
     import pwd
 
     try:
-        user = pwd.getpwnam(SERVICE_USER)
+        entry = pwd.getpwnam(user)
     except KeyError:
         return  # no service user on this machine (development)
-    for path in (private_path.parent, private_path, public_path(private_path)):
-        os.chown(path, user.pw_uid, user.pw_gid)
+    for path in ((private_path.parent,) if folder else ()) + (private_path, public_path(private_path)):
+        os.chown(path, entry.pw_uid, entry.pw_gid)

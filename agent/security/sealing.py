@@ -102,6 +102,15 @@ class Sealer:
         ciphertext = AESGCM(key).encrypt(nonce, signature + inner, header)
         return pack_frame(MAGIC, header, ciphertext)
 
+    def sign(self, context: bytes, message: bytes) -> bytes:
+        """Sign something else the kiosk vouches for (chunk manifests) with the same key.
+
+        Each kind of message has its own context string, so no such signature can pass for
+        a sealed envelope's, whose context is reserved for ``seal``."""
+        if not context.endswith(b"\x00") or context == CONTEXT:
+            raise ValueError("sign needs a context string of its own, ending in NUL")
+        return self._signing_key.sign(context + message)
+
 
 def read_header(payload: bytes) -> SealedHeader:
     """Parse the clear header (for routing) without decrypting anything."""

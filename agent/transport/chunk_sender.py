@@ -54,8 +54,11 @@ class ChunkTransfer:
     last_progress: float = 0.0
 
     @classmethod
-    def of(cls, item: QueuedItem, kiosk_id: str, chunk_size: int, *, expects_status: bool) -> ChunkTransfer:
-        manifest = make_manifest(item.id, kiosk_id, item.seq, item.kind, item.payload, chunk_size)
+    def of(cls, item: QueuedItem, kiosk_id: str, chunk_size: int, *, expects_status: bool,
+           nonce: str = "") -> ChunkTransfer:
+        """``nonce``: the publisher's for this item in flight; the manifest carries it (signed)
+        and the receipt must echo it."""
+        manifest = make_manifest(item.id, kiosk_id, item.seq, item.kind, item.payload, chunk_size, nonce)
         return cls(item, manifest, expects_status)
 
     @property

@@ -3,13 +3,21 @@
 Pure functions and values, no I/O: the publisher (kiosk side) and the receiver use them,
 and tests pin the exact bytes. Formats (docs/protocol.md, "Chunked transfer")::
 
-    manifest: b"KCM" | version | header length | header (JSON) | count x 32-byte SHA-256
+    manifest: b"KCM" | version | header length | header (JSON) | Ed25519 signature (64)
+              | count x 32-byte SHA-256; signature = kiosk key over MANIFEST_CONTEXT || header || digests
     chunk:    b"KCC" | version | header length | header (JSON) | chunk bytes
     status:   UTF-8 JSON on <prefix>/<kiosk_id>/chunk-status
 
 The per-chunk digests travel as raw bytes in the manifest's body, not as hex in its JSON:
 a 10 MB envelope in 16 KB chunks needs 20 KB of digests, which still fits brokers with
-small packet limits (hex would need 43 KB).
+small packet limits (hex would need 43 KB). They end the frame, so a receiver finds digest i
+at a fixed offset from the end.
+
+A manifest is signed with the kiosk's own key (the one that signs its sealed envelopes), and
+a receiver writes nothing for one that does not verify against the key enrolled for the
+kiosk named in the topic: otherwise anyone who may publish there could announce a transfer
+first, with digests no genuine chunk matches, and lock the genuine capture out. Chunks need
+no signature of their own: each must match its digest in the signed manifest.
 """
 
 from __future__ import annotations
@@ -19,13 +27,19 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.transport.protocol import VERSION, ProtocolError, pack_frame, unpack_frame
 
 MANIFEST_MAGIC = b"KCM"
 CHUNK_MAGIC = b"KCC"
 DIGEST_BYTES = 32
+SIGNATURE_BYTES = 64
+#: Domain separation: a manifest signature can never pass for a sealed envelope's, or back.
+MANIFEST_CONTEXT = b"kiosk-agent chunk manifest v1\x00"
 #: Room kept in a chunk's PUBLISH for its frame prefix and JSON header (ids, hashes, index).
 CHUNK_HEADER_RESERVE = 512
 MAX_CHUNK_HEADER = 4096
@@ -35,6 +49,8 @@ MAX_CHUNKS = 100_000
 #: The largest item a manifest may announce (a receiver reserves disk on its word).
 MAX_ITEM_BYTES = 256 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX_NONCE = re.compile(r"(?:[0-9a-f]{32})?")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -79,6 +95,14 @@ def _checked_sha(header: dict[str, Any], what: str) -> str:
 # --- manifest ------------------------------------------------------------------------------
 
 
+class ManifestSigner(Protocol):
+    """The kiosk's key as the sealer holds it (agent/security/sealing.py Sealer)."""
+
+    signer_id: str
+
+    def sign(self, context: bytes, message: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What the receiver needs to reassemble and verify one item sent in chunks."""
@@ -91,6 +115,13 @@ class Manifest:
     sha256: str
     chunk_size: int
     digests: tuple[bytes, ...] = field(repr=False)
+    #: The kiosk's nonce for this send of the item; the receipt echoes it (receipts.py).
+    nonce: str = ""
+    #: The id of the kiosk key that signed it ("" until signed).
+    signer: str = ""
+    #: As received: the signature and the exact bytes it covers (header || digests).
+    signature: bytes = field(default=b"", repr=False, compare=False)
+    signed: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -106,11 +137,23 @@ class Manifest:
         start = index * self.chunk_size
         return start, min(start + self.chunk_size, self.size)
 
-    def encode(self) -> bytes:
-        header = {"v": VERSION, "type": "chunk-manifest", "id": self.id, "kiosk_id": self.kiosk_id,
-                  "seq": self.seq, "kind": self.kind, "size": self.size, "sha256": self.sha256,
-                  "chunk_size": self.chunk_size, "count": self.count}
-        return pack_frame(MANIFEST_MAGIC, _dumps(header), b"".join(self.digests))
+    def encode(self, signer: ManifestSigner) -> bytes:
+        """The manifest signed with the kiosk's key (Ed25519 is deterministic: the same
+        manifest always encodes to the same bytes)."""
+        header = _dumps({"v": VERSION, "type": "chunk-manifest", "id": self.id, "kiosk_id": self.kiosk_id,
+                         "seq": self.seq, "kind": self.kind, "size": self.size, "sha256": self.sha256,
+                         "chunk_size": self.chunk_size, "count": self.count, "nonce": self.nonce,
+                         "signer": signer.signer_id})
+        digests = b"".join(self.digests)
+        return pack_frame(MANIFEST_MAGIC, header, signer.sign(MANIFEST_CONTEXT, header + digests) + digests)
+
+    def signed_by(self, key: Ed25519PublicKey) -> bool:
+        """The manifest, as received, carries ``key``'s signature."""
+        try:
+            key.verify(self.signature, MANIFEST_CONTEXT + self.signed)
+        except InvalidSignature:
+            return False
+        return True
 
     @classmethod
     def decode(cls, payload: bytes) -> Manifest:
@@ -129,28 +172,36 @@ class Manifest:
         if count != -(-size // chunk_size):
             raise ProtocolError(f"chunk manifest {item_id}: {count} chunks of {chunk_size} bytes cannot "
                                 f"hold {size} bytes", item_id)
-        if len(body) != count * DIGEST_BYTES:
-            raise ProtocolError(f"chunk manifest {item_id}: {len(body)} bytes of digests for {count} "
-                                "chunks", item_id)
+        if len(body) != count * DIGEST_BYTES + SIGNATURE_BYTES:
+            raise ProtocolError(f"chunk manifest {item_id}: {len(body)} bytes of signature and digests "
+                                f"for {count} chunks", item_id)
+        nonce, signer = header.get("nonce", ""), header.get("signer")
+        if not isinstance(nonce, str) or not _HEX_NONCE.fullmatch(nonce):
+            raise ProtocolError(f"chunk manifest {item_id}: bad nonce", item_id)
+        if not isinstance(signer, str) or not _KEY_ID.fullmatch(signer):
+            raise ProtocolError(f"chunk manifest {item_id}: unsigned (no signer key id)", item_id)
+        signature, digests = body[:SIGNATURE_BYTES], body[SIGNATURE_BYTES:]
         return cls(id=item_id, kiosk_id=_field(header, "kiosk_id", str, what),
                    seq=_field(header, "seq", int, what), kind=_field(header, "kind", str, what),
                    size=size, sha256=_checked_sha(header, what), chunk_size=chunk_size,
-                   digests=tuple(body[i:i + DIGEST_BYTES] for i in range(0, len(body), DIGEST_BYTES)))
+                   digests=tuple(digests[i:i + DIGEST_BYTES] for i in range(0, len(digests), DIGEST_BYTES)),
+                   nonce=nonce, signer=signer, signature=signature, signed=raw + digests)
 
 
 def make_manifest(item_id: str, kiosk_id: str, seq: int, kind: str, payload: bytes,
-                  chunk_size: int) -> Manifest:
+                  chunk_size: int, nonce: str = "") -> Manifest:
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     digests = tuple(hashlib.sha256(payload[i:i + chunk_size]).digest()
                     for i in range(0, len(payload), chunk_size))
     return Manifest(id=item_id, kiosk_id=kiosk_id, seq=seq, kind=kind, size=len(payload),
-                    sha256=hashlib.sha256(payload).hexdigest(), chunk_size=chunk_size, digests=digests)
+                    sha256=hashlib.sha256(payload).hexdigest(), chunk_size=chunk_size, digests=digests,
+                    nonce=nonce)
 
 
 def manifest_size(payload_size: int, chunk_size: int) -> int:
     """Upper bound of an encoded manifest's size, to check it fits the broker's limit."""
-    return CHUNK_HEADER_RESERVE + -(-payload_size // chunk_size) * DIGEST_BYTES
+    return CHUNK_HEADER_RESERVE + -(-payload_size // chunk_size) * DIGEST_BYTES + SIGNATURE_BYTES
 
 
 # --- chunk -------------------------------------------------------------------------------

@@ -11,6 +11,12 @@ from agent.config_types import ConfigError, Port, Section
 from agent.config_types import topic_prefix as _topic_prefix
 from agent.transport.windows import parse_window
 
+#: Why a config without TLS is refused, and the two ways out.
+PLAINTEXT_REFUSED = (
+    "TLS is off: enable [mqtt.tls] (enabled = true, ca_file = ...; port 8883) to reach the broker, "
+    "or, for a lab or demo broker only, set mqtt.allow_plaintext = true"
+)
+
 
 class TlsConfig(Section):
     """TLS to the broker. When enabled there is no plaintext fallback, ever."""
@@ -61,6 +67,9 @@ class MqttConfig(Section):
     #: Send a capture again when its receipt has not come within this time.
     receipt_timeout_s: float = Field(60.0, gt=0)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    #: Plain MQTT (no [mqtt.tls]) for a lab or demo broker. Off: a config without TLS is
+    #: refused, so no kiosk sends its broker password and metadata in clear by omission.
+    allow_plaintext: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
@@ -68,7 +77,17 @@ class MqttConfig(Section):
             raise ValueError("reconnect_max_s must not be less than reconnect_min_s")
         if self.password is not None and self.password_file is not None:
             raise ValueError("set either password or password_file, not both")
+        if not self.tls.enabled and not self.allow_plaintext:
+            raise ValueError(PLAINTEXT_REFUSED)
         return self
+
+    def plaintext_warning(self) -> str | None:
+        """What check-config says about a config that runs plain MQTT; None with TLS."""
+        if self.tls.enabled:
+            return None
+        return (f"mqtt: plain MQTT to {self.host}:{self.port} (allow_plaintext = true): the broker "
+                "password, topics and client id cross the network in clear; for a lab or demo "
+                "broker only, enable [mqtt.tls] in production")
 
     def resolved_password(self) -> str | None:
         if self.password_file is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import AgentError, PermanentError, TransientError
+from agent.security.private_files import create_private, private_dir, private_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class DurableQueue:
         #: Set when a damaged database was moved aside at open (telemetry reports it).
         self.quarantined: dict[str, object] | None = None
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -135,6 +136,7 @@ class DurableQueue:
     # --- opening ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        private_sqlite(self.path)  # 0600, and so its -wal and -shm, whatever the umask
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -291,8 +293,9 @@ class DurableQueue:
         if shutil.disk_usage(self.path.parent).free < self.reserve_bytes + self.min_free_bytes:
             return
         tmp = self.reserve_path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)  # left by a crash
         try:
-            with tmp.open("wb") as fh:
+            with os.fdopen(create_private(tmp), "wb") as fh:
                 os.posix_fallocate(fh.fileno(), 0, self.reserve_bytes)  # real blocks, not a sparse file
             os.replace(tmp, self.reserve_path)
         except OSError as exc:
@@ -367,6 +370,17 @@ class DurableQueue:
                 (item_id,),
             ).fetchone()
         return QueuedItem(*row) if row else None
+
+    def pending_ids(self, item_ids: Iterable[str]) -> set[str]:
+        """Which of ``item_ids`` are still here, in any state (not yet acknowledged)."""
+        ids, found = list(item_ids), set()
+        with self._lock:
+            for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)
+                found.update(r[0] for r in rows)
+        return found
 
     def totals(self) -> tuple[int, int]:
         """(items, bytes) queued, from the running totals: O(1)."""

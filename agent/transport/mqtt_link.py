@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from agent.config_types import ConfigError
 from agent.guard import log_and_continue
 from agent.transport.backoff import Backoff
-from agent.transport.config import MqttConfig, TlsConfig
+from agent.transport.config import PLAINTEXT_REFUSED, MqttConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class MqttLink:
         self.name = name
         self.v5 = config.protocol == "5"
         self.connected = False
+        #: SUBSCRIBE packet ids the broker has not acknowledged yet on this connection.
+        self._unacked_subscriptions: set[int] = set()
         self.limits = BrokerLimits()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +123,13 @@ class MqttLink:
             self._tls = tls_context(cfg.tls)
             client.tls_set_context(self._tls)
             self.cert_expires_at = check_certificate_expiry(cfg.tls)
+        elif not cfg.allow_plaintext:
+            # The config models refuse this already; a config put together without validation
+            # (model_copy, model_construct) must not reach a broker in clear either.
+            raise ConfigError("mqtt", [PLAINTEXT_REFUSED])
+        else:
+            log.warning("%s: plain MQTT to %s:%d (mqtt.allow_plaintext): for a lab or demo broker only",
+                        self.name, cfg.host, cfg.port)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -262,9 +271,18 @@ class MqttLink:
         return info.mid
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        rc, _ = self._client.subscribe(topic, qos=qos)
+        rc, mid = self._client.subscribe(topic, qos=qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning("subscribe to %s failed: %s", topic, mqtt.error_string(rc))
+        elif mid is not None:
+            self._unacked_subscriptions.add(mid)
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected, and every subscription made on this connection acknowledged: from here
+        on nothing published to those topics passes us by (a message published before the
+        SUBACK may not be delivered)."""
+        return self.connected and not self._unacked_subscriptions
 
     def flush(self, deadline_s: float, done) -> bool:  # type: ignore[no-untyped-def]
         """Run the network loop until ``done()`` or the deadline; for last words at stop."""
@@ -285,6 +303,7 @@ class MqttLink:
                 log.error("broker refused the connection: %s", reason_code)
                 return
             self.limits = self._limits_from(properties)
+            self._unacked_subscriptions = set()
             self.connected = True
             self.connects += 1
             self._connect_started = 0.0
@@ -321,6 +340,7 @@ class MqttLink:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         with log_and_continue(log, "error handling SUBACK; continuing"):
+            self._unacked_subscriptions.discard(mid)
             for rc in reason_codes:
                 if rc.is_failure:
                     log.error("broker refused a subscription: %s", rc)

@@ -5,14 +5,17 @@ A capture travels as one binary envelope, so an image costs its own size on the 
 
     b"KAE" | version (1 byte) | header length (4 bytes, big-endian) | header (UTF-8 JSON) | image
 
-Receipts and status messages are small UTF-8 JSON documents. Envelopes too large for one
-message travel in chunks (agent/transport/chunking.py).
+Each send puts the sealed envelope in a transmission frame that names the send (its nonce).
+Receipts are signed frames (agent/transport/receipts.py); status messages are small UTF-8
+JSON documents. Envelopes too large for one message travel in chunks
+(agent/transport/chunking.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -191,45 +194,38 @@ def _str(header: dict[str, Any], key: str) -> str:
     return value
 
 
-# --- receipts ----------------------------------------------------------------------------
+# --- transmission frame ------------------------------------------------------------------
 
-ReceiptStatus = Literal["stored", "duplicate", "rejected"]
+SEND_MAGIC = b"KAT"
+#: Bytes a transmission frame adds around a sealed envelope, at most.
+SEND_OVERHEAD = 128
+_NONCE = re.compile(r"[0-9a-f]{32}")
 
 
-@dataclass(frozen=True)
-class Receipt:
-    """The central side's answer for one capture id.
+def frame_send(sealed: bytes, nonce: str) -> bytes:
+    """What goes on ``…/captures``: the sealed envelope behind a header naming this send.
 
-    ``stored`` and ``duplicate`` both mean "safe here, delete your copy"; ``rejected`` means
-    the capture will never be accepted as sent (the kiosk keeps it aside for an engineer).
-    """
+    The envelope was sealed once, before it touched the disk, and cannot change; the nonce
+    is fresh for each time the item is put in flight, and the receipt must echo it
+    (agent/transport/receipts.py), so a receipt for an earlier send does not count."""
+    header = json.dumps({"nonce": nonce, "type": "send"}, separators=(",", ":"), sort_keys=True)
+    return pack_frame(SEND_MAGIC, header.encode(), sealed)
 
-    id: str
-    status: ReceiptStatus
-    receiver: str = ""
-    reason: str = ""
 
-    def encode(self) -> bytes:
-        body = {"v": VERSION, "id": self.id, "status": self.status, "receiver": self.receiver}
-        if self.reason:
-            body["reason"] = self.reason
-        return json.dumps(body, separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Receipt:
-        try:
-            body = json.loads(payload)
-            status = body["status"]
-            if status not in ("stored", "duplicate", "rejected"):
-                raise ValueError(f"unknown status {status!r}")
-            return cls(id=_str(body, "id"), status=status, receiver=str(body.get("receiver", "")),
-                       reason=str(body.get("reason", "")))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad receipt: {exc}") from None
-
-    @property
-    def settled(self) -> bool:
-        return self.status in ("stored", "duplicate")
+def open_send(payload: bytes) -> tuple[str, bytes]:
+    """(nonce, sealed envelope) of a message on ``…/captures``; a bare sealed envelope (a tool,
+    an older kiosk) has no nonce: "", and a receipt for it deletes nothing on a kiosk."""
+    if payload[:3] != SEND_MAGIC:
+        return "", payload
+    raw, sealed = unpack_frame(payload, SEND_MAGIC, "transmission frame", SEND_OVERHEAD)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"transmission frame header is not JSON: {exc}") from None
+    nonce = header.get("nonce") if isinstance(header, dict) else None
+    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+        raise ProtocolError("transmission frame lacks a valid nonce (32 lower-case hex digits)")
+    return nonce, sealed
 
 
 # --- presence ----------------------------------------------------------------------------

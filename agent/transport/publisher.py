@@ -6,6 +6,10 @@ for its id arrives; in ``puback`` mode until the broker's PUBACK. After a reconn
 everything unacknowledged is offered again from the oldest, so delivery is at-least-once
 and the receiver de-duplicates by capture id.
 
+A receipt counts only when the central service signed it and it names a capture in flight,
+the exact bytes sent and this send's nonce (agent/transport/receipt_gate.py); a forged,
+replayed or stray one deletes nothing and is reported as a security event.
+
 A capture larger than the broker's Maximum Packet Size or ``uplink.chunk_bytes`` goes in
 chunks: a manifest, the receiver's chunk status (which chunks it already holds), then only
 the missing chunks. Which chunk goes when is the transfer's state machine
@@ -20,21 +24,27 @@ All methods run on the MQTT link's thread (agent/transport/mqtt_link.py).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.transport.chunk_sender import ChunkTransfer
-from agent.transport.chunking import ChunkStatus, chunk_size_for, manifest_size
+from agent.transport.chunking import ChunkStatus, ManifestSigner, chunk_size_for, manifest_size
 from agent.transport.config import MqttConfig, UplinkConfig
 from agent.transport.durable_queue import DurableQueue, QueuedItem, QueueError
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
-from agent.transport.protocol import ProtocolError, Receipt, Topics, status_payload
+from agent.transport.protocol import SEND_OVERHEAD, ProtocolError, Topics, frame_send, status_payload
+from agent.transport.receipt_gate import ReceiptGate, Sent
+from agent.transport.receipts import Receipt, RefusalReason
 from agent.transport.uplink import EventSink, Uplink
 
 log = logging.getLogger(__name__)
@@ -67,15 +77,22 @@ class PublisherCounters:
     chunks_sent: int = 0
     #: Chunks the receiver reported corrupted (hash mismatch) and that were sent again.
     chunks_rerequested: int = 0
+    #: Security events: receipts refused (forged, unknown key, not in flight, wrong hash,
+    #: replayed, malformed); nothing was deleted for them. By reason as well.
+    receipts_refused: int = 0
+    receipts_refused_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class Publisher:
     def __init__(self, queue: DurableQueue, config: MqttConfig, topics: Topics,
                  status_fields: dict[str, Any], *, uplink: UplinkConfig, state_dir: Path,
+                 receipt_keys: Mapping[str, Ed25519PublicKey], signer: ManifestSigner,
                  on_event: EventSink | None = None) -> None:
         """``uplink``: chunking and cellular limits; ``state_dir``: the kiosk's state folder
-        (kiosk.state_dir), where the daily budget is kept; ``on_event``: EventBus.emit, for
-        "quota_reached"."""
+        (kiosk.state_dir), where the daily budget is kept; ``receipt_keys``: the central
+        receipt-signing keys trusted (key id -> key, security.receipt_keys); ``signer``: the
+        kiosk's key (the Sealer), for chunk manifests; ``on_event``: EventBus.emit, for
+        "quota_reached" and "receipt_refused"."""
         self.queue = queue
         self.config = config
         self.uplink_config = uplink
@@ -85,6 +102,12 @@ class Publisher:
         self.topics = topics
         self.status_fields = status_fields
         self.counters = PublisherCounters()
+        self._signer = signer
+        self.receipts = ReceiptGate(receipt_keys, topics.kiosk_id, self._count_refusal, on_event)
+        #: Items in flight since this process sent them, until settled: what their receipts
+        #: must name. Kept across reconnects (the receipt of a send before one still counts);
+        #: a restart or a retry after rejection starts a new flight with a new nonce.
+        self._sent: dict[str, Sent] = {}
         self._window = config.inflight_window
         self._max_packet = 0
         self._inflight: OrderedDict[str, _InFlight] = OrderedDict()
@@ -131,15 +154,16 @@ class Publisher:
             return
         if message.topic != self.topics.receipts:
             return
-        try:
-            receipt = Receipt.decode(message.payload)
-        except ProtocolError as exc:
-            log.warning("ignoring a malformed receipt on %s: %s", message.topic, exc)
-            return
-        if receipt.settled:
-            self._settled.append(receipt.id)
-        else:
-            self._refused.append(receipt)
+        for receipt in self.receipts.check(message.payload, self._sent):
+            if receipt.settled:
+                self._settled.append(receipt.id)
+            else:
+                self._refused.append(receipt)
+
+    def _count_refusal(self, reason: RefusalReason) -> None:
+        self.counters.receipts_refused += 1
+        by_reason = self.counters.receipts_refused_by_reason
+        by_reason[reason] = by_reason.get(reason, 0) + 1
 
     def on_puback(self, link: MqttLink, mid: int) -> None:
         if mid == self._offline_mid:
@@ -187,18 +211,31 @@ class Publisher:
             self._warn_once(f"cannot record receipts yet: {exc}")
             return False
         for item_id in settled:
-            self._inflight.pop(item_id, None)
-            self._end_transfer(item_id)
+            self._landed(item_id)
         self.counters.acknowledged += deleted
         refused, self._refused = self._refused, []
         for receipt in refused:
-            self._inflight.pop(receipt.id, None)
-            self._end_transfer(receipt.id)
+            self._landed(receipt.id)
             self.queue.reject(receipt.id, f"rejected by {receipt.receiver}: {receipt.reason}")
             self.counters.rejected += 1
             log.error("capture %s rejected by the central side (%s): %s; kept in the queue as "
                       "'rejected' for support", receipt.id, receipt.receiver, receipt.reason)
         return True
+
+    def _landed(self, item_id: str) -> None:
+        """The item's flight is over: acknowledged, or rejected and set aside."""
+        self._inflight.pop(item_id, None)
+        self._end_transfer(item_id)
+        sent = self._sent.pop(item_id, None)
+        if sent is not None:
+            self.receipts.settled(item_id, sent)
+
+    def _flight(self, item: QueuedItem) -> Sent:
+        """This item's hash and nonce while in flight (made when it is first sent)."""
+        sent = self._sent.get(item.id)
+        if sent is None:
+            sent = self._sent[item.id] = Sent(hashlib.sha256(item.payload).hexdigest(), secrets.token_hex(16))
+        return sent
 
     def _fill_window(self, link: MqttLink) -> bool:
         room = self._window - len(self._inflight)
@@ -251,25 +288,27 @@ class Publisher:
             return "rejected"
         if chunk_size is not None:
             return self._start_transfer(link, item, chunk_size)
-        if not self.uplink.try_send(len(item.payload) + len(self._topic(item)) + PUBLISH_OVERHEAD):
+        wire = frame_send(item.payload, self._flight(item).nonce)
+        if not self.uplink.try_send(len(wire) + len(self._topic(item)) + PUBLISH_OVERHEAD):
             return "wait"
-        return "sent" if self._send(link, item) else "rejected"
+        self._send(link, item, wire)
+        return "sent"
 
     def _chunk_size(self, item: QueuedItem) -> int | None:
         """Bytes per chunk for this item, None when it goes whole; ValueError when the broker's
         limit cannot carry it even in chunks."""
         chunk_size = chunk_size_for(self._max_packet, self.topics.chunks, self.uplink_config.chunk_bytes,
-                                    len(item.payload), PUBLISH_OVERHEAD)
+                                    len(item.payload) + SEND_OVERHEAD, PUBLISH_OVERHEAD)
         if chunk_size is not None and manifest_size(len(item.payload), chunk_size) > self._max_packet:
             raise ValueError(f"its chunk manifest would exceed the broker's maximum packet size of "
                              f"{self._max_packet:,} bytes")
         return chunk_size
 
-    def _send(self, link: MqttLink, item: QueuedItem) -> bool:
-        mid = link.publish(self._topic(item), item.payload, qos=1)
+    def _send(self, link: MqttLink, item: QueuedItem, wire: bytes) -> None:
+        """Publish ``wire`` (the item in its transmission frame) and count it in flight."""
+        mid = link.publish(self._topic(item), wire, qos=1)
         self._mid_to_id[mid] = item.id
         self._inflight[item.id] = _InFlight(item.seq, mid, time.monotonic())
-        return True
 
     def _resend_overdue(self, link: MqttLink) -> None:
         if self.config.ack_mode != "receipt" or not self._inflight:
@@ -288,14 +327,15 @@ class Publisher:
         if item is None:  # acknowledged meanwhile
             del self._inflight[oldest_id]
             return
-        if not self.uplink.try_send(len(item.payload) + len(self._topic(item)) + PUBLISH_OVERHEAD):
+        wire = frame_send(item.payload, self._flight(item).nonce)
+        if not self.uplink.try_send(len(wire) + len(self._topic(item)) + PUBLISH_OVERHEAD):
             return  # held by the cap, the budget or a closed window: the resend waits too
         del self._inflight[oldest_id]
         log.info("no receipt for capture %s after %.0f s; sending it again",
                  oldest_id, self.config.receipt_timeout_s)
-        if self._send(link, item):
-            self.queue.mark_sent([item.seq])
-            self.counters.republished += 1
+        self._send(link, item, wire)
+        self.queue.mark_sent([item.seq])
+        self.counters.republished += 1
 
     # --- chunked transfers: the publisher sends, ChunkTransfer decides -------------------
 
@@ -303,7 +343,8 @@ class Publisher:
         if self._transfer is not None:
             return "wait"  # one chunked transfer at a time: bounded memory, simple resume
         transfer = ChunkTransfer.of(item, self.topics.kiosk_id, chunk_size,
-                                    expects_status=self.config.ack_mode == "receipt")
+                                    expects_status=self.config.ack_mode == "receipt",
+                                    nonce=self._flight(item).nonce)
         if not self._send_manifest(link, transfer):
             return "wait"
         self._transfer = transfer
@@ -314,7 +355,7 @@ class Publisher:
         return "sent"
 
     def _send_manifest(self, link: MqttLink, transfer: ChunkTransfer) -> bool:
-        payload = transfer.manifest.encode()
+        payload = transfer.manifest.encode(self._signer)
         if not self.uplink.try_send(len(payload) + len(self.topics.chunks) + PUBLISH_OVERHEAD):
             return False
         link.publish(self.topics.chunks, payload, qos=1)

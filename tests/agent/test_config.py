@@ -16,6 +16,7 @@ id = "k1"
 [mqtt]
 host = "broker.example"
 port = 8883
+allow_plaintext = true
 
 [devices.finger]
 driver = "sim-finger"

@@ -49,7 +49,8 @@ def test_queue_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
     queue_path = tmp_path / "q.db"
     config = tmp_path / "agent.toml"
-    config.write_text(to_toml({"kiosk": {"id": "k"}, "queue": {"path": str(queue_path)}}))
+    config.write_text(to_toml({"kiosk": {"id": "k"}, "mqtt": {"allow_plaintext": True},
+                               "queue": {"path": str(queue_path)}}))
     assert main(["queue", "stats", "--config", str(config)]) == 1  # no queue yet
     assert "has not run" in capsys.readouterr().err
     q = DurableQueue(queue_path, max_bytes=1 << 30, min_free_bytes=0)
@@ -73,10 +74,11 @@ def test_run_with_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_keys_init_show_enrol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kiosk_cfg = tmp_path / "agent.toml"
-    kiosk_cfg.write_text(to_toml({"kiosk": {"id": "k7"},
+    kiosk_cfg.write_text(to_toml({"kiosk": {"id": "k7"}, "mqtt": {"allow_plaintext": True},
                                   "security": {"kiosk_key": str(tmp_path / "k" / "kiosk.key")}}))
     central_cfg = tmp_path / "receiver.toml"
-    central_cfg.write_text(to_toml({"receiver": {"central_private_key": str(tmp_path / "c" / "central.key"),
+    central_cfg.write_text(to_toml({"mqtt": {"allow_plaintext": True},
+                                    "receiver": {"central_private_key": str(tmp_path / "c" / "central.key"),
                                                  "kiosk_keys_dir": str(tmp_path / "kiosks")}}))
     assert main(["keys", "init", "--config", str(kiosk_cfg), "--json"]) == 0
     created = json.loads(capsys.readouterr().out)

@@ -67,13 +67,14 @@ def opened() -> Iterator[list[OpenCvCameraDriver]]:
 
 def test_registered_and_validated_by_the_config() -> None:
     assert driver_class("opencv") is OpenCvCameraDriver
-    config = validate_config({"kiosk": {"id": "k1"}, "devices": {"cam": {
+    config = validate_config({"kiosk": {"id": "k1"}, "mqtt": {"allow_plaintext": True}, "devices": {"cam": {
         "driver": "opencv", "source": "/dev/v4l/by-id/usb-Logitech_C920_ABC123-video-index0",
         "width": 1280, "height": 720, "fps": 15}}})
     device = config.devices["cam"]
     assert isinstance(device, OpenCvCameraConfig) and device.width == 1280
     with pytest.raises(Exception, match="devices.cam.sauce"):
-        validate_config({"kiosk": {"id": "k1"}, "devices": {"cam": {"driver": "opencv", "sauce": "0"}}})
+        validate_config({"kiosk": {"id": "k1"}, "mqtt": {"allow_plaintext": True},
+                         "devices": {"cam": {"driver": "opencv", "sauce": "0"}}})
     info = OpenCvCameraDriver("cam", device).probe()
     assert info.serial == "usb-Logitech_C920_ABC123-video-index0" and info.extra["kind"] == "device"
 

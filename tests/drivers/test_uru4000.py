@@ -378,7 +378,7 @@ def usb_bus(monkeypatch: pytest.MonkeyPatch, bus: EmulatedBus) -> EmulatedBus:
 
 
 def write_config(tmp_path: Path, devices: dict[str, Any]) -> Path:
-    raw = {"kiosk": {"id": "k1"},
+    raw = {"kiosk": {"id": "k1"}, "mqtt": {"allow_plaintext": True},
            "security": {"kiosk_key": str(tmp_path / "missing.key"),
                         "central_public_key": str(tmp_path / "missing.pub")},
            "devices": devices}

@@ -162,7 +162,7 @@ def test_config_rejects_bad_values_naming_them() -> None:
     with pytest.raises(ValidationError):
         ZfmConfig(port="/dev/ttyUSB0", address=1 << 32)
     with pytest.raises(ConfigError) as info:
-        validate_config({"kiosk": {"id": "k"},
+        validate_config({"kiosk": {"id": "k"}, "mqtt": {"allow_plaintext": True},
                          "devices": {"finger": {"driver": "zfm", "port": "/dev/ttyUSB0", "pasword": 1}}})
     assert any(p.startswith("devices.finger.pasword: unknown key") for p in info.value.problems)
     assert driver_class("zfm") is ZfmDriver

@@ -183,7 +183,7 @@ def test_interrupted_transfer_resends_only_missing_chunks(tmp_path: Path, broker
     receiver.start()
     agent = Agent(config)
     try:
-        wait_until(lambda: receiver.link.connected, what="receiver connected")
+        wait_until(lambda: receiver.link.subscribed, what="receiver subscribed")
         agent.start()
         wait_until(lambda: agent.capture.captured >= 1, what="the capture queued")  # type: ignore[union-attr]
         images = expected_images(agent)
@@ -234,7 +234,7 @@ def test_corrupted_chunk_is_detected_and_sent_again(tmp_path: Path, broker: Mosq
     receiver.start()
     agent = Agent(config)
     try:
-        wait_until(lambda: receiver.link.connected, what="receiver connected")
+        wait_until(lambda: receiver.link.subscribed, what="receiver subscribed")
         agent.start()
         wait_until(lambda: agent.capture.captured >= 1, what="the capture queued")  # type: ignore[union-attr]
         images = expected_images(agent)

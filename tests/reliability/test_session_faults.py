@@ -19,7 +19,7 @@ from receiver.service import Receiver
 from tests.emulators.uru4000_backend import EmulatedBus, EmulatedScanner, default_image
 from tests.emulators.zfm import ZfmEmulator
 from tests.support.config import agent_config, receiver_config
-from tests.support.local_api import Api
+from tests.support.local_api import Api, local_api_section
 from tests.support.uru4000 import FAST
 from tests.support.waiting import wait_until
 
@@ -32,13 +32,13 @@ def run_session_through_a_fault(tmp_path: Path, broker: MosquittoBroker, finger:
     config = agent_config(tmp_path, broker.port, capture={"mode": "on-demand"},
                           devices={"finger": finger},
                           registration={"face": False, "max_attempts": 2, "finger_min_quality": 0},
-                          local_api={"enabled": True, "port": 0})
+                          local_api=local_api_section(tmp_path))
     receiver = Receiver(receiver_config(tmp_path / "out", config))
     receiver.start()
     agent = Agent(config)
     agent.start()
     try:
-        api = Api(agent.local_api.address)  # type: ignore[union-attr]
+        api = Api.for_agent(agent)
         sid = api.ok("POST", "/v1/sessions", {"applicant_ref": "A-F1", "operator_id": "op"})["id"]
         kept = [api.ok("POST", f"/v1/sessions/{sid}/capture")["capture_id"] for _ in range(2)]
         pull()

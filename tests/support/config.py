@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, validate_config
-from agent.security.keys import KeySet, provision
+from agent.security.keys import RECEIPT_KEY_NAME, KeySet, provision
 from receiver.config import ReceiverConfig, ReceiverServiceConfig
 
 
@@ -17,9 +17,10 @@ def keys_for(tmp_path: Path, kiosk_id: str) -> KeySet:
     return keys if keys.kiosk_key.exists() else provision(directory, kiosk_id)
 
 
-def security_section(tmp_path: Path, kiosk_id: str) -> dict[str, str]:
+def security_section(tmp_path: Path, kiosk_id: str) -> dict[str, Any]:
     keys = keys_for(tmp_path, kiosk_id)
-    return {"kiosk_key": str(keys.kiosk_key), "central_public_key": str(keys.central_public)}
+    return {"kiosk_key": str(keys.kiosk_key), "central_public_key": str(keys.central_public),
+            "receipt_keys": [str(keys.receipt_public)]}
 
 
 def agent_config(tmp_path: Path, port: int, **overrides: Any) -> AgentConfig:
@@ -28,7 +29,7 @@ def agent_config(tmp_path: Path, port: int, **overrides: Any) -> AgentConfig:
         "security": security_section(tmp_path, "kiosk-t1"),
         "kiosk": {"id": "kiosk-t1", "site": "test-site"},
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0,
-                 "receipt_timeout_s": 5.0},
+                 "receipt_timeout_s": 5.0, "allow_plaintext": True},
         "queue": {"path": str(tmp_path / "queue.db"), "min_free_bytes": 0},
         "capture": {"mode": "continuous", "rate_per_s": 0, "max_captures": 10},
         "devices": {"finger": {"driver": "sim-finger", "seed": 3}},
@@ -47,6 +48,7 @@ def receiver_config(out_dir: Path, config: AgentConfig, name: str = "r1") -> Rec
     return ReceiverServiceConfig(
         mqtt=config.mqtt.model_copy(update={"client_id": None}),
         receiver=ReceiverConfig(output_dir=out_dir, name=name, central_private_key=directory / "central.key",
+                                receipt_signing_key=directory / RECEIPT_KEY_NAME,
                                 kiosk_keys_dir=directory / "kiosks"),
     )
 

@@ -40,7 +40,7 @@ def write_config(tmp_path: Path, port: int, *, kiosk_id: str = "kiosk-p1", level
     raw = {
         "kiosk": {"id": kiosk_id},
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "reconnect_min_s": 0.1,
-                 "reconnect_max_s": 1.0, "receipt_timeout_s": 5.0},
+                 "reconnect_max_s": 1.0, "receipt_timeout_s": 5.0, "allow_plaintext": True},
         "queue": {"path": str(tmp_path / "queue.db"), "min_free_bytes": 0},
         "capture": {"mode": "continuous", "rate_per_s": 0, **capture},
         "logging": {"level": level, "format": "text"},

@@ -25,7 +25,7 @@ def kiosk_raw(tmp_path: Path, port: int, protocol: str = "5", **extra: Any) -> d
     raw: dict[str, Any] = {
         "kiosk": {"id": KIOSK, "site": "hall-2"},
         "mqtt": {"host": "127.0.0.1", "port": port, "protocol": protocol, "reconnect_min_s": 0.1,
-                 "reconnect_max_s": 0.5, "connect_timeout_s": 2.0},
+                 "reconnect_max_s": 0.5, "connect_timeout_s": 2.0, "allow_plaintext": True},
         "queue": {"path": str(tmp_path / "queue.db"), "min_free_bytes": 0},
         "capture": {"mode": "on-demand"},
         "security": security_section(tmp_path, KIOSK),

@@ -43,7 +43,7 @@ def no_default_ports(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_config(tmp_path: Path, devices: dict[str, Any], **sections: Any) -> Path:
-    raw = {"kiosk": {"id": "k1"},
+    raw = {"kiosk": {"id": "k1"}, "mqtt": {"allow_plaintext": True},
            "security": {"kiosk_key": str(tmp_path / "missing.key"),
                         "central_public_key": str(tmp_path / "missing.pub")},
            "capture": {"max_attempts": 2}, **sections, "devices": devices}

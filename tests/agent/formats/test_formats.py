@@ -87,7 +87,8 @@ def test_wsq_refuses_a_bitrate_it_would_ignore() -> None:
 def test_formats_config() -> None:
     assert FormatsConfig().finger_format == "png" and FormatsConfig().wsq_bitrate == 0.75
     with pytest.raises(ConfigError) as err:
-        validate_config({"kiosk": {"id": "k"}, "formats": {"finger_format": "jpeg", "wsq_bitrate": 2.25}})
+        validate_config({"kiosk": {"id": "k"}, "mqtt": {"allow_plaintext": True},
+                         "formats": {"finger_format": "jpeg", "wsq_bitrate": 2.25}})
     assert any(p.startswith("formats.finger_format:") for p in err.value.problems)
     assert any(p.startswith("formats.wsq_bitrate:") for p in err.value.problems)
 
@@ -255,7 +256,7 @@ def test_build_transaction_refuses_inconsistent_registrations(overrides: dict, m
 
 
 def test_options_from_config_and_encoded_images() -> None:
-    formats = validate_config({"kiosk": {"id": "k"}, "formats": {
+    formats = validate_config({"kiosk": {"id": "k"}, "mqtt": {"allow_plaintext": True}, "formats": {
         "transaction_type": "MAP", "originating_agency": "ORIX", "destination_agency": "DAIX"}}).formats
     encoded = images.encode_finger(finger(3), 500, "wsq")
     reg = registration(fingers=[FingerImage.from_encoded(4, encoded, quality=55)], exceptions=[])

@@ -210,11 +210,13 @@ def test_cli_takes_thresholds_from_the_config_file(tmp_path: Path,
     good = tmp_path / "good.jpg"
     cv2.imwrite(str(good), portrait())
     config = tmp_path / "agent.toml"
-    config.write_text('[kiosk]\nid = "k1"\n\n[quality.face]\nmin_eye_distance_px = 150\n')
+    config.write_text('[kiosk]\nid = "k1"\n[mqtt]\nallow_plaintext = true\n\n'
+                      '[quality.face]\nmin_eye_distance_px = 150\n')
     assert cli.main(["quality", str(good), "--modality", "face", "--config", str(config), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in report["checks"] if not c["passed"]] == ["eye_distance"]
-    config.write_text('[kiosk]\nid = "k1"\n\n[quality.face]\nmin_eye_distnce_px = 150\n')
+    config.write_text('[kiosk]\nid = "k1"\n[mqtt]\nallow_plaintext = true\n\n'
+                      '[quality.face]\nmin_eye_distnce_px = 150\n')
     assert cli.main(["quality", str(good), "--modality", "face", "--config", str(config)]) == 2
     assert "min_eye_distnce_px" in capsys.readouterr().err
 

@@ -137,7 +137,7 @@ class HalfScore:
 
 
 def _raw(**finger: object) -> dict:
-    return {"kiosk": {"id": "k1"}, "quality": {"finger": finger}}
+    return {"kiosk": {"id": "k1"}, "mqtt": {"allow_plaintext": True}, "quality": {"finger": finger}}
 
 
 def test_the_assessor_is_replaced_by_configuration() -> None:
@@ -205,8 +205,10 @@ def test_cli_reads_the_resolution_from_the_png(tmp_path: Path, capsys: pytest.Ca
 def test_cli_takes_thresholds_from_the_config(tmp_path: Path) -> None:
     good = _png(tmp_path, "good.png", capture(0), 500)
     strict = tmp_path / "agent.toml"
-    strict.write_text('[kiosk]\nid = "k1"\n[quality.finger]\nmin_score = 100\nmin_foreground_px = 150000\n')
+    strict.write_text('[kiosk]\nid = "k1"\n[mqtt]\nallow_plaintext = true\n'
+                      '[quality.finger]\nmin_score = 100\nmin_foreground_px = 150000\n')
     assert main(["quality", str(good), "--modality", "finger", "--config", str(strict)]) == 1
     bad = tmp_path / "bad.toml"
-    bad.write_text('[kiosk]\nid = "k1"\n[quality.finger]\nassessor = "nope"\n')
+    bad.write_text('[kiosk]\nid = "k1"\n[mqtt]\nallow_plaintext = true\n'
+                   '[quality.finger]\nassessor = "nope"\n')
     assert main(["quality", str(good), "--modality", "finger", "--config", str(bad)]) == 2

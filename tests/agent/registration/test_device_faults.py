@@ -21,7 +21,7 @@ from devtools.broker import MosquittoBroker
 from drivers import DeviceDisconnected, PermanentDeviceError, TransientDeviceError, usb_scan
 from tests.emulators.uru4000_backend import UNDECODABLE_BLOCKS, EmulatedBus, EmulatedScanner
 from tests.support.config import agent_config
-from tests.support.local_api import Api
+from tests.support.local_api import Api, local_api_section
 from tests.support.uru4000 import FAST
 from tests.support.waiting import wait_until
 
@@ -29,11 +29,11 @@ from tests.support.waiting import wait_until
 def start_agent(tmp_path: Path, broker: MosquittoBroker, finger: dict[str, Any]) -> tuple[Agent, Api]:
     config = agent_config(tmp_path, broker.port, capture={"mode": "on-demand"}, devices={"finger": finger},
                           registration={"face": False, "max_attempts": 2, "finger_min_quality": 0},
-                          local_api={"enabled": True, "port": 0})
+                          local_api=local_api_section(tmp_path))
     agent = Agent(config)
     agent.start()
     assert agent.local_api is not None
-    return agent, Api(agent.local_api.address)
+    return agent, Api.for_agent(agent)
 
 
 def new_session(api: Api) -> str:

@@ -18,7 +18,7 @@ from agent.daemon import Agent
 from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
 from tests.support.config import agent_config, receiver_config
-from tests.support.local_api import Api
+from tests.support.local_api import Api, local_api_section
 from tests.support.paths import ROOT
 from tests.support.waiting import wait_until
 
@@ -33,7 +33,7 @@ def kiosk_config(tmp_path: Path, port: int, finger_faults: list[str] | None = No
             "camera": {"driver": "sim-camera", "seed": 2},
         },
         registration={"max_attempts": 3, **registration},
-        local_api={"enabled": True, "port": 0},
+        local_api=local_api_section(tmp_path),
     )
 
 
@@ -50,7 +50,7 @@ class Kiosk:
         self.agent = Agent(self.config)
         self.agent.start()
         assert self.agent.local_api is not None and self.agent.local_api.address.startswith("http://")
-        self.api = Api(self.agent.local_api.address)
+        self.api = Api.for_agent(self.agent)
 
     def stop(self) -> None:
         if self.agent is not None:
@@ -178,12 +178,15 @@ def test_busy_device_and_bad_requests_get_clear_4xx(kiosk: Kiosk) -> None:
         ("GET", "/v1/nothing-here", None, 404),
         ("DELETE", "/v1/sessions", None, 405),
         ("GET", f"/v1/sessions/{s1}/events?wait=abc", None, 400),
+        ("GET", "/v1/sessions?stat=open", None, 400),
+        ("POST", "/v1/sessions", {"applicant_ref": "A", "operator_id": "op", "extra": 1}, 400),
         ("POST", "/v1/devices/nope/capture", {}, 404),
     ):
         status, err = api.call(method, path, body)
         assert status == code, (method, path, status, err)
         assert err["error"]["message"]
-    req = urllib.request.Request(api.base + "/v1/sessions", data=b"{not json", method="POST")
+    req = urllib.request.Request(api.base + "/v1/sessions", data=b"{not json", method="POST",
+                                 headers=api.headers())
     with pytest.raises(urllib.error.HTTPError) as bad:
         urllib.request.urlopen(req, timeout=10)
     assert bad.value.code == 400 and "not JSON" in json.loads(bad.value.read())["error"]["message"]
@@ -261,9 +264,9 @@ def test_live_preview_streams_at_least_3_frames_a_second(kiosk: Kiosk) -> None:
     # Asking a scanner for a preview is the caller's mistake: the scanner stays in service.
     finger = next(d for d in api.call("GET", "/v1/devices")[1]["devices"] if d["name"] == "finger")
     assert finger["state"] == "online"
-    with urllib.request.urlopen(
-        api.base + "/v1/devices/camera/preview.mjpeg?fps=5&checks=1", timeout=10
-    ) as resp:
+    stream = urllib.request.Request(api.base + "/v1/devices/camera/preview.mjpeg?fps=5&checks=1",
+                                    headers=api.headers())
+    with urllib.request.urlopen(stream, timeout=10) as resp:
         assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace")
         started, frames, scores = time.monotonic(), 0, 0
         buffer = b""

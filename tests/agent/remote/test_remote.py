@@ -19,6 +19,7 @@ from agent.remote.overlay import OVERLAY_NAME
 from devtools.broker import MosquittoBroker, free_port
 from tests.support.remote_client import OperatorClient, make_operator_key
 from tests.support.remote_kiosk import KIOSK, kiosk_raw, start_kiosk
+from tests.support.tls_brokers import Pki
 
 
 @pytest.fixture
@@ -180,20 +181,30 @@ def test_config_set_applies_persists_and_is_audited(kiosk) -> None:  # type: ign
     assert event["operator"] == "ada" and event["result"] == "ok"
 
 
-def test_config_set_to_an_unreachable_broker_rolls_back(kiosk) -> None:  # type: ignore[no-untyped-def]
-    agent, ops, keys = kiosk
-    dead_port = free_port()
-    started = time.monotonic()
-    reply = ops.call(keys / "ada.key", "ada", "config.set", {"mqtt.port": dead_port}, timeout_s=30)
-    assert reply["ok"] is False and reply["error"]["code"] == "rolled_back", reply
-    assert time.monotonic() - started < 20
-    assert agent.config.mqtt.port != dead_port and agent.link.connected
-    assert not (agent.config.remote.state_dir / OVERLAY_NAME).exists()
-    assert load_config(agent.config_path, environ={}).mqtt.port != dead_port
-    # Back online: retained status says so, and commands work again.
-    ops.wait_message("status", lambda s: s.get("state") == "online")
-    assert ops.call(keys / "ada.key", "ada", "ping")["ok"] is True
-    ops.wait_message("events", lambda e: e.get("event") == "config_rolled_back")
+def test_config_set_to_an_unreachable_broker_rolls_back(tmp_path: Path) -> None:
+    # The broker may be changed remotely only while TLS is on (docs/remote-management.md).
+    pki = Pki(tmp_path / "pki")
+    broker = pki.broker("broker")
+    agent = start_kiosk(tmp_path, kiosk_raw(tmp_path, broker.port, mqtt={"tls": pki.kiosk_tls()}))
+    ops = OperatorClient(broker.plain_port, KIOSK)  # type: ignore[attr-defined]
+    keys = tmp_path / "operators"
+    try:
+        dead_port = free_port()
+        started = time.monotonic()
+        reply = ops.call(keys / "ada.key", "ada", "config.set", {"mqtt.port": dead_port}, timeout_s=30)
+        assert reply["ok"] is False and reply["error"]["code"] == "rolled_back", reply
+        assert time.monotonic() - started < 20
+        assert agent.config.mqtt.port != dead_port and agent.link.connected
+        assert not (agent.config.remote.state_dir / OVERLAY_NAME).exists()
+        assert load_config(agent.config_path, environ={}).mqtt.port != dead_port
+        # Back online: retained status says so, and commands work again.
+        ops.wait_message("status", lambda s: s.get("state") == "online")
+        assert ops.call(keys / "ada.key", "ada", "ping")["ok"] is True
+        ops.wait_message("events", lambda e: e.get("event") == "config_rolled_back")
+    finally:
+        ops.close()
+        agent.stop()
+        broker.close()
 
 
 def test_telemetry_reports_queue_devices_and_connection(kiosk) -> None:  # type: ignore[no-untyped-def]
@@ -214,7 +225,8 @@ def test_operator_command_line(kiosk, capsys) -> None:  # type: ignore[no-untype
     agent, ops, keys = kiosk
     op_cfg = keys.parent / "operator.toml"
     op_cfg.write_text(tomli_w.dumps({"operator": {"name": "ada", "key": str(keys / "ada.key")},
-                                     "mqtt": {"host": "127.0.0.1", "port": agent.config.mqtt.port}}))
+                                     "mqtt": {"host": "127.0.0.1", "port": agent.config.mqtt.port,
+                                              "allow_plaintext": True}}))
     assert main(["remote", KIOSK, "ping", "--config", str(op_cfg), "--json"]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert reply["ok"] is True and reply["result"]["pong"] is True

@@ -216,7 +216,7 @@ def test_receiver_rejects_forged_envelopes_without_receipts(tmp_path: Path, brok
     receiver = Receiver(receiver_config(out, config))
     receiver.start()
     try:
-        wait_until(lambda: receiver.link.connected, what="receiver connected")
+        wait_until(lambda: receiver.link.subscribed, what="receiver subscribed")
         for payload in [*forgeries, genuine]:
             watcher.publish("kiosk/kiosk-t1/captures", payload, qos=1).wait_for_publish(5)
         wait_until(lambda: receiver.counters.stored == 1 and receiver.counters.unauthenticated == 4,

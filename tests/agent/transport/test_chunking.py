@@ -6,7 +6,10 @@ import hashlib
 import json
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from agent.security.sealing import Sealer
 from agent.transport.chunking import (
     CHUNK_HEADER_RESERVE,
     Chunk,
@@ -25,24 +28,49 @@ from agent.transport.protocol import ProtocolError
 ID = "0190f0aa-0000-7000-8000-000000000001"
 PAYLOAD = b"abcdefghij"  # 10 bytes in chunks of 4: "abcd", "efgh", "ij"
 TOTAL = hashlib.sha256(PAYLOAD).hexdigest()
+NONCE = "00112233445566778899aabbccddeeff"
+# Fixed keys: Ed25519 is deterministic, so the signed manifest has golden bytes too.
+KIOSK_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+SEALER = Sealer(KIOSK_KEY, X25519PrivateKey.from_private_bytes(bytes(range(32, 64))).public_key())
 
 
 def manifest() -> Manifest:
-    return make_manifest(ID, "van-07", 42, "capture", PAYLOAD, 4)
+    return make_manifest(ID, "van-07", 42, "capture", PAYLOAD, 4, NONCE)
 
 
 def test_manifest_golden_bytes() -> None:
     header = (
         b'{"chunk_size":4,"count":3,"id":"0190f0aa-0000-7000-8000-000000000001","kind":"capture",'
-        b'"kiosk_id":"van-07","seq":42,"sha256":"72399361da6a7754fec986dca5b7cbaf1c810a28ded4abaf56b2106d06cb78b0",'
-        b'"size":10,"type":"chunk-manifest","v":1}'
+        b'"kiosk_id":"van-07","nonce":"00112233445566778899aabbccddeeff","seq":42,'
+        b'"sha256":"72399361da6a7754fec986dca5b7cbaf1c810a28ded4abaf56b2106d06cb78b0",'
+        b'"signer":"56475aa75463474c","size":10,"type":"chunk-manifest","v":1}'
     )
     digests = b"".join(hashlib.sha256(part).digest() for part in (b"abcd", b"efgh", b"ij"))
-    expected = b"KCM\x01" + len(header).to_bytes(4, "big") + header + digests
+    signature = bytes.fromhex(
+        "1024f7566044bd660295676de8460aa7e13b4bfbb072571ad222d084e2675322"
+        "967b9b4f93e3480841987162a3c9b415ed428e65258e1247023c95b90ca5100f")
+    assert signature == KIOSK_KEY.sign(b"kiosk-agent chunk manifest v1\x00" + header + digests)
+    expected = b"KCM\x01" + len(header).to_bytes(4, "big") + header + signature + digests
     assert TOTAL == "72399361da6a7754fec986dca5b7cbaf1c810a28ded4abaf56b2106d06cb78b0"
-    assert manifest().encode() == expected
-    assert len(expected) == 8 + len(header) + 3 * 32
-    assert Manifest.decode(expected) == manifest()
+    assert manifest().encode(SEALER) == expected
+    assert len(expected) == 8 + len(header) + 64 + 3 * 32
+    decoded = Manifest.decode(expected)
+    assert decoded == Manifest(**{**manifest().__dict__, "signer": SEALER.signer_id})
+    assert decoded.signed_by(KIOSK_KEY.public_key())
+
+
+def test_manifest_signature_binds_the_kiosk_key_and_every_byte() -> None:
+    raw = manifest().encode(SEALER)
+    other = Ed25519PrivateKey.generate()
+    assert not Manifest.decode(raw).signed_by(other.public_key())
+    forged = Sealer(other, X25519PrivateKey.generate().public_key())
+    assert not Manifest.decode(manifest().encode(forged)).signed_by(KIOSK_KEY.public_key())
+    # One digest changed after signing: the signature no longer holds.
+    tampered = raw[:-1] + bytes([raw[-1] ^ 1])
+    assert not Manifest.decode(tampered).signed_by(KIOSK_KEY.public_key())
+    # The sealed envelope's signing context is the sealer's own: sign() refuses it.
+    with pytest.raises(ValueError):
+        SEALER.sign(b"kiosk-agent sealed envelope v1\x00", b"x")
 
 
 def test_chunk_golden_bytes() -> None:
@@ -88,7 +116,7 @@ def test_corrupted_or_foreign_chunk_is_not_ok() -> None:
 
 
 def _manifest_with(**changes: object) -> bytes:
-    raw = manifest().encode()
+    raw = manifest().encode(SEALER)
     header_len = int.from_bytes(raw[4:8], "big")
     header = json.loads(raw[8:8 + header_len])
     header.update(changes)
@@ -105,7 +133,9 @@ def _manifest_with(**changes: object) -> bytes:
     (_manifest_with(sha256="XYZ"), "64 lower-case hex"),
     (_manifest_with(size=0), "must be positive"),
     (_manifest_with(seq="1"), "'seq'"),
-    (manifest().encode()[:-1], "bytes of digests for 3 chunks"),
+    (manifest().encode(SEALER)[:-1], "bytes of signature and digests for 3 chunks"),
+    (_manifest_with(signer=None), "unsigned"),
+    (_manifest_with(nonce="zz"), "bad nonce"),
 ])
 def test_bad_manifests_are_refused_with_a_reason(payload: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
@@ -150,7 +180,9 @@ def test_chunk_size_choice() -> None:
     assert chunk_size_for(20_000, topic, 4096, 90_000, 16) == 4096
     with pytest.raises(ValueError, match="leaves no room"):
         chunk_size_for(400, topic, 0, 90_000, 16)
-    assert manifest_size(90_000, 4096) == CHUNK_HEADER_RESERVE + 22 * 32
+    assert manifest_size(90_000, 4096) == CHUNK_HEADER_RESERVE + 64 + 22 * 32
+    big = make_manifest(ID, "van-07", 1, "capture", bytes(90_000), 4096, NONCE)
+    assert len(big.encode(SEALER)) <= manifest_size(90_000, 4096)
     # A chunk at the chosen size really fits the broker's limit.
     m = make_manifest(ID, "van-07", 1, "capture", bytes(90_000), limit)
     assert len(chunk_of(m, bytes(90_000), 0).encode()) + len(topic) + 16 <= 20_000

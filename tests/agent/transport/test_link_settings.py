@@ -23,11 +23,13 @@ class Idle:
 
 
 def link(**mqtt_settings: object) -> MqttLink:
-    return MqttLink(MqttConfig(**mqtt_settings), Idle(), client_id="settings-test", name="settings")  # type: ignore[arg-type]
+    config = MqttConfig(allow_plaintext=True, **mqtt_settings)  # type: ignore[arg-type]
+    return MqttLink(config, Idle(), client_id="settings-test", name="settings")
 
 
 def test_receive_maximum_is_its_own_setting() -> None:
-    assert MqttConfig().receive_maximum == 16, "today's effective value with the default window"
+    assert MqttConfig(allow_plaintext=True).receive_maximum == 16, \
+        "today's effective value with the default window"
     for window in (1, 4, 16, 200):
         props = link(inflight_window=window)._connect_properties()
         assert props is not None and props.ReceiveMaximum == 16

@@ -6,7 +6,14 @@ import pytest
 
 from agent.capture.record import CaptureRecord
 from agent.errors import PermanentError
-from agent.transport.protocol import ProtocolError, Receipt, Topics, decode_capture, encode_capture
+from agent.transport.protocol import (
+    ProtocolError,
+    Topics,
+    decode_capture,
+    encode_capture,
+    frame_send,
+    open_send,
+)
 from drivers import Modality
 
 
@@ -56,13 +63,19 @@ def test_truncated_image_detected() -> None:
         decode_capture(payload[:-5])
 
 
-def test_receipts() -> None:
-    r = Receipt("abc", "duplicate", "r1")
-    assert Receipt.decode(r.encode()) == r and r.settled
-    assert not Receipt("abc", "rejected", "r1", "bad").settled
-    for bad in (b"{}", b"nope", b'{"id": "x", "status": "maybe"}'):
+def test_transmission_frame_names_the_send() -> None:
+    sealed = b"KAS\x01" + bytes(range(256))
+    nonce = "0123456789abcdef0123456789abcdef"
+    framed = frame_send(sealed, nonce)
+    header = b'{"nonce":"0123456789abcdef0123456789abcdef","type":"send"}'
+    assert framed == b"KAT\x01" + len(header).to_bytes(4, "big") + header + sealed  # golden bytes
+    assert open_send(framed) == (nonce, sealed)
+    # A bare sealed envelope (a tool, an older kiosk) has no nonce.
+    assert open_send(sealed) == ("", sealed)
+    for bad in (frame_send(sealed, "short"), framed.replace(b'"nonce"', b'"nonse"'),
+                b"KAT\x01\x00\x00\x00\x02{]"):
         with pytest.raises(ProtocolError):
-            Receipt.decode(bad)
+            open_send(bad)
 
 
 def test_topics() -> None:

@@ -71,7 +71,8 @@ def test_bad_window_strings_are_refused(text: str, message: str) -> None:
 
 
 def test_bad_window_is_a_config_error_with_its_path(tmp_path: Path) -> None:
-    raw = {"kiosk": {"id": "k1"}, "security": security_section(tmp_path, "k1"),
+    raw = {"kiosk": {"id": "k1"}, "mqtt": {"allow_plaintext": True},
+           "security": security_section(tmp_path, "k1"),
            "uplink": {"windows": ["08:00-18:00", "18:00-7:00"], "chunk_bytes": 10}}
     with pytest.raises(ConfigError) as info:
         validate_config(raw, "van.toml")
@@ -85,7 +86,8 @@ def test_bad_window_is_a_config_error_with_its_path(tmp_path: Path) -> None:
 def test_uplink_config_defaults_and_receiver_accepts_the_section() -> None:
     cfg = UplinkConfig()
     assert (cfg.chunk_bytes, cfg.max_bytes_per_s, cfg.daily_budget_bytes, cfg.windows) == (131072, 0, 0, [])
-    receiver = ReceiverServiceConfig.model_validate({"uplink": {"max_bytes_per_s": 5}})
+    receiver = ReceiverServiceConfig.model_validate({"mqtt": {"allow_plaintext": True},
+                                                     "uplink": {"max_bytes_per_s": 5}})
     assert receiver.uplink == {"max_bytes_per_s": 5}
 
 

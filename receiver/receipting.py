@@ -1,0 +1,69 @@
+"""The receiver's receipts: signed, naming the bytes received and the kiosk's send.
+
+A receipt is what makes a kiosk delete its copy, so the receiver signs every one with the
+central receipt-signing key (agent/transport/receipts.py) and names in it the SHA-256 of
+the sealed envelope it got and the nonce of that send: the transmission frame's for a
+single message, the signed manifest's for a chunked transfer. For a chunked transfer the
+nonce of the latest verified manifest is remembered here until the transfer completes; a
+finished transfer keeps its receipt unsigned (``.done``) and it is signed anew for each
+later manifest, with that manifest's nonce.
+
+Runs on the receiver's MQTT thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.transport.chunking import Manifest
+from agent.transport.mqtt_link import MqttLink
+from agent.transport.protocol import ProtocolError, Topics
+from agent.transport.receipts import Receipt, ReceiptError, ReceiptSigner
+from receiver.chunks import Transfer
+
+log = logging.getLogger(__name__)
+
+#: Transfers whose latest nonce is remembered at most (oldest forgotten first; the manifest
+#: on disk then stands in).
+MAX_REMEMBERED = 10_000
+
+
+class Receipts:
+    def __init__(self, key: Ed25519PrivateKey, prefix: str) -> None:
+        self.signer = ReceiptSigner(key)
+        self.prefix = prefix
+        self._nonces: dict[tuple[str, str, str], str] = {}
+
+    def send(self, link: MqttLink, kiosk_id: str, receipt: Receipt) -> None:
+        link.publish(Topics(self.prefix, kiosk_id).receipts, self.signer.sign(kiosk_id, [receipt]), qos=1)
+
+    def announced(self, kiosk_id: str, manifest: Manifest) -> None:
+        """A verified manifest arrived: its nonce is the one the transfer's receipt echoes."""
+        key = (kiosk_id, manifest.id, manifest.sha256)
+        self._nonces.pop(key, None)
+        self._nonces[key] = manifest.nonce
+        while len(self._nonces) > MAX_REMEMBERED:
+            del self._nonces[next(iter(self._nonces))]
+
+    def nonce_of(self, transfer: Transfer) -> str:
+        """The nonce of the transfer's latest manifest seen here; when another receiver of the
+        share group took it, the one on disk (if the kiosk has sent another since, the kiosk
+        refuses this receipt as stale and its next manifest gets one signed for its nonce)."""
+        nonce = self._nonces.pop((transfer.kiosk_id, transfer.id, transfer.sha256), None)
+        if nonce is None:
+            try:
+                nonce = Manifest.decode((transfer.folder / "manifest").read_bytes()).nonce
+            except (OSError, ProtocolError):
+                nonce = ""
+        return nonce
+
+    def send_again(self, link: MqttLink, kiosk_id: str, manifest: Manifest, kept: bytes) -> None:
+        """A finished transfer announced again: its kept receipt, signed for this manifest."""
+        try:
+            receipt = Receipt.from_record(kept, manifest.id, manifest.sha256, manifest.nonce)
+        except ReceiptError as exc:
+            log.error("transfer %s from kiosk %s: %s; not answered", manifest.id, kiosk_id, exc)
+            return
+        self.send(link, kiosk_id, receipt)

@@ -1,0 +1,113 @@
+"""Registrations whose assembly failed, retried by the receiver itself with backoff.
+
+A registration is assembled when its last part arrives. If that fails (a full or read-only
+disk, a transaction that cannot be built) and no further part is coming, nothing else would
+ever try again: the registration would sit half-written while every kiosk was told its
+parts were stored. So each failure is scheduled here, and the receiver's loop retries what
+is due: after ``first_s``, then twice as long each time up to ``max_s``. The
+schedule lives in memory; the ``.error.json`` record beside the registration
+(receiver/assembly.py) is what survives a restart, and the receiver schedules those again
+when it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.guard import log_and_continue
+from receiver.assembly import RegistrationAssembler
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (kiosk id, registration id)
+
+
+@dataclass
+class _Pending:
+    attempts: int
+    due: float
+
+
+class AssemblyRetries:
+    def __init__(self, first_s: float, max_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.clock = clock
+        self._pending: dict[Key, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._pending
+
+    def failed(self, key: Key) -> tuple[int, float]:
+        """Count a failed attempt; (attempts so far, seconds until the next one)."""
+        entry = self._pending.get(key)
+        attempts = entry.attempts + 1 if entry else 1
+        delay = min(self.max_s, self.first_s * 2 ** (attempts - 1))
+        self._pending[key] = _Pending(attempts, self.clock() + delay)
+        return attempts, delay
+
+    def schedule(self, key: Key) -> None:
+        """Retry soon a failure found on disk (after a restart): first attempt of this run."""
+        self._pending.setdefault(key, _Pending(0, self.clock()))
+
+    def settled(self, key: Key) -> int | None:
+        """The registration no longer needs retrying; the failed attempts it had, if any."""
+        entry = self._pending.pop(key, None)
+        return entry.attempts if entry else None
+
+    def due(self) -> list[Key]:
+        now = self.clock()
+        return [key for key, entry in self._pending.items() if entry.due <= now]
+
+
+class RegistrationFinisher:
+    """Assembles registrations for the receiver: a failure is recorded beside the
+    registration (``.error.json``), logged at ERROR, counted and retried; a later success
+    removes the record. ``count(name)`` adds one to the receiver's counter ``name``."""
+
+    def __init__(self, assembler: RegistrationAssembler, first_s: float, max_s: float,
+                 count: Callable[[str], None]) -> None:
+        self.assembler = assembler
+        self.retries = AssemblyRetries(first_s, max_s)
+        self.count = count
+        for key in assembler.failures():
+            self.retries.schedule(key)  # failed before a restart: nothing else would retry them
+
+    def tick(self) -> None:
+        for kiosk_id, registration_id in self.retries.due():
+            self.assemble(kiosk_id, registration_id)
+
+    def assemble(self, kiosk_id: str, registration_id: str) -> None:
+        key = (kiosk_id, registration_id)
+        try:
+            self.assembler.try_complete(kiosk_id, registration_id)
+        except Exception as exc:  # noqa: BLE001
+            # Whatever the cause (disk, data, a bug), the registration is recorded as failed
+            # and retried; the receipt of the part that triggered it never depends on it.
+            self._failed(key, exc)
+            return
+        failed = self.retries.settled(key)
+        if failed is not None:
+            with log_and_continue(log, "cannot remove the failure record of registration %s",
+                                  registration_id):
+                self.assembler.clear_failure(kiosk_id, registration_id)
+            self.count("assembly_recovered")
+            log.info("registration %s from kiosk %s: %s after %d failed assembly attempt(s)", registration_id,
+                     kiosk_id, self.assembler.status(kiosk_id, registration_id), failed)
+
+    def _failed(self, key: Key, exc: Exception) -> None:
+        kiosk_id, registration_id = key
+        attempts, delay = self.retries.failed(key)
+        self.count("assembly_failures")
+        log.error("registration %s from kiosk %s is incomplete: assembling it failed (attempt %d): %s; "
+                  "retrying in %.0f s", registration_id, kiosk_id, attempts, exc, delay,
+                  exc_info=not isinstance(exc, OSError))
+        with log_and_continue(log, "cannot record the failed assembly of registration %s", registration_id):
+            self.assembler.record_failure(kiosk_id, registration_id, f"{type(exc).__name__}: {exc}",
+                                          attempts, delay)
