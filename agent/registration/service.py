@@ -105,7 +105,9 @@ class RegistrationService:
             session_id, applicant_ref.strip(), operator_id.strip(), self.reg.plan, self.reg.face,
             [i.key for i in items],
         )
-        log.info("registration %s started by operator %s (%s)", session_id, operator_id, self.reg.plan)
+        # Not the operator id: it is personal data, sealed at rest and erased once delivered,
+        # and the journal keeps lines for months (and diagnostics hands them to support).
+        log.info("registration %s started (%s)", session_id, self.reg.plan)
         self.feed.event(session_id, "started", plan=self.reg.plan)
         return self.view(session_id)
 

@@ -34,7 +34,7 @@ from agent.remote.overlay import (
     restore_previous,
     write_overlay,
 )
-from agent.remote.settable import broker_move_problems, over_ceiling
+from agent.remote.settable import broker_move_problems, out_of_bounds
 from agent.runtime import Restarting, Runtime
 from agent.transport.durable_queue import QueueError
 from agent.transport.telemetry import snapshot
@@ -250,7 +250,7 @@ def config_set(runtime: Runtime, args: ConfigSetArgs) -> dict[str, Any]:
         overlay, _ = allowed_part(merge(read_overlay(path), tree), old_config.mqtt.tls.enabled)
         # File, overlay, environment: the config the next start would build, built now.
         new_config = validate_config(read_raw(runtime.config_path, overlay=overlay), "config.set")
-        problems = over_ceiling(changes, new_config) + broker_move_problems(old_config.mqtt, new_config.mqtt)
+        problems = out_of_bounds(changes, new_config) + broker_move_problems(old_config.mqtt, new_config.mqtt)
         if problems:
             raise OverlayError("; ".join(problems))
     except OverlayError as exc:

@@ -15,6 +15,7 @@ so the new broker has to prove itself with a certificate from the same CA.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -67,11 +68,43 @@ REMOTELY_SETTABLE: frozenset[str] = frozenset({
 #: Allowed only while TLS is on and stays exactly as it is (see the module's docstring).
 BROKER_KEYS: frozenset[str] = frozenset({"mqtt.host", "mqtt.port"})
 
-#: Upper limits for remote changes where the field itself has none: a kiosk that waits a day
+@dataclass(frozen=True)
+class Bounds:
+    """What a remote change may set a number to, where the field's own range is wider."""
+
+    low: float | None = None
+    high: float | None = None
+    #: 0 is accepted besides the range ("off").
+    zero_ok: bool = False
+    why: str = ""
+
+    def problem(self, key: str, value: float) -> str | None:
+        if self.zero_ok and value == 0:
+            return None
+        if self.low is not None and value < self.low:
+            off = " (or 0: off)" if self.zero_ok else ""
+            return f"{key}: at least {self.low:g}{off} when changed remotely, {self.why}"
+        if self.high is not None and value > self.high:
+            return f"{key}: at most {self.high:g} when changed remotely, {self.why}"
+        return None
+
+
+_BACK_TO_SUPPORT = "so the kiosk keeps coming back to support"
+_NO_FLOOD = "so the kiosk's link and battery are not spent on it"
+_DISK = "so the kiosk keeps room for its sessions, logs and the system"
+#: Limits on remote changes where the field itself allows more: a kiosk that waits a day
 #: between reconnects is cut off from the support that could undo the change, long after
-#: the rollback has stopped watching.
-REMOTE_CEILINGS: dict[str, float] = {
-    "mqtt.reconnect_min_s": 600.0, "mqtt.reconnect_max_s": 3600.0, "mqtt.connect_timeout_s": 300.0,
+#: the rollback has stopped watching; telemetry every millisecond and receipts timed out at
+#: once spend the uplink outside every capture budget (telemetry and commands are never
+#: held back by them); a reserve file the size of the disk, or no free space kept, fills it.
+REMOTE_LIMITS: dict[str, Bounds] = {
+    "mqtt.reconnect_min_s": Bounds(high=600.0, why=_BACK_TO_SUPPORT),
+    "mqtt.reconnect_max_s": Bounds(high=3600.0, why=_BACK_TO_SUPPORT),
+    "mqtt.connect_timeout_s": Bounds(high=300.0, why=_BACK_TO_SUPPORT),
+    "mqtt.receipt_timeout_s": Bounds(low=5.0, why=_NO_FLOOD),
+    "telemetry.interval_s": Bounds(low=10.0, zero_ok=True, why=_NO_FLOOD),
+    "queue.reserve_bytes": Bounds(high=1024**3, why=_DISK),
+    "queue.min_free_bytes": Bounds(low=64 * 1024**2, why=_DISK),
 }
 
 _BOOL = TypeAdapter(bool)
@@ -96,18 +129,18 @@ def refusals(keys: Iterable[str], tls_enabled: bool) -> list[str]:
     return problems
 
 
-def over_ceiling(keys: Iterable[str], config: Any) -> list[str]:
+def out_of_bounds(keys: Iterable[str], config: Any) -> list[str]:
     """A problem line for every changed key whose validated value in ``config`` (an
-    AgentConfig) is above its remote ceiling: judged after validation, so "1e9" as text is
+    AgentConfig) is outside its remote bounds: judged after validation, so "1e9" as text is
     caught as well as 1e9."""
     problems = []
-    for key in sorted(set(keys) & REMOTE_CEILINGS.keys()):
+    for key in sorted(set(keys) & REMOTE_LIMITS.keys()):
         value: Any = config
         for part in key.split("."):
             value = getattr(value, part)
-        if value > REMOTE_CEILINGS[key]:
-            problems.append(f"{key}: at most {REMOTE_CEILINGS[key]:g} when changed remotely, so the "
-                            "kiosk keeps coming back to support")
+        problem = REMOTE_LIMITS[key].problem(key, value)
+        if problem:
+            problems.append(problem)
     return problems
 
 

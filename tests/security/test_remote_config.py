@@ -205,6 +205,25 @@ def test_reconnect_delays_stay_within_reach_of_support(tmp_path: Path, kiosk) ->
     assert agent.config.mqtt.reconnect_max_s == 120
 
 
+def test_remote_changes_cannot_flood_the_uplink_or_fill_the_disk(tmp_path: Path, kiosk) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: telemetry every nanosecond (25 MB in 10 s, outside every capture
+    budget), receipts timed out at once, a reserve file the size of the disk, no free space
+    kept. Each is refused; sane values and "telemetry off" still pass."""
+    agent, ops = kiosk
+    for changes in ({"telemetry.interval_s": 1e-9}, {"telemetry.interval_s": "2"},
+                    {"mqtt.receipt_timeout_s": 0.01}, {"queue.reserve_bytes": 10**15},
+                    {"queue.min_free_bytes": 0}):
+        reply = config_set(ops, tmp_path, changes)
+        assert reply["error"]["code"] == "invalid_args", (changes, reply)
+        assert "when changed remotely" in reply["error"]["message"]
+    before = agent.config.telemetry.interval_s
+    assert before != 30
+    assert config_set(ops, tmp_path, {"telemetry.interval_s": 30})["ok"] is True
+    assert agent.config.telemetry.interval_s == 30
+    assert config_set(ops, tmp_path, {"telemetry.interval_s": 0})["ok"] is True
+    assert agent.config.telemetry.interval_s == 0
+
+
 # --- what the kiosk reads, runs and overwrites -----------------------------------------
 
 
