@@ -44,6 +44,17 @@ from receiver.store import EXTENSIONS, CaptureStore, Outcome, write_durably
 
 log = logging.getLogger(__name__)
 
+#: The most captures (and exceptions) a registration manifest may list. A plan has about 15
+#: items (ten fingers or three slaps, a face, token images); every listed id is resolved each
+#: time one of the registration's parts arrives, so an unbounded list let one signed manifest
+#: make every later capture cost seconds.
+MAX_REGISTRATION_CAPTURES = 64
+
+
+class HostileManifest(ProtocolError):
+    """A signed registration manifest no kiosk makes (too many captures, an id twice):
+    refused as a security event, not as a kiosk's mistake."""
+
 
 def parse_manifest(data: bytes, item_id: str, kiosk_id: str) -> dict[str, Any]:
     try:
@@ -63,10 +74,19 @@ def parse_manifest(data: bytes, item_id: str, kiosk_id: str) -> dict[str, Any]:
         isinstance(c, dict) and isinstance(c.get("id"), str) for c in captures
     ):
         raise ProtocolError("manifest captures must be a list of objects with ids", item_id)
+    if len(captures) > MAX_REGISTRATION_CAPTURES:
+        raise HostileManifest(f"registration manifest lists {len(captures)} captures; at most "
+                              f"{MAX_REGISTRATION_CAPTURES} are accepted", item_id)
+    if len({entry["id"] for entry in captures}) != len(captures):
+        raise HostileManifest("registration manifest lists a capture id twice", item_id)
     for entry in captures:
         check_item_id(entry["id"], "capture id in the registration manifest")
-    if not isinstance(manifest.get("exceptions", []), list):
+    exceptions = manifest.get("exceptions", [])
+    if not isinstance(exceptions, list):
         raise ProtocolError("manifest exceptions must be a list", item_id)
+    if len(exceptions) > MAX_REGISTRATION_CAPTURES:
+        raise HostileManifest(f"registration manifest lists {len(exceptions)} exceptions; at most "
+                              f"{MAX_REGISTRATION_CAPTURES} are accepted", item_id)
     return manifest
 
 

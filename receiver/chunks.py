@@ -79,6 +79,9 @@ class Transfer:
     #: Bytes charged to the kiosk for this transfer's files.
     charged: int = 0
     refreshed: float = 0.0
+    #: The held indexes as last computed; None once a chunk is marked. A status is built from
+    #: them, and must not cost O(count) per message when nothing changed (bad chunks).
+    _indexes: frozenset[int] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, kiosk_id: str, manifest: Manifest, raw_size: int, folder: Path) -> Transfer:
@@ -95,6 +98,7 @@ class Transfer:
         if self.has(index) == held:
             return 0
         self.have[index >> 3] ^= 1 << (index & 7)
+        self._indexes = None
         cost = charge(self.length(index))
         self.held += 1 if held else -1
         self.charged += cost if held else -cost
@@ -103,8 +107,12 @@ class Transfer:
     def length(self, index: int) -> int:
         return min(self.chunk_size, self.size - index * self.chunk_size)
 
-    def indexes(self) -> set[int]:
-        return {i for i in range(self.count) if self.has(i)}
+    def indexes(self) -> frozenset[int]:
+        if self._indexes is None:
+            # Byte by byte, skipping empty ones: a large transfer barely begun costs little.
+            self._indexes = frozenset(at * 8 + bit for at, byte in enumerate(self.have) if byte
+                                      for bit in range(8) if byte >> bit & 1)
+        return self._indexes
 
     def missing_cost(self) -> int:
         return sum(charge(self.length(i)) for i in range(self.count) if not self.has(i))

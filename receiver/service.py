@@ -36,14 +36,14 @@ from agent.transport.chunking import CHUNK_MAGIC, MANIFEST_MAGIC, Chunk, ChunkSt
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 from agent.transport.protocol import ProtocolError, Topics, decode_capture, open_send
 from agent.transport.receipts import Receipt
-from receiver.assembly import RegistrationAssembler, parse_manifest
+from receiver.assembly import HostileManifest, RegistrationAssembler, parse_manifest
 from receiver.chunks import ChunkAssembly, OverQuota, Transfer
 from receiver.config import ReceiverServiceConfig
 from receiver.paths import UnsafeName, check_item_id
 from receiver.receipting import Receipts
 from receiver.retries import RegistrationFinisher
 from receiver.store import CaptureStore
-from receiver.warnings_limit import LimitedWarnings
+from receiver.warnings_limit import LimitedWarnings, OncePerInterval, PerSecondBudget
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,16 @@ class ReceiverCounters:
 KEY_RELOAD_INTERVAL_S = 10.0
 #: Stale chunk state is swept at start and then this often.
 SWEEP_INTERVAL_S = 3600.0
+#: A chunk status answers a bad chunk, or a chunk of an unknown transfer, at most this often
+#: per transfer: each answer is a message to the kiosk, and a status of a large transfer costs
+#: O(chunks held) to build, so anyone on the broker could make every cheap message dear.
+STATUS_INTERVAL_S = 1.0
+#: At most this many "unknown" answers a second per kiosk (fresh transfer ids are free; a
+#: genuine kiosk runs one transfer at a time) and this many transfers remembered.
+UNKNOWN_PER_KIOSK_PER_S = 10
+STATUS_GATE_KEYS = 4096
+#: Registrations whose assembly a duplicate part has already run in this receiver run.
+COMPLETION_CHECKS_KEPT = 100_000
 
 
 class Receiver:
@@ -87,7 +97,12 @@ class Receiver:
         self.chunks.sweep()
         self.chunks.rebuild()
         self._swept_at = time.monotonic()
-        self._unknown_answered: dict[tuple[str, str], float] = {}
+        self._completion_checked: set[tuple[str, str]] = set()
+        self._unknown_answered = OncePerInterval(STATUS_INTERVAL_S, STATUS_GATE_KEYS)
+        self._unknown_budget = PerSecondBudget(UNKNOWN_PER_KIOSK_PER_S)
+        self._bad_answered = OncePerInterval(STATUS_INTERVAL_S, STATUS_GATE_KEYS)
+        # Every line a message from the broker can cause goes through here: one line per junk
+        # message let any broker client flood the log.
         self.warnings = LimitedWarnings(log)
         from agent.formats.ansi_nist import TransactionOptions
 
@@ -154,7 +169,8 @@ class Receiver:
         try:
             kiosk_id = self.topics.kiosk_of(message.topic)
         except ProtocolError as exc:
-            log.error("message on unexpected topic: %s", exc)
+            self.warnings.warn("", "unexpected-topic", "message on unexpected topic: %s", exc,
+                               level=logging.ERROR)
             return
         if message.topic.rsplit("/", 1)[-1] == "chunks":
             self._on_chunks(link, kiosk_id, message.payload)
@@ -163,7 +179,8 @@ class Receiver:
             nonce, sealed = open_send(message.payload)
         except ProtocolError as exc:
             self._count("unreadable")
-            log.error("ignored a message on kiosk %s's captures topic: %s", kiosk_id, exc)
+            self.warnings.warn(kiosk_id, "unreadable", "ignored a message on kiosk %s's captures topic: %s",
+                               kiosk_id, exc, level=logging.ERROR)
             return
         receipt = self._handle(kiosk_id, sealed)
         if receipt is not None:
@@ -194,16 +211,16 @@ class Receiver:
             self.warnings.warn(kiosk_id, "over-quota", "chunks refused, nothing stored: %s", exc)
         except ProtocolError as exc:
             # Unreadable: nothing is stored and nothing answered (as for a bad envelope).
-            with self._lock:
-                self.counters.unreadable += 1
-            log.error("ignored a message on kiosk %s's chunks topic: %s", kiosk_id, exc)
+            self._count("unreadable")
+            self.warnings.warn(kiosk_id, "unreadable-chunk", "ignored a message on kiosk %s's chunks "
+                               "topic: %s", kiosk_id, exc, level=logging.ERROR)
 
     def _send_status(self, link: MqttLink, kiosk_id: str, status: ChunkStatus) -> None:
         link.publish(Topics(self.topics.prefix, kiosk_id).chunk_status, status.encode(), qos=1)
 
     def _status(self, transfer: Transfer, bad: set[int] | None = None) -> ChunkStatus:
         return ChunkStatus(transfer.id, transfer.sha256, "partial", transfer.count,
-                           frozenset(transfer.indexes()), frozenset(bad or ()), self.config.receiver.name)
+                           transfer.indexes(), frozenset(bad or ()), self.config.receiver.name)
 
     def _on_manifest(self, link: MqttLink, kiosk_id: str, payload: bytes) -> None:
         manifest = Manifest.decode(payload)
@@ -242,21 +259,23 @@ class Receiver:
                 with self._lock:
                     self.counters.chunks_duplicate += 1
                 return
-            # No manifest (never seen, or swept): ask for it, once per transfer and second.
-            key, now = (kiosk_id, chunk.id), time.monotonic()
-            if now - self._unknown_answered.get(key, -10.0) >= 1.0:
-                self._unknown_answered = {k: t for k, t in self._unknown_answered.items() if now - t < 60}
-                self._unknown_answered[key] = now
+            # No manifest (never seen, or swept): ask for it, once per transfer and second, and
+            # only so often per kiosk. Unanswered, a genuine kiosk sends its manifest again after
+            # its receipt timeout anyway.
+            if (self._unknown_answered.allow((kiosk_id, chunk.id, chunk.sha256))
+                    and self._unknown_budget.allow(kiosk_id)):
                 self._send_status(link, kiosk_id, ChunkStatus(
                     chunk.id, chunk.sha256, "unknown", chunk.count, receiver=self.config.receiver.name))
             return
         if not transfer.accepts(chunk):
-            # Never stored as good: the kiosk sends it again at once.
-            with self._lock:
-                self.counters.chunks_corrupt += 1
-            log.warning("chunk %d of %s from kiosk %s failed its SHA-256; asking for it again",
-                        chunk.index, chunk.id, kiosk_id)
-            self._send_status(link, kiosk_id, self._status(transfer, {chunk.index}))
+            # Never stored as good. Asked for again at once, but once a second per transfer at
+            # most: the bad chunks left unanswered are missing from the next status's "have"
+            # (or the kiosk's next manifest's answer) and are sent again from there.
+            self._count("chunks_corrupt")
+            self.warnings.warn(kiosk_id, "bad-chunk", "chunk %d of %s from kiosk %s failed its SHA-256; "
+                               "asking for it again", chunk.index, chunk.id, kiosk_id)
+            if self._bad_answered.allow(transfer.folder):
+                self._send_status(link, kiosk_id, self._status(transfer, {chunk.index}))
             return
         outcome = self.chunks.put(transfer, chunk)
         if outcome == "duplicate":
@@ -306,10 +325,9 @@ class Receiver:
         except SealError as exc:
             # Not provably from the kiosk: report it, store nothing, and send no receipt, so a
             # forger cannot make a kiosk set its genuine capture aside.
-            with self._lock:
-                self.counters.unauthenticated += 1
-            log.error("rejected an envelope on kiosk %s's topic (id %s): %s", kiosk_id,
-                      exc.item_id or "unreadable", exc)
+            self._count("unauthenticated")
+            self.warnings.warn(kiosk_id, "unauthenticated", "rejected an envelope on kiosk %s's topic "
+                               "(id %s): %s", kiosk_id, exc.item_id or "unreadable", exc, level=logging.ERROR)
             return None
         # From here the envelope is authentic: header.kiosk_id is the name its verifying key
         # is enrolled under, and that (never a field the sender chose) names the folder.
@@ -329,9 +347,10 @@ class Receiver:
                                     header.id)
         except ProtocolError as exc:
             # Authentic but unusable: tell the kiosk, which keeps it aside for support.
-            with self._lock:
-                self.counters.rejected += 1
-            log.error("rejected capture %s from kiosk %s: %s", header.id, kiosk_id, exc)
+            self._count("rejected")
+            # Limited too: anyone on the broker can replay a signed capture that was rejected.
+            self.warnings.warn(kiosk_id, "rejected", "rejected capture %s from kiosk %s: %s", header.id,
+                               kiosk_id, exc, level=logging.ERROR)
             return Receipt(header.id, "rejected", name, str(exc))
         try:
             registration_id = self.registrations.registration_of(record)
@@ -347,7 +366,7 @@ class Receiver:
             else:
                 self.counters.duplicates += 1
         log.debug("capture %s from %s: %s", record.id, signer, outcome)
-        if registration_id is not None:
+        if registration_id is not None and self._may_complete(signer, registration_id, outcome):
             self.finisher.assemble(signer, registration_id)
         return Receipt(record.id, outcome, name)
 
@@ -358,16 +377,39 @@ class Receiver:
             outcome = self.registrations.store_manifest(kiosk_id, manifest)
         except UnsafeName as exc:
             return self._refuse(kiosk_id, item_id, str(exc))
+        except HostileManifest as exc:
+            return self._refuse(kiosk_id, item_id, str(exc), "hostile-manifest")
         except ProtocolError as exc:
-            with self._lock:
-                self.counters.rejected += 1
-            log.error("rejected registration manifest %s from kiosk %s: %s", item_id, kiosk_id, exc)
+            self._count("rejected")
+            self.warnings.warn(kiosk_id, "rejected", "rejected registration manifest %s from kiosk %s: %s",
+                               item_id, kiosk_id, exc, level=logging.ERROR)
             return Receipt(item_id, "rejected", name, str(exc))
         if outcome == "conflict":
             return self._refuse(kiosk_id, item_id, "a registration manifest with other content is stored "
                                 "under this id", "conflict")
-        self.finisher.assemble(kiosk_id, item_id)
+        if self._may_complete(kiosk_id, item_id, outcome):
+            self.finisher.assemble(kiosk_id, item_id)
         return Receipt(item_id, outcome, name)
+
+    def _may_complete(self, kiosk_id: str, registration_id: str, outcome: str) -> bool:
+        """Whether this part should run the registration's assembly. A part new here may
+        complete it. A duplicate (which anyone on the broker can replay) runs it once per
+        registration and receiver run, no more: that is what finishes a registration whose
+        last part was stored just before a crash (the kiosk's resend comes back as a
+        duplicate), while replays cost nothing (assembly reads the manifest and looks up
+        every capture it lists)."""
+        if outcome == "stored":
+            return True
+        if outcome != "duplicate":
+            return False
+        key = (kiosk_id, registration_id)
+        with self._lock:
+            if key in self._completion_checked:
+                return False
+            if len(self._completion_checked) >= COMPLETION_CHECKS_KEPT:
+                self._completion_checked.clear()  # bounded; at worst a replay costs one run more
+            self._completion_checked.add(key)
+        return True
 
     # --- security events ---------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -44,7 +45,8 @@ MANIFEST_CONTEXT = b"kiosk-agent chunk manifest v1\x00"
 CHUNK_HEADER_RESERVE = 512
 MAX_CHUNK_HEADER = 4096
 MAX_MANIFEST_HEADER = 4096
-#: Far above any capture; a manifest claiming more is refused before anything is written.
+#: Far above any capture; a manifest claiming more is refused before anything is written,
+#: and a chunk status claiming more before its ranges are read.
 MAX_CHUNKS = 100_000
 #: The largest item a manifest may announce (a receiver reserves disk on its word).
 MAX_ITEM_BYTES = 256 * 1024 * 1024
@@ -272,10 +274,22 @@ def chunk_size_for(max_packet: int, topic: str, configured: int, payload_size: i
 # --- chunk status --------------------------------------------------------------------------
 
 StatusState = Literal["partial", "complete", "unknown"]
+#: A status's bytes beyond its index lists (id, hash, state, receiver name, JSON punctuation).
+STATUS_OVERHEAD = 4096
+#: Bytes per chunk a status may spend on its index lists at most: a pair "[a, b], " per
+#: range (at most one range per two chunks) and "i, " per bad index, six digits each.
+STATUS_BYTES_PER_CHUNK = 24
+
+
+def max_status_size(count: int) -> int:
+    """The largest status a receiver can send about a transfer of ``count`` chunks."""
+    return STATUS_OVERHEAD + STATUS_BYTES_PER_CHUNK * count
 
 
 def to_ranges(indexes: Iterable[int]) -> list[list[int]]:
     """[0, 1, 2, 5, 7, 8] -> [[0, 2], [5, 5], [7, 8]] (inclusive ranges: short on the wire)."""
+    if isinstance(indexes, ChunkRanges):
+        return [list(span) for span in indexes.spans]
     out: list[list[int]] = []
     for i in sorted(set(indexes)):
         if out and out[-1][1] == i - 1:
@@ -285,17 +299,73 @@ def to_ranges(indexes: Iterable[int]) -> list[list[int]]:
     return out
 
 
-def from_ranges(ranges: Any, count: int) -> set[int]:
+@dataclass(frozen=True)
+class ChunkRanges:
+    """Chunk indexes as sorted, disjoint, inclusive ranges: [[0, 5999999]] stays one pair.
+
+    A status is decoded into these, never into a set of its indexes: its ``count`` and its
+    ranges are the word of whoever published it, and a 200-byte status expanded into a set
+    took 800 MB on the MQTT thread. Membership is a binary search; only a transfer whose chunk
+    count the kiosk chose itself walks the indexes (chunk_sender.py).
+    """
+
+    spans: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, indexes: Iterable[int]) -> ChunkRanges:
+        return cls(tuple((first, last) for first, last in to_ranges(indexes)))
+
+    def __contains__(self, index: object) -> bool:
+        at = bisect_right(self.spans, index, key=lambda span: span[0]) - 1
+        return at >= 0 and self.spans[at][1] >= index  # type: ignore[operator]
+
+    def __len__(self) -> int:
+        return sum(last - first + 1 for first, last in self.spans)
+
+    def __bool__(self) -> bool:
+        return bool(self.spans)
+
+    def __iter__(self) -> Iterator[int]:
+        for first, last in self.spans:
+            yield from range(first, last + 1)
+
+
+def parse_ranges(ranges: Any, count: int) -> ChunkRanges:
+    """Wire ranges (``[[first, last], ...]``, inclusive) within ``count`` chunks; overlapping or
+    unsorted ones are merged. Costs the number of ranges, never the indexes they cover."""
     if not isinstance(ranges, list):
         raise ProtocolError("ranges must be a list of [first, last] pairs")
-    out: set[int] = set()
+    if len(ranges) > count:
+        # Disjoint ranges cannot outnumber the chunks: a longer list only costs work.
+        raise ProtocolError(f"{len(ranges)} chunk ranges for {count} chunks")
     for pair in ranges:
         if (not isinstance(pair, list) or len(pair) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
                 or not 0 <= pair[0] <= pair[1] < count):
             raise ProtocolError(f"bad chunk range {pair!r} for {count} chunks")
-        out.update(range(pair[0], pair[1] + 1))
-    return out
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return ChunkRanges(tuple(merged))
+
+
+def from_ranges(ranges: Any, count: int) -> set[int]:
+    """The indexes of wire ranges as a set: only for a ``count`` the caller chose itself
+    (a status's own count is the sender's word; ChunkStatus keeps ChunkRanges)."""
+    return set(parse_ranges(ranges, count))
+
+
+def _status_body(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"chunk status is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("chunk status is not a JSON object")
+    return body
 
 
 @dataclass(frozen=True)
@@ -306,39 +376,70 @@ class ChunkStatus:
     that failed their hash and must be sent again. ``complete``: the item is stored (its
     receipt is sent again too). ``unknown``: a chunk came for a transfer it has no manifest
     for; the kiosk sends the manifest again.
+
+    ``have`` and ``bad`` are ChunkRanges; a set of indexes given here (as the receiver
+    builds them) is turned into ranges.
     """
 
     id: str
     sha256: str
     state: StatusState
     count: int = 0
-    have: frozenset[int] = frozenset()
-    bad: frozenset[int] = frozenset()
+    have: ChunkRanges = ChunkRanges()
+    bad: ChunkRanges = ChunkRanges()
     receiver: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("have", "bad"):
+            value = getattr(self, name)
+            if not isinstance(value, ChunkRanges):
+                object.__setattr__(self, name, ChunkRanges.of(value))
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": VERSION, "id": self.id, "sha256": self.sha256, "state": self.state,
                                 "count": self.count, "have": to_ranges(self.have)}
         if self.bad:
-            body["bad"] = sorted(self.bad)
+            body["bad"] = list(self.bad)
         body["receiver"] = self.receiver
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> ChunkStatus:
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"chunk status is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise ProtocolError("chunk status is not a JSON object")
+        """Any well-formed status, its count at most MAX_CHUNKS. The kiosk decodes with
+        ``decode_for`` instead: only statuses about its own transfer."""
+        return cls._from_body(_status_body(payload))
+
+    @classmethod
+    def decode_for(cls, manifest: Manifest, payload: bytes) -> ChunkStatus | None:
+        """The status if it is about ``manifest``'s transfer, None if it names another.
+
+        Checked in order of cost, so a status for another transfer (or a forged flood) costs
+        no more than its JSON, itself bounded by the size a status about this transfer can
+        have: the id and hash first, then the count must be the manifest's own.
+        """
+        if len(payload) > max_status_size(manifest.count):
+            raise ProtocolError(f"chunk status of {len(payload)} bytes for a transfer of "
+                                f"{manifest.count} chunks (at most {max_status_size(manifest.count)})")
+        body = _status_body(payload)
+        if (body.get("id"), body.get("sha256")) != (manifest.id, manifest.sha256):
+            return None
+        if body.get("count") != manifest.count:
+            raise ProtocolError(f"chunk status for {manifest.id} counts {body.get('count')!r} chunks, "
+                                f"its manifest {manifest.count}", manifest.id)
+        return cls._from_body(body)
+
+    @classmethod
+    def _from_body(cls, body: dict[str, Any]) -> ChunkStatus:
         state = body.get("state")
         if state not in ("partial", "complete", "unknown"):
             raise ProtocolError(f"chunk status has unknown state {state!r}")
         count = _field(body, "count", int, "chunk status")
+        if not 0 <= count <= MAX_CHUNKS:
+            raise ProtocolError(f"chunk status count {count} outside 0..{MAX_CHUNKS}")
         bad = body.get("bad", [])
-        if not isinstance(bad, list) or not all(isinstance(b, int) and 0 <= b < count for b in bad):
+        if (not isinstance(bad, list) or len(bad) > count
+                or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < count for b in bad)):
             raise ProtocolError("chunk status 'bad' must list chunk indexes")
         return cls(id=_checked_id(body, "chunk status"), sha256=_checked_sha(body, "chunk status"),
-                   state=state, count=count, have=frozenset(from_ranges(body.get("have", []), count)),
-                   bad=frozenset(bad), receiver=str(body.get("receiver", "")))
+                   state=state, count=count, have=parse_ranges(body.get("have", []), count),
+                   bad=ChunkRanges.of(bad), receiver=str(body.get("receiver", "")))

@@ -146,19 +146,34 @@ class Publisher:
                  len(self._inflight))
 
     def on_message(self, link: MqttLink, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self.topics.chunk_status:
-            try:
-                self._statuses.append(ChunkStatus.decode(message.payload))
-            except ProtocolError as exc:
-                log.warning("ignoring a malformed chunk status on %s: %s", message.topic, exc)
+        if message.topic not in (self.topics.chunk_status, self.topics.receipts):
             return
-        if message.topic != self.topics.receipts:
+        if message.retain:
+            # A receiver never retains these. A retained one was left by someone else, and the
+            # broker would hand it over at every connect: a crash at start stays a crash loop.
+            self._warn_once(f"ignoring a retained message on {message.topic} (receivers never retain)")
+            return
+        if message.topic == self.topics.chunk_status:
+            self._take_status(message.payload)
             return
         for receipt in self.receipts.check(message.payload, self._sent):
             if receipt.settled:
                 self._settled.append(receipt.id)
             else:
                 self._refused.append(receipt)
+
+    def _take_status(self, payload: bytes) -> None:
+        """Keep a chunk status about the transfer in progress; read nothing of any other."""
+        transfer = self._transfer
+        if transfer is None:
+            return
+        try:
+            status = ChunkStatus.decode_for(transfer.manifest, payload)
+        except ProtocolError as exc:
+            self._warn_once(f"ignoring a malformed chunk status: {exc}")
+            return
+        if status is not None:
+            self._statuses.append(status)
 
     def _count_refusal(self, reason: RefusalReason) -> None:
         self.counters.receipts_refused += 1
@@ -192,7 +207,7 @@ class Publisher:
         if self._rewind:
             self._rewind, self._cursor = False, 0
         busy = self._settle()
-        self._apply_statuses(link)
+        self._apply_statuses()
         busy |= self._fill_window(link)
         busy |= self._pump_chunks(link)
         self._resend_overdue(link)
@@ -367,15 +382,13 @@ class Publisher:
         if self._transfer is not None and self._transfer.id == item_id:
             self._transfer = None
 
-    def _apply_statuses(self, link: MqttLink) -> None:
+    def _apply_statuses(self) -> None:
         statuses, self._statuses = self._statuses, []
         for status in statuses:
             transfer = self._transfer
             if transfer is None or not transfer.answers(status):
                 continue  # for a transfer already finished or superseded
-            if transfer.on_status(status, time.monotonic()):
-                self._send_manifest(link, transfer)
-            self.counters.chunks_rerequested += len(status.bad)
+            self.counters.chunks_rerequested += transfer.on_status(status)
 
     def _pump_chunks(self, link: MqttLink) -> bool:
         transfer = self._transfer
@@ -402,8 +415,11 @@ class Publisher:
         transfer = self._transfer
         if transfer is None or not transfer.overdue(time.monotonic(), self.config.receipt_timeout_s):
             return
-        log.info("capture %s: no %s after %.0f s; sending its manifest again", transfer.id,
-                 "chunk status" if transfer.awaiting_status else "receipt", self.config.receipt_timeout_s)
+        if transfer.reannounce:
+            log.info("capture %s: a receiver has no manifest for it; sending the manifest again", transfer.id)
+        else:
+            log.info("capture %s: no %s after %.0f s; sending its manifest again", transfer.id,
+                     "chunk status" if transfer.awaiting_status else "receipt", self.config.receipt_timeout_s)
         if self._send_manifest(link, transfer):
             self.counters.republished += 1
 

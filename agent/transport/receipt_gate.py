@@ -13,7 +13,8 @@ traffic sees its capture ids in the clear headers. So a receipt counts only when
 Anything else is refused: logged at WARNING with the reason, counted, and emitted as a
 ``receipt_refused`` event, and the capture stays. A receipt that passes 1 and matches an
 item settled a moment ago is a late duplicate (the receiver answers every copy it gets),
-not an attack: it is dropped quietly.
+not an attack: it is dropped quietly. A retained receipt never reaches the gate: receivers
+never retain one, and the publisher drops it.
 
 Runs on the MQTT link's thread, like the publisher that owns it.
 """

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,78 +32,28 @@ from agent.capture.ids import is_item_id, uuid7
 from agent.security.sealing import Sealer
 from agent.transport.chunking import Chunk, Manifest, chunk_of, make_manifest
 from devtools.broker import MosquittoBroker
-from drivers.base import CaptureRequest
-from drivers.sim_finger import SimFingerConfig, SimFingerDriver
-from receiver.service import Receiver
-from tests.support.config import agent_config, receiver_config
 from tests.support.hostile import (
     KIOSK_A,
     KIOSK_B,
-    Wire,
+    Rig,
     files_under,
+    finger_captures,
+    manifest_for,
     record,
     registration_manifest,
+    rig,
     sealed_capture,
     sealed_manifest,
     sealers,
+    security_warnings,
 )
 from tests.support.paths import ROOT
 from tests.support.waiting import wait_until
 
 
-class Rig:
-    """A running receiver, the attacker's broker client and both kiosks' sealers."""
-
-    def __init__(self, tmp_path: Path, broker: MosquittoBroker, out: Path | None = None,
-                 **receiver_settings: Any) -> None:
-        self.tmp_path, self.out = tmp_path, out or tmp_path / "out"
-        self.sealers = sealers(tmp_path)
-        config = receiver_config(self.out, agent_config(tmp_path, broker.port))
-        # model_copy, not validation: the settings reach the receiver even where an older
-        # ReceiverConfig does not know them (so these tests can be run against old code).
-        settings_ = config.receiver.model_copy(update=receiver_settings)
-        self.config = config.model_copy(update={"receiver": settings_})
-        self.wire = Wire(broker.port)
-        self.receiver = self.start()
-
-    def start(self) -> Receiver:
-        receiver = Receiver(self.config)
-        receiver.start()
-        # Subscribed, not only connected: a capture published before the receiver's SUBACK
-        # may never reach it, and the test would wait for a receipt in vain.
-        wait_until(lambda: receiver.link.subscribed, what="receiver subscribed")
-        self.receiver = receiver
-        return receiver
-
-    def settle(self) -> None:
-        self.wire.settle(self.sealers[KIOSK_A])
-
-    def send(self, kiosk_id: str, payload: bytes, leaf: str = "captures") -> None:
-        self.wire.publish(kiosk_id, leaf, payload)
-
-    def close(self) -> None:
-        self.receiver.stop()
-        self.wire.close()
-
-
-@contextmanager
-def rig(tmp_path: Path, broker: MosquittoBroker, out: Path | None = None,
-        **receiver_settings: Any) -> Iterator[Rig]:
-    r = Rig(tmp_path, broker, out, **receiver_settings)
-    try:
-        yield r
-    finally:
-        r.close()
-
-
 def outside(r: Rig, before: set[Path], allowed: Path) -> list[Path]:
     """Files created since ``before`` anywhere under the test folder but in ``allowed``."""
     return sorted(p for p in files_under(r.tmp_path) - before if not p.is_relative_to(allowed))
-
-
-def security_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [rec.getMessage() for rec in caplog.records
-            if rec.levelno == logging.WARNING and "security event" in rec.getMessage()]
 
 
 # --- 1. path traversal --------------------------------------------------------------------
@@ -253,11 +202,6 @@ def test_verified_envelopes_with_hostile_fields_never_escape(tmp_path: Path, bro
 
 
 # --- 3. chunks ----------------------------------------------------------------------------
-
-
-def manifest_for(kiosk_id: str, payload: bytes, chunk_size: int, seq: int = 1) -> Manifest:
-    item_id = uuid7()
-    return make_manifest(item_id, kiosk_id, seq, "capture", payload, chunk_size)
 
 
 def chunked_capture(sealer: Sealer, kiosk_id: str, image_bytes: int,
@@ -415,17 +359,6 @@ def test_reassembly_streams_instead_of_holding_the_item(tmp_path: Path) -> None:
 
 
 # --- 4. a failed registration assembly is retried -----------------------------------------
-
-
-def finger_captures(kiosk_id: str, positions: list[int]) -> list[Any]:
-    driver = SimFingerDriver("finger", SimFingerConfig(seed=5))
-    driver.open()
-    out = []
-    for seq, position in enumerate(positions, start=1):
-        image = driver.capture(CaptureRequest(position=position))
-        out.append(record(kiosk_id, image=image.image, position=position, width=image.width,
-                          height=image.height, ppi=image.ppi, seq=seq))
-    return out
 
 
 def send_registration(r: Rig, captures: list[Any], registration_id: str) -> None:

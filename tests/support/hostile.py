@@ -3,7 +3,8 @@
 Kiosk A is the test kiosk of tests/support/config.py ("kiosk-t1"); kiosk B is enrolled
 beside it with a key of its own. Envelopes are sealed with the real kiosk keys
 (agent/security/sealing.py) around whatever ids the attacker likes, and published by a
-plain paho client; receipts and chunk statuses are collected as they come back.
+plain paho client; receipts and chunk statuses are collected as they come back. ``rig()``
+runs a real Receiver on the test broker beside that client (tests/security/test_receiver_*.py).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.capture.ids import uuid7
@@ -29,9 +34,14 @@ from agent.security.keys import (
     public_path,
 )
 from agent.security.sealing import Sealer
+from agent.transport.chunking import Manifest, make_manifest
 from agent.transport.protocol import encode_capture, unpack_frame
+from devtools.broker import MosquittoBroker
 from drivers import Modality
-from tests.support.config import keys_for
+from drivers.base import CaptureRequest
+from drivers.sim_finger import SimFingerConfig, SimFingerDriver
+from receiver.service import Receiver
+from tests.support.config import agent_config, keys_for, receiver_config
 from tests.support.waiting import wait_until
 
 KIOSK_A, KIOSK_B = "kiosk-t1", "kiosk-b"
@@ -146,3 +156,69 @@ class Wire:
 
 def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
+
+
+class Rig:
+    """A running receiver, the attacker's broker client and both kiosks' sealers."""
+
+    def __init__(self, tmp_path: Path, broker: MosquittoBroker, out: Path | None = None,
+                 **receiver_settings: Any) -> None:
+        self.tmp_path, self.out = tmp_path, out or tmp_path / "out"
+        self.sealers = sealers(tmp_path)
+        config = receiver_config(self.out, agent_config(tmp_path, broker.port))
+        # model_copy, not validation: the settings reach the receiver even where an older
+        # ReceiverConfig does not know them (so these tests can be run against old code).
+        settings_ = config.receiver.model_copy(update=receiver_settings)
+        self.config = config.model_copy(update={"receiver": settings_})
+        self.wire = Wire(broker.port)
+        self.receiver = self.start()
+
+    def start(self) -> Receiver:
+        receiver = Receiver(self.config)
+        receiver.start()
+        # Subscribed, not only connected: a capture published before the receiver's SUBACK
+        # may never reach it, and the test would wait for a receipt in vain.
+        wait_until(lambda: receiver.link.subscribed, what="receiver subscribed")
+        self.receiver = receiver
+        return receiver
+
+    def settle(self) -> None:
+        self.wire.settle(self.sealers[KIOSK_A])
+
+    def send(self, kiosk_id: str, payload: bytes, leaf: str = "captures") -> None:
+        self.wire.publish(kiosk_id, leaf, payload)
+
+    def close(self) -> None:
+        self.receiver.stop()
+        self.wire.close()
+
+
+@contextmanager
+def rig(tmp_path: Path, broker: MosquittoBroker, out: Path | None = None,
+        **receiver_settings: Any) -> Iterator[Rig]:
+    r = Rig(tmp_path, broker, out, **receiver_settings)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def security_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [rec.getMessage() for rec in caplog.records
+            if rec.levelno == logging.WARNING and "security event" in rec.getMessage()]
+
+
+def manifest_for(kiosk_id: str, payload: bytes, chunk_size: int, seq: int = 1) -> Manifest:
+    item_id = uuid7()
+    return make_manifest(item_id, kiosk_id, seq, "capture", payload, chunk_size)
+
+
+def finger_captures(kiosk_id: str, positions: list[int]) -> list[Any]:
+    driver = SimFingerDriver("finger", SimFingerConfig(seed=5))
+    driver.open()
+    out = []
+    for seq, position in enumerate(positions, start=1):
+        image = driver.capture(CaptureRequest(position=position))
+        out.append(record(kiosk_id, image=image.image, position=position, width=image.width,
+                          height=image.height, ppi=image.ppi, seq=seq))
+    return out

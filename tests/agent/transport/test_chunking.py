@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tracemalloc
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -12,7 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent.security.sealing import Sealer
 from agent.transport.chunking import (
     CHUNK_HEADER_RESERVE,
+    MAX_CHUNKS,
     Chunk,
+    ChunkRanges,
     ChunkStatus,
     Manifest,
     chunk_of,
@@ -21,6 +24,8 @@ from agent.transport.chunking import (
     from_ranges,
     make_manifest,
     manifest_size,
+    max_status_size,
+    parse_ranges,
     to_ranges,
 )
 from agent.transport.protocol import ProtocolError
@@ -186,3 +191,62 @@ def test_chunk_size_choice() -> None:
     # A chunk at the chosen size really fits the broker's limit.
     m = make_manifest(ID, "van-07", 1, "capture", bytes(90_000), limit)
     assert len(chunk_of(m, bytes(90_000), 0).encode()) + len(topic) + 16 <= 20_000
+
+
+def _status(**changes: object) -> bytes:
+    body: dict[str, object] = {"v": 1, "id": ID, "sha256": TOTAL, "state": "partial", "count": 3,
+                               "have": [[0, 1]], "receiver": "r1"}
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+def test_a_status_is_ranges_never_a_set_of_its_count() -> None:
+    # The red-team bomb: 200 bytes naming six million chunks (and the same at 10**9).
+    for count in (6_000_000, 10**9):
+        with pytest.raises(ProtocolError, match=f"outside 0..{MAX_CHUNKS}"):
+            ChunkStatus.decode(_status(count=count, have=[[0, count - 1]]))
+    # At the largest count allowed, the whole range stays one pair: no memory per index.
+    tracemalloc.start()
+    try:
+        status = ChunkStatus.decode(_status(count=MAX_CHUNKS, have=[[0, MAX_CHUNKS - 1]]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak
+    assert status.have == ChunkRanges(((0, MAX_CHUNKS - 1),)) and len(status.have) == MAX_CHUNKS
+    assert 0 in status.have and MAX_CHUNKS - 1 in status.have and MAX_CHUNKS not in status.have
+
+
+def test_status_ranges_are_bounded_and_merged() -> None:
+    with pytest.raises(ProtocolError, match="4 chunk ranges for 3 chunks"):
+        ChunkStatus.decode(_status(have=[[0, 0]] * 4))
+    with pytest.raises(ProtocolError, match="'bad'"):
+        ChunkStatus.decode(_status(bad=[0, 0, 0, 0]))
+    with pytest.raises(ProtocolError, match="'bad'"):
+        ChunkStatus.decode(_status(bad=[True]))
+    assert parse_ranges([[2, 2], [0, 1]], 3) == ChunkRanges(((0, 2),))
+    assert parse_ranges([[0, 1], [1, 1]], 3) == ChunkRanges(((0, 1),))
+    ranges = ChunkRanges.of([0, 1, 2, 5, 7, 8])
+    assert [i for i in range(10) if i in ranges] == [0, 1, 2, 5, 7, 8] == list(ranges)
+    assert ChunkStatus(ID, TOTAL, "partial", 10, frozenset({5, 6})).have == ChunkRanges(((5, 6),))
+
+
+def test_a_kiosk_reads_only_statuses_about_its_own_transfer() -> None:
+    m = manifest()
+    assert ChunkStatus.decode_for(m, _status()) == ChunkStatus(ID, TOTAL, "partial", 3, frozenset({0, 1}),
+                                                               receiver="r1")
+    assert ChunkStatus.decode_for(m, _status(sha256="0" * 64, count=6_000_000)) is None
+    assert ChunkStatus.decode_for(m, _status(id="other", have="not even ranges")) is None
+    with pytest.raises(ProtocolError, match="counts 6000000 chunks, its manifest 3"):
+        ChunkStatus.decode_for(m, _status(count=6_000_000, have=[[0, 5_999_999]]))
+    # Larger than any status about 3 chunks can be: not even parsed.
+    padded = _status(receiver="x" * max_status_size(3))
+    with pytest.raises(ProtocolError, match="bytes for a transfer of 3 chunks"):
+        ChunkStatus.decode_for(m, padded)
+
+
+def test_the_largest_genuine_status_fits_its_size_bound() -> None:
+    count = MAX_CHUNKS
+    every_other = ChunkStatus(ID, TOTAL, "partial", count, frozenset(range(0, count, 2)),
+                              frozenset(range(1, count, 2)), receiver="r" * 128)
+    assert len(every_other.encode()) <= max_status_size(count)
