@@ -13,6 +13,7 @@ when it starts.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ class AssemblyRetries:
         return [key for key, entry in self._pending.items() if entry.due <= now]
 
 
+#: Registrations whose assembly a duplicate part has already run in this receiver run.
+CHECKS_KEPT = 100_000
+
+
 class RegistrationFinisher:
     """Assembles registrations for the receiver: a failure is recorded beside the
     registration (``.error.json``), logged at ERROR, counted and retried; a later success
@@ -76,8 +81,30 @@ class RegistrationFinisher:
         self.assembler = assembler
         self.retries = AssemblyRetries(first_s, max_s)
         self.count = count
+        self._checked_on_duplicate: set[Key] = set()
+        self._lock = threading.Lock()  # parts arrive on the MQTT thread; tests call in too
         for key in assembler.failures():
             self.retries.schedule(key)  # failed before a restart: nothing else would retry them
+
+    def part_arrived(self, kiosk_id: str, registration_id: str, outcome: str) -> None:
+        """A part of the registration (a capture or its manifest) was answered ``outcome``.
+
+        A part new here may complete it. A duplicate (which anyone on the broker can replay)
+        runs the assembly once per registration and receiver run, no more: that finishes a
+        registration whose last part was stored just before a crash (the kiosk's resend comes
+        back as a duplicate), while replays cost nothing (assembly reads the manifest and looks
+        up every capture it lists)."""
+        if outcome == "duplicate":
+            key = (kiosk_id, registration_id)
+            with self._lock:
+                if key in self._checked_on_duplicate:
+                    return
+                if len(self._checked_on_duplicate) >= CHECKS_KEPT:
+                    self._checked_on_duplicate.clear()  # bounded; at worst one more run
+                self._checked_on_duplicate.add(key)
+        elif outcome != "stored":
+            return
+        self.assemble(kiosk_id, registration_id)
 
     def tick(self) -> None:
         for kiosk_id, registration_id in self.retries.due():

@@ -84,8 +84,6 @@ STATUS_INTERVAL_S = 1.0
 #: genuine kiosk runs one transfer at a time) and this many transfers remembered.
 UNKNOWN_PER_KIOSK_PER_S = 10
 STATUS_GATE_KEYS = 4096
-#: Registrations whose assembly a duplicate part has already run in this receiver run.
-COMPLETION_CHECKS_KEPT = 100_000
 
 
 class Receiver:
@@ -97,7 +95,6 @@ class Receiver:
         self.chunks.sweep()
         self.chunks.rebuild()
         self._swept_at = time.monotonic()
-        self._completion_checked: set[tuple[str, str]] = set()
         self._unknown_answered = OncePerInterval(STATUS_INTERVAL_S, STATUS_GATE_KEYS)
         self._unknown_budget = PerSecondBudget(UNKNOWN_PER_KIOSK_PER_S)
         self._bad_answered = OncePerInterval(STATUS_INTERVAL_S, STATUS_GATE_KEYS)
@@ -366,8 +363,8 @@ class Receiver:
             else:
                 self.counters.duplicates += 1
         log.debug("capture %s from %s: %s", record.id, signer, outcome)
-        if registration_id is not None and self._may_complete(signer, registration_id, outcome):
-            self.finisher.assemble(signer, registration_id)
+        if registration_id is not None:
+            self.finisher.part_arrived(signer, registration_id, outcome)
         return Receipt(record.id, outcome, name)
 
     def _handle_manifest(self, kiosk_id: str, item_id: str, inner: bytes) -> Receipt:
@@ -387,29 +384,8 @@ class Receiver:
         if outcome == "conflict":
             return self._refuse(kiosk_id, item_id, "a registration manifest with other content is stored "
                                 "under this id", "conflict")
-        if self._may_complete(kiosk_id, item_id, outcome):
-            self.finisher.assemble(kiosk_id, item_id)
+        self.finisher.part_arrived(kiosk_id, item_id, outcome)
         return Receipt(item_id, outcome, name)
-
-    def _may_complete(self, kiosk_id: str, registration_id: str, outcome: str) -> bool:
-        """Whether this part should run the registration's assembly. A part new here may
-        complete it. A duplicate (which anyone on the broker can replay) runs it once per
-        registration and receiver run, no more: that is what finishes a registration whose
-        last part was stored just before a crash (the kiosk's resend comes back as a
-        duplicate), while replays cost nothing (assembly reads the manifest and looks up
-        every capture it lists)."""
-        if outcome == "stored":
-            return True
-        if outcome != "duplicate":
-            return False
-        key = (kiosk_id, registration_id)
-        with self._lock:
-            if key in self._completion_checked:
-                return False
-            if len(self._completion_checked) >= COMPLETION_CHECKS_KEPT:
-                self._completion_checked.clear()  # bounded; at worst a replay costs one run more
-            self._completion_checked.add(key)
-        return True
 
     # --- security events ---------------------------------------------------------------------
 
