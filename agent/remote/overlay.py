@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.errors import PermanentError
 from agent.remote.settable import flatten, refusals
+from agent.security.private_files import create_private, fsync_dir
 
 OVERLAY_NAME = "config-overlay.toml"
 PREVIOUS_NAME = "config-overlay.previous.toml"
@@ -103,7 +104,8 @@ def write_overlay(path: Path, overlay: dict[str, Any]) -> None:
     previous = path.with_name(PREVIOUS_NAME)
     data = tomli_w.dumps(overlay).encode()
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
+    tmp.unlink(missing_ok=True)  # a leftover of a crash: create_private wants a new file
+    with os.fdopen(create_private(tmp), "wb") as fh:  # 0600 whatever the umask
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -112,7 +114,7 @@ def write_overlay(path: Path, overlay: dict[str, Any]) -> None:
     else:
         previous.unlink(missing_ok=True)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def restore_previous(path: Path) -> None:
@@ -122,12 +124,5 @@ def restore_previous(path: Path) -> None:
         os.replace(previous, path)
     else:
         path.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

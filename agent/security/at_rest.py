@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.errors import PermanentError
-from agent.security.private_files import FILE_MODE, create_private
+from agent.security.private_files import FILE_MODE, create_private, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +125,9 @@ def _create_key(path: Path) -> bytes:
             os.link(tmp, path)  # appears whole or not at all, and never replaces a key
         except FileExistsError:
             return _read_key(path)  # another process made one first: use that one
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     log.info("created the data key %s", path)
     return key
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

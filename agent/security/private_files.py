@@ -69,6 +69,16 @@ def create_private(path: Path) -> int:
     return fd
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make a create, rename or delete in ``directory`` durable: the directory's own entry
+    survives a power cut only once the directory is fsynced."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _tighten(path: Path, chmod: Callable[[], None], mode: int) -> None:
     if mode & 0o777 == FILE_MODE:
         return

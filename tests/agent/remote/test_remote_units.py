@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -190,3 +192,15 @@ def test_refusals_are_small_rate_limited_and_never_push_out_the_audit(
     assert sum(1 for e in entries if e.get("refused")) == 50
     assert [e["request_id"] for e in entries if not e.get("refused")] == ["r1"]
     store.close()
+
+
+def test_the_overlay_is_written_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "remote" / OVERLAY_NAME
+        write_overlay(path, {"telemetry": {"interval_s": 30}})
+        write_overlay(path, {"telemetry": {"interval_s": 60}})  # replaces, keeping the previous
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.with_name(PREVIOUS_NAME).stat().st_mode) == 0o600
