@@ -15,7 +15,6 @@ subscribers have every message.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.security.keys import load_receipt_keys
+from agent.transport.receipts import verify_receipts
 from bench.common import (
     TOPIC_PREFIX,
     BenchBroker,
@@ -53,8 +54,10 @@ class Kiosk:
 class Fleet:
     """The simulated kiosks' clients and what comes back to them (from paho's threads)."""
 
-    def __init__(self, kiosks: list[Kiosk]) -> None:
+    def __init__(self, kiosks: list[Kiosk], trusted: dict[str, Any]) -> None:
         self.kiosks = kiosks
+        #: The central receipt-signing keys: receipts are verified as a kiosk verifies them.
+        self.trusted = trusted
         self.total = sum(len(k.captures) for k in kiosks)
         self._cond = threading.Condition()
         self.pubacks = 0
@@ -86,9 +89,10 @@ class Fleet:
         return on_publish
 
     def _on_receipt(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        body = json.loads(message.payload)
+        receipts = verify_receipts(bytes(message.payload), self.trusted, message.topic.split("/")[1])
         with self._cond:
-            self.receipts.setdefault(body["id"], body["status"])
+            for receipt in receipts:
+                self.receipts.setdefault(receipt.id, receipt.status)
             self.last_receipt = time.monotonic()
             self._cond.notify_all()
 
@@ -158,7 +162,7 @@ def stored_ids(output_dir: Path) -> set[str]:
 
 
 def run(ws: Workspace, sizes: Sizes) -> dict[str, Any]:
-    fleet = Fleet(build_fleet(ws, sizes))
+    fleet = Fleet(build_fleet(ws, sizes), load_receipt_keys([ws.keys.receipt_public]))
     received = ws.fresh_dir("fleet-received")
     with BenchBroker() as broker:
         receivers = [ReceiverProcess(ws, broker.port, received, name) for name in RECEIVERS]

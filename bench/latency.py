@@ -14,7 +14,6 @@ process that answers each one at QoS 1 (bench/raw_peer.py --echo); the clock run
 
 from __future__ import annotations
 
-import json
 import struct
 import threading
 import time
@@ -23,6 +22,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.daemon import Agent
+from agent.security.keys import load_receipt_keys
+from agent.transport.receipts import verify_receipts
 from bench.common import (
     IMAGE_BYTES,
     KIOSK_ID,
@@ -81,7 +82,10 @@ def agent_latencies(ws: Workspace, port: int, sizes: Sizes) -> tuple[list[float]
     config = ws.agent_config(port=port, queue_path=ws.fresh_dir("e2e") / "queue.db")
     receipts = Arrivals()
     observer = new_client("bench-receipt-observer")
-    observer.on_message = lambda c, u, m: receipts.add(json.loads(m.payload)["id"])
+    trusted = load_receipt_keys([ws.keys.receipt_public])
+    # Receipts are signed frames: verified here as the kiosk verifies them (same cost).
+    observer.on_message = lambda c, u, m: [receipts.add(r.id) for r in verify_receipts(bytes(m.payload),
+                                                                                       trusted, KIOSK_ID)]
     connect(observer, port)
     agent = Agent(config)
     try:

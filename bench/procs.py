@@ -3,7 +3,6 @@ subprocesses, /proc readings (RSS, CPU), the systemd notify socket, a readiness 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,8 @@ from typing import IO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.security.keys import load_receipt_keys
+from agent.transport.receipts import verify_receipts
 from bench.common import (
     PROBE_KIOSK_ID,
     REPO,
@@ -389,10 +390,13 @@ def wait_receivers(ws: Workspace, port: int, names: set[str], timeout_s: float =
     before that reaches no one and would be re-sent only after receipt_timeout_s)."""
     seen: set[str] = set()
     lock = threading.Lock()
+    trusted = load_receipt_keys([ws.keys.receipt_public])
 
     def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        # Receipts are signed frames (agent/transport/receipts.py): verified, as a kiosk would.
+        receipts = verify_receipts(bytes(message.payload), trusted, PROBE_KIOSK_ID)
         with lock:
-            seen.add(json.loads(message.payload)["receiver"])
+            seen.update(r.receiver for r in receipts)
 
     client = new_client(f"bench-probe-{os.getpid()}")
     client.on_message = on_message
