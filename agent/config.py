@@ -102,11 +102,6 @@ class AgentConfig(Section):
         assert self.kiosk.state_dir is not None  # the validator above fills it in
         return self.kiosk.state_dir
 
-    @property
-    def queue_path(self) -> Path:
-        assert self.queue.path is not None  # the validator above fills it in
-        return self.queue.path
-
     def client_id(self) -> str:
         return self.mqtt.client_id or f"kiosk-agent-{self.kiosk.id}"
 

@@ -1,11 +1,12 @@
 """Stop signals (SIGTERM, SIGINT) from the first moment of the process.
 
 systemd may stop a unit that is still starting, and an operator may press Ctrl-C while the
-agent imports its libraries (about 0.4 s on a Raspberry Pi 4, longer on a cold SD card).
+agent imports its libraries (about 0.4 s on the 2-core development machine; more on a
+Raspberry Pi with a cold SD card).
 Python's default for SIGTERM kills the process, which systemd reports as a failure and
 which skips the orderly stop. So the command line installs these handlers before it
-imports anything heavy, and the daemon checks ``requested()`` between its start-up steps
-and stops cleanly, exit 0, whenever the signal came. Standard library only, on purpose.
+imports anything heavy, and the daemon checks the stop event ``install()`` returns between
+its start-up steps and stops cleanly, exit 0, whenever the signal came. Standard library only, on purpose.
 """
 
 from __future__ import annotations
@@ -42,7 +43,3 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 def received() -> str:
     """The name of the stop signal that arrived ("SIGTERM"), or "" if none did."""
     return _received
-
-
-def requested() -> threading.Event:
-    return _stop

@@ -53,7 +53,8 @@ def read_token(path: Path) -> bytes:
     except FileNotFoundError:
         raise TokenFileError(f"local_api.token_file {path} does not exist: {fix}") from None
     except OSError as exc:
-        raise TokenFileError(f"local_api.token_file {path} cannot be read: {exc.strerror}") from None
+        raise TokenFileError(f"local_api.token_file {path} cannot be read: {exc.strerror}; it must be "
+                             "readable by the agent's user (owner kiosk, mode 0640)") from None
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

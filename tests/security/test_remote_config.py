@@ -234,7 +234,7 @@ def test_the_local_api_socket_cannot_be_pointed_at_the_queue(tmp_path: Path, bro
     try:
         admin = tmp_path / "operators" / "ada.key"
         assert ops.call(admin, "ada", "capture", {"device": "finger", "position": 1})["ok"]
-        queue = agent.config.queue_path
+        queue = agent.config.queue.path
         reply = config_set(ops, tmp_path, {"local_api.enabled": True, "local_api.unix_socket": str(queue),
                                            "local_api.port": 0})
         assert_refused(reply, "local_api.enabled", "local_api.unix_socket", "local_api.port")
