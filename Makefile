@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 COUNT  ?= 20
 
-.PHONY: demo test deps-demo deps-test mosquitto systemd-tools python-venv schema lint \
+.PHONY: demo test deps-demo deps-test mosquitto systemd-tools fault-tools python-venv schema lint \
         clean install uninstall
 
 demo: deps-demo
 	$(BIN)/kiosk-agent demo --count $(COUNT)
 
-test: deps-test mosquitto systemd-tools
+test: deps-test mosquitto systemd-tools fault-tools
 	$(BIN)/python -m pytest
 
 lint: deps-test
@@ -62,6 +62,10 @@ mosquitto:
 # The tests run `systemd-analyze verify` on the units.
 systemd-tools:
 	@sh scripts/ensure-package.sh "command -v systemd-analyze" systemd "for systemd-analyze"
+
+# What the fault tests build real faults from (tests/reliability/): power cuts, network profiles.
+fault-tools:
+	@sh scripts/ensure-package.sh "command -v ip" iproute2 "network namespaces for the network profiles"
 
 # sudo make install: user kiosk, /opt/kiosk-agent, units, udev rules, a default config.
 # DESTDIR=/some/root stages the files there instead (no users, no systemctl).
