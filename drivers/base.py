@@ -18,6 +18,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from drivers.errors import ImplausibleResolution
+
+#: The resolutions (pixels per inch) a finger image may declare. Every scanner the kiosk drives
+#: is 450..512 ppi and every driver's ``ppi`` setting is bounded to this range; ISO/IEC
+#: 19794-4 and ANSI/NIST-ITL Type-14 records need a real one (0 ppi would reach a record as
+#: "0" or "00.00" and a matcher would misjudge every ridge distance).
+FINGER_PPI = range(250, 1001)
+
 
 class Modality(enum.StrEnum):
     FINGER = "finger"
@@ -75,11 +83,21 @@ class CapturedImage:
     image: bytes
     width: int
     height: int
-    #: Native resolution in pixels per inch; 0 when unknown (cameras).
+    #: Native resolution in pixels per inch; 0 when unknown (cameras only: a finger image must
+    #: declare one in FINGER_PPI).
     ppi: int
     #: Quality measured on the device or kiosk, 0..100, None when not measured.
     quality: int | None = None
     quality_detail: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The driver boundary: whatever a driver does, a finger image without a plausible
+        # resolution never becomes a capture.
+        if self.modality is Modality.FINGER and self.ppi not in FINGER_PPI:
+            raise ImplausibleResolution(
+                f"a finger image at position {self.position} declares {self.ppi} ppi; finger "
+                f"images must carry the scanner's native resolution, {FINGER_PPI.start}.."
+                f"{FINGER_PPI.stop - 1} ppi (check the driver's ppi setting)")
 
 
 @dataclass(frozen=True)

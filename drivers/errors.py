@@ -41,3 +41,8 @@ class DeviceDisconnected(TransientDeviceError):
 
 class PermanentDeviceError(DeviceError):
     """Will not pass by retrying: the config or the hardware must change."""
+
+
+class ImplausibleResolution(PermanentDeviceError):
+    """A finger image that declares no resolution, or one no fingerprint scanner has: a
+    record with it would mislead every matcher (drivers/base.py ``FINGER_PPI``)."""

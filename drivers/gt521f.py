@@ -2,9 +2,10 @@
 
 Capture: CmosLed on, poll IsPressFinger until a finger is on the glass, CaptureFinger (the
 module judges the print: "bad finger" is a retry for the person), CmosLed off, then GetImage
-(258 x 202, 8 bits). With ``image = "raw"`` it takes GetRawImage instead (160 x 120, the live
-camera frame, needs the LED on, no quality judgement). The LED is on only from the first
-poll to the end of the capture, so the person sees when to lift the finger.
+(258 x 202, 8 bits). ``image = "raw"`` (GetRawImage, 160 x 120, the live camera frame) is
+refused at capture: that frame has no known resolution, so no record may be made from it.
+The LED is on only from the first poll to the end of the capture, so the person sees when
+to lift the finger.
 
 The module starts at 9600 baud after power-on; a GetImage takes 54 s at that rate, so
 ``open()`` switches it to ``transfer_baud`` (not persistent: after a power loss it is back
@@ -29,6 +30,7 @@ from drivers.errors import (
     CaptureRetry,
     DeviceDisconnected,
     DeviceError,
+    ImplausibleResolution,
     PermanentDeviceError,
     TransientDeviceError,
 )
@@ -39,8 +41,6 @@ from drivers.gt521f_codec import (
     NACK,
     OPEN_INFO_SIZE,
     PACKET_SIZE,
-    RAW_HEIGHT,
-    RAW_WIDTH,
     Command,
     Corrupt,
     Error,
@@ -76,7 +76,8 @@ class Gt521fConfig(SerialDriverConfig):
     #: After opening, switch the module to this rate for image transfers (GetImage: 54 s at
     #: 9600, 4.5 s at 115200). Set it equal to ``baud`` to never switch.
     transfer_baud: int = 115200
-    #: "full": GetImage, 258 x 202 at the native resolution. "raw": GetRawImage, 160 x 120.
+    #: "full": GetImage, 258 x 202 at the native resolution. "raw" (GetRawImage, 160 x 120, no
+    #: known resolution) is accepted here so an old config loads, and refused at capture.
     image: Literal["full", "raw"] = "full"
     #: CaptureFinger in best-quality mode (slower) rather than fast mode.
     best_quality: bool = True
@@ -277,12 +278,12 @@ class Gt521fDriver(Driver):
         timeout_s = request.timeout_s if request.timeout_s is not None else cfg.capture_timeout_s
         deadline = time.monotonic() + timeout_s
         if cfg.image == "raw":
-            with self._led_on(link):
-                self._wait_for_finger(link, deadline)
-                data = self._image_data(link, Command.GET_RAW_IMAGE, RAW_WIDTH * RAW_HEIGHT)
-            image = np.frombuffer(data, dtype=np.uint8).reshape(RAW_HEIGHT, RAW_WIDTH)
-            # The raw frame is the camera's uncorrected view: no known resolution.
-            return self._captured(request, image, ppi=0, source="GetRawImage")
+            # GetRawImage is the camera's uncorrected frame at no known resolution: refused
+            # here, before the LED comes on, as drivers/base.py FINGER_PPI would refuse it.
+            raise ImplausibleResolution(
+                f"{self.device_id}: {setting(self.device_id, 'image')} = \"raw\" gives the module's "
+                f"uncorrected camera frame, which has no known resolution and cannot become a "
+                f"fingerprint record; set image = \"full\"")
         with self._led_on(link):
             self._wait_for_finger(link, deadline)
             self._capture_finger(link)

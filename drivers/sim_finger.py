@@ -17,7 +17,8 @@ from pydantic import Field
 from drivers.base import CapturedImage, CaptureRequest, Modality
 from drivers.errors import CaptureRetry
 from drivers.fingerprint_synth import synthesize, vary
-from drivers.sim_common import SimConfig, SimDevice, encode
+from drivers.png_phys import encode_grey_png
+from drivers.sim_common import SimConfig, SimDevice
 
 #: "poor": an image comes back, but smudged and faint (quality checks should refuse it);
 #: "missing-finger": a slap with one finger fewer than asked for.
@@ -74,7 +75,8 @@ class SimFingerDriver(SimDevice):
             image = _degrade(image, self._rng)
         return CapturedImage(
             modality=Modality.FINGER, position=request.position, image_format="png",
-            image=encode(image, ".png"), width=image.shape[1], height=image.shape[0],
+            # Like every scanner driver, the PNG says its resolution (pHYs), as records need it.
+            image=encode_grey_png(image, self.config.ppi), width=image.shape[1], height=image.shape[0],
             ppi=self.config.ppi,
         )
 

@@ -5,6 +5,7 @@ Layout beside the captures (receiver/store.py)::
 
     <output_dir>/<kiosk_id>/registrations/<registration id>.manifest.json
     <output_dir>/<kiosk_id>/registrations/<registration id>.an2          (complete ones)
+    <output_dir>/<kiosk_id>/registrations/<registration id>.fir / .fac   (ISO/IEC 19794-4 / -5)
     <output_dir>/<kiosk_id>/registrations/<registration id>.complete.json (written last)
     <output_dir>/<kiosk_id>/registrations/<registration id>.error.json    (while assembly fails)
 
@@ -181,9 +182,12 @@ class RegistrationAssembler:
         record = self._record(manifest, parts)  # type: ignore[arg-type]
         transaction = build_transaction(record, self.options)
         write_durably(folder / f"{registration_id}.an2", transaction, replace=True)
-        fir = self._finger_record(record)
+        fir = self._finger_record(record, self.options.iso_edition)
         if fir is not None:
             write_durably(folder / f"{registration_id}.fir", fir, replace=True)
+        fac = self._face_record(manifest, parts, record.created_at)
+        if fac is not None:
+            write_durably(folder / f"{registration_id}.fac", fac, replace=True)
         summary = {
             "id": registration_id,
             "state": "complete",
@@ -210,19 +214,35 @@ class RegistrationAssembler:
         return True
 
     @staticmethod
-    def _finger_record(record: RegistrationRecord) -> bytes | None:
-        """The fingers as one ISO/IEC 19794-4:2005 finger image record (.fir), when they share
-        a format and resolution (one record has one compression and one scale)."""
-        from agent.formats.iso19794_4 import FingerImageRecord, FingerView, acquisition_level, write_record
+    def _finger_record(record: RegistrationRecord, edition: str = "2005") -> bytes | None:
+        """The fingers as one ISO/IEC 19794-4 finger image record (.fir) of ``edition``, when
+        they share a format and resolution (one record has one compression and one scale)."""
+        from agent.formats.iso19794_4 import FingerImageRecord, FingerView, acquisition_level
+        from agent.formats.iso19794_4_2011 import write_fir
 
         fingers = list(record.fingers)
-        if not fingers or len({(f.format, f.ppi) for f in fingers}) != 1:
+        if not fingers or len({(f.format, f.ppi, f.native_ppi) for f in fingers}) != 1:
             return None
         views = tuple(FingerView(f.position, f.image, f.width, f.height, f.quality, f.impression)
                       for f in sorted(fingers, key=lambda f: f.position))
-        ppi = fingers[0].ppi
-        return write_record(FingerImageRecord(fingers[0].format, ppi, views,
-                                              acquisition_level=acquisition_level(ppi)))
+        first = fingers[0]
+        return write_fir(FingerImageRecord(first.format, first.ppi, views,
+                                           acquisition_level=acquisition_level(first.native_ppi),
+                                           scan_ppi=first.native_ppi, captured_at=record.created_at),
+                         edition)
+
+    @staticmethod
+    def _face_record(manifest: dict[str, Any], parts: dict[str, tuple[dict[str, Any], bytes]],
+                     created: datetime) -> bytes | None:
+        """The ISO/IEC 19794-5:2011 face record (.fac) of the face's token image, if one came."""
+        from agent.formats.iso19794_5 import FaceRecord, write_record
+
+        for entry in manifest["captures"]:
+            if entry.get("item") == "face-token" and entry["id"] in parts:
+                meta, image = parts[entry["id"]]
+                return write_record(FaceRecord(image, meta["width"], meta["height"], created,
+                                               meta.get("quality")))
+        return None
 
     def _load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:
         meta_path = item_path(self.captures.folder(kiosk_id), capture_id, ".json", "capture id")
@@ -249,10 +269,14 @@ class RegistrationAssembler:
                         meta["height"],
                         meta["ppi"],
                         meta.get("quality"),
+                        # WSQ resampled to 500 ppi keeps the scanner's own (agent/formats/images.py).
+                        scan_ppi=int((meta.get("quality_detail") or {}).get("scan_ppi") or 0),
                     )
                 )
             elif entry["item"] == "face":
-                face = FaceImage(image, meta["width"], meta["height"])
+                # 10.013 SAP: a frame that passed the kiosk's full-frontal checks earns 14.
+                face = FaceImage(image, meta["width"], meta["height"],
+                                 full_frontal=not entry.get("force_captured", False))
         created = datetime.fromisoformat(manifest["created_at"].replace("Z", "+00:00"))
         return RegistrationRecord(
             id=manifest["id"],

@@ -7,7 +7,8 @@ parts were stored. So each failure is scheduled here, and the receiver's loop re
 is due: after ``first_s``, then twice as long each time up to ``max_s``. The
 schedule lives in memory; the ``.error.json`` record beside the registration
 (receiver/assembly.py) is what survives a restart, and the receiver schedules those again
-when it starts.
+when it starts. Every outcome goes to the status reporter (receiver/status.py), which tells
+the kiosk: complete, failed (each failure, with a reason code), or incomplete.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 from agent.guard import log_and_continue
 from receiver.assembly import RegistrationAssembler
+from receiver.status import StatusReporter
+from receiver.warnings_limit import LimitedWarnings
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +77,17 @@ CHECKS_KEPT = 100_000
 class RegistrationFinisher:
     """Assembles registrations for the receiver: a failure is recorded beside the
     registration (``.error.json``), logged at ERROR, counted and retried; a later success
-    removes the record. ``count(name)`` adds one to the receiver's counter ``name``."""
+    removes the record. ``count(name)`` adds one to the receiver's counter ``name``;
+    ``reporter`` tells the kiosk each outcome."""
 
     def __init__(self, assembler: RegistrationAssembler, first_s: float, max_s: float,
-                 count: Callable[[str], None]) -> None:
+                 count: Callable[[str], None], reporter: StatusReporter | None = None) -> None:
         self.assembler = assembler
         self.retries = AssemblyRetries(first_s, max_s)
         self.count = count
+        self.reporter = reporter
+        # Many registrations failing at once (a full disk) must not flood the journal.
+        self.warnings = LimitedWarnings(log)
         self._checked_on_duplicate: set[Key] = set()
         self._lock = threading.Lock()  # parts arrive on the MQTT thread; tests call in too
         for key in assembler.failures():
@@ -109,6 +116,8 @@ class RegistrationFinisher:
     def tick(self) -> None:
         for kiosk_id, registration_id in self.retries.due():
             self.assemble(kiosk_id, registration_id)
+        if self.reporter is not None:
+            self.reporter.tick()
 
     def assemble(self, kiosk_id: str, registration_id: str) -> None:
         key = (kiosk_id, registration_id)
@@ -127,14 +136,25 @@ class RegistrationFinisher:
             self.count("assembly_recovered")
             log.info("registration %s from kiosk %s: %s after %d failed assembly attempt(s)", registration_id,
                      kiosk_id, self.assembler.status(kiosk_id, registration_id), failed)
+        if self.reporter is not None:
+            with log_and_continue(log, "cannot report the status of registration %s", registration_id):
+                self.reporter.assembled(kiosk_id, registration_id)
 
     def _failed(self, key: Key, exc: Exception) -> None:
         kiosk_id, registration_id = key
         attempts, delay = self.retries.failed(key)
         self.count("assembly_failures")
-        log.error("registration %s from kiosk %s is incomplete: assembling it failed (attempt %d): %s; "
-                  "retrying in %.0f s", registration_id, kiosk_id, attempts, exc, delay,
-                  exc_info=not isinstance(exc, OSError))
         with log_and_continue(log, "cannot record the failed assembly of registration %s", registration_id):
+            # The error's own text stays in the central store's record: it may quote a name.
             self.assembler.record_failure(kiosk_id, registration_id, f"{type(exc).__name__}: {exc}",
                                           attempts, delay)
+        code = "unreported"
+        if self.reporter is not None:
+            with log_and_continue(log, "cannot report the failed assembly of registration %s",
+                                  registration_id):
+                code = self.reporter.failed(kiosk_id, registration_id, exc, attempts, delay)
+        self.warnings.warn(kiosk_id, "assembly-failed", "registration %s from kiosk %s is incomplete: "
+                           "assembling it failed (attempt %d, %s, %s); retrying in %.0f s; details in "
+                           "its .error.json", registration_id, kiosk_id, attempts, type(exc).__name__, code,
+                           delay, level=logging.ERROR)
+        log.debug("assembly of registration %s failed", registration_id, exc_info=exc)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Literal
 
 from agent.capture.record import CaptureRecord
+from agent.security.private_files import fsync_dir
 from receiver.paths import item_path, kiosk_folder
 
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "wsq": "wsq"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "wsq": "wsq", "jp2l": "jp2"}
 
 Outcome = Literal["stored", "duplicate", "conflict"]
 
@@ -34,7 +35,7 @@ Outcome = Literal["stored", "duplicate", "conflict"]
 class CaptureStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
 
     def folder(self, kiosk_id: str) -> Path:
         return kiosk_folder(self.root, kiosk_id)
@@ -51,7 +52,7 @@ class CaptureStore:
         stored = _stored_image_sha(meta_path)
         if stored is not None:
             return "duplicate" if stored == record.image_sha256 else "conflict"
-        image_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(image_path.parent)
         if not write_durably(image_path, record.image, replace=False):
             # An image without its JSON: a receiver stopped between the two, or another one
             # is storing this id now. The same bytes may be completed; other bytes may not.
@@ -85,6 +86,23 @@ def _file_sha(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose new folders survive a power cut: a new folder is named in its
+    parent, and that entry is on the disk only once the parent is fsynced (else the folder,
+    and every capture stored and acknowledged in it, could vanish)."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass  # another receiver made it just now: sync it all the same, it may not have yet
+        fsync_dir(folder.parent)
 
 
 def write_durably(path: Path, data: bytes, *, replace: bool) -> bool:

@@ -7,7 +7,10 @@ Records (field numbers and choices in docs/formats.md):
 - Type-2: the registration's references, in user-defined fields 2.101..2.105 of that domain.
 - Type-14: one per captured finger (position, resolution, compression, quality, image), and
   one without an image per finger that could not be captured, carrying the AMP exception.
-- Type-10: the face, a JPEG.
+- Type-10: the face, a JPEG, with the subject acquisition profile the capture earned.
+
+Text is 7-bit ASCII where it can be; otherwise the transaction declares UTF-8 in 1.015 DCS
+(character set index 3) and carries the text as UTF-8 (docs/formats.md, "Character set").
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+from agent.formats.positions import FINGERS, SLAP_POSITIONS, position_problem
+
 if TYPE_CHECKING:
     from agent.config import FormatsConfig
     from agent.formats.images import EncodedImage
@@ -24,7 +29,14 @@ if TYPE_CHECKING:
 VERSION = "0500"
 DOMAIN = ("KIOSKAGENT", "1.0")
 #: ANSI/NIST-ITL compression codes (CGA) for the image formats the kiosk writes.
-CGA = {"raw": "NONE", "wsq": "WSQ20", "png": "PNG"}
+CGA = {"raw": "NONE", "wsq": "WSQ20", "png": "PNG", "jp2l": "JP2L"}
+#: 1.015 DCS entry for UTF-8: character set index 3, name "UTF-8" (ANSI/NIST-ITL 1-2011,
+#: Table 6, character encoding set values: 0 7-bit ASCII, 1 8-bit Latin, 2 UTF-16, 3 UTF-8).
+DCS_UTF8 = ["3", "UTF-8"]
+#: 10.013 SAP codes: 1 unknown profile; 14 ISO/IEC 19794-5 full frontal (docs/formats.md).
+SAP_UNKNOWN, SAP_ISO_FULL_FRONTAL = 1, 14
+#: Finger image resolutions a record may carry (the drivers' boundary, drivers/base.py).
+FINGER_PPI = range(250, 1001)
 #: 14.022 NQM "not computed": the kiosk's score is not NFIQ, so it never claims an NFIQ value.
 NQM_NOT_COMPUTED = "254"
 #: 14.024 FQM quality algorithm vendor and product. 0x0000 is no registered vendor: the
@@ -33,8 +45,6 @@ FQM_VENDOR = "0000"
 FQM_PRODUCT = "1"
 PPI_PER_PPMM = 25.4
 
-#: ANSI/NIST plain slap positions: right four fingers, left four fingers, both thumbs.
-SLAP_POSITIONS = frozenset({13, 14, 15})
 
 ExceptionCode = Literal["XX", "UP"]  # amputated, unable to print (e.g. bandaged)
 
@@ -43,19 +53,24 @@ ExceptionCode = Literal["XX", "UP"]  # amputated, unable to print (e.g. bandaged
 class FingerImage:
     position: int  # 1 right thumb .. 10 left little
     image: bytes
-    format: Literal["png", "wsq", "raw"]
+    format: Literal["png", "wsq", "jp2l", "raw"]
     width: int
     height: int
-    ppi: int
+    ppi: int  # the image's resolution
     quality: int | None = None  # 0..100 from the kiosk's assessor
     impression: int = 0  # 0 live-scan plain, 1 live-scan rolled
+    scan_ppi: int = 0  # the scanner's native resolution when WSQ resampled the print; 0: = ppi
 
     @classmethod
     def from_encoded(cls, position: int, encoded: EncodedImage, quality: int | None = None,
                      impression: int = 0) -> FingerImage:
         """From ``images.encode_finger``'s result, which already knows format, size and ppi."""
         return cls(position, encoded.data, encoded.format, encoded.width, encoded.height, encoded.ppi,
-                   quality, impression)
+                   quality, impression, encoded.scan_ppi)
+
+    @property
+    def native_ppi(self) -> int:
+        return self.scan_ppi or self.ppi
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,9 @@ class FaceImage:
     jpeg: bytes
     width: int
     height: int
+    #: True when the frame passed the kiosk's ISO/IEC 19794-5 full-frontal checks (SAP 14);
+    #: False or None (not judged) writes SAP 1, claiming no profile.
+    full_frontal: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -93,10 +111,13 @@ class TransactionOptions:
     originating_agency: str = "KIOSK"
     destination_agency: str = "CENTRAL"
     extra_type2: dict[int, str] = field(default_factory=dict)
+    #: Edition of the ISO/IEC 19794-4 record written beside the transaction ("2005", "2011").
+    iso_edition: str = "2005"
 
     @classmethod
     def from_config(cls, formats: FormatsConfig) -> TransactionOptions:
-        return cls(formats.transaction_type, formats.originating_agency, formats.destination_agency)
+        return cls(formats.transaction_type, formats.originating_agency, formats.destination_agency,
+                   iso_edition=formats.iso_edition)
 
 
 def _ppmm(ppi: int) -> str:
@@ -104,11 +125,26 @@ def _ppmm(ppi: int) -> str:
     return f"{ppi / PPI_PER_PPMM:05.2f}"
 
 
-def _text(value: str) -> str:
-    # The separators FS, GS, RS, US (0x1c..0x1f) would split fields; latin-1 is the record charset.
-    cleaned = "".join(ch for ch in value if ch >= " ")
-    cleaned.encode("latin-1")  # UnicodeEncodeError for text the record cannot carry
+def _clean(value: str) -> str:
+    # The separators FS, GS, RS, US (0x1c..0x1f) would split fields, and no other control
+    # character belongs in a name or an address; UTF-8 never puts those bytes inside a character.
+    cleaned = "".join(ch for ch in value if ch >= " " and ch != "\x7f")
+    try:
+        cleaned.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds a lone surrogate, which is no character at all") from None
     return cleaned
+
+
+def _wire(value: str) -> str:
+    """Text as nistitl must be given it to write UTF-8: nistitl encodes every value as latin-1,
+    so each UTF-8 byte goes in as the latin-1 character of the same value (ASCII is unchanged)."""
+    return value.encode("utf-8").decode("latin-1")
+
+
+def _texts(registration: RegistrationRecord, extra: dict[int, str]) -> list[str]:
+    return [registration.applicant_ref, registration.operator_id, registration.kiosk_id, registration.site,
+            registration.id, *extra.values(), *(e.reason for e in registration.exceptions)]
 
 
 def _check(registration: RegistrationRecord) -> None:
@@ -122,14 +158,20 @@ def _check(registration: RegistrationRecord) -> None:
     # an exception for a finger inside a slap is how a slap with a missing finger is filed.
     singles = [f.position for f in registration.fingers if f.position not in SLAP_POSITIONS]
     for pos in singles + [e.position for e in registration.exceptions]:
-        if not 1 <= pos <= 10:
-            raise ValueError(f"finger position {pos} is not 1..10 (or a slap, 13..15)")
+        problem = position_problem(pos, FINGERS)
+        if problem is not None:
+            raise ValueError(f"finger position {problem} (or a slap, 13..15)")
         if pos in seen:
             raise ValueError(f"finger position {pos} appears twice (a capture and an exception?)")
         seen.add(pos)
     for f in registration.fingers:
         if f.format not in CGA:
             raise ValueError(f"finger {f.position}: format {f.format!r} is not one of {sorted(CGA)}")
+        if f.ppi not in FINGER_PPI or (f.scan_ppi and f.scan_ppi not in FINGER_PPI):
+            raise ValueError(f"finger {f.position}: resolution {f.ppi} ppi (scanned at {f.native_ppi}) "
+                             f"is not {FINGER_PPI.start}..{FINGER_PPI.stop - 1}")
+        if f.format == "wsq" and f.ppi != 500:
+            raise ValueError(f"finger {f.position}: WSQ is written at 500 ppi only, not {f.ppi}")
         if f.quality is not None and not 0 <= f.quality <= 100:
             raise ValueError(f"finger {f.position}: quality {f.quality} is not 0..100")
 
@@ -150,12 +192,15 @@ def build_transaction(registration: RegistrationRecord, options: TransactionOpti
     t1.DAT = date
     t1.DAI = opts.destination_agency
     t1.ORI = opts.originating_agency
-    t1.TCN = _text(registration.id)
-    top_ppi = max((f.ppi for f in registration.fingers), default=0)
-    t1.NSR = _ppmm(top_ppi)
-    t1.NTR = _ppmm(top_ppi)
+    t1.TCN = _wire(_clean(registration.id))
+    # NSR: the scanners' native resolution; NTR: the images' (they differ when WSQ resampled).
+    # "00.00" only for a transaction without fingerprint images, as the standard asks.
+    t1.NSR = _ppmm(max((f.native_ppi for f in registration.fingers), default=0))
+    t1.NTR = _ppmm(max((f.ppi for f in registration.fingers), default=0))
     t1 += Field(1, 13, [list(DOMAIN)])  # DOM: the domain that defines our Type-2 fields
     t1 += Field(1, 14, created.strftime("%Y%m%d%H%M%SZ"))  # GMT
+    if not all(_clean(text).isascii() for text in _texts(registration, opts.extra_type2)):
+        t1 += Field(1, 15, [DCS_UTF8])  # DCS: the text beyond 7-bit ASCII is UTF-8
 
     t2 = AsciiRecord(2)
     t2.IDC = 0
@@ -163,7 +208,7 @@ def build_transaction(registration: RegistrationRecord, options: TransactionOpti
                        103: registration.kiosk_id, 104: registration.site,
                        105: created.strftime("%Y-%m-%dT%H:%M:%SZ"), **opts.extra_type2}.items():
         if value:
-            t2 += Field(2, tag, _text(value))
+            t2 += Field(2, tag, _wire(_clean(value)))
     msg += t2
 
     idc = 1
@@ -194,8 +239,8 @@ def _type14(finger: FingerImage, idc: int, agency: str, date: str) -> object:
     r += Field(14, 11, CGA[finger.format])  # CGA
     r += Field(14, 12, "8")  # BPX
     r += Field(14, 13, str(finger.position))  # FGP
-    r += Field(14, 16, str(finger.ppi))  # SHPS: scanned at the native resolution, never resampled
-    r += Field(14, 17, str(finger.ppi))  # SVPS
+    r += Field(14, 16, str(finger.native_ppi))  # SHPS: the scanner's own resolution
+    r += Field(14, 17, str(finger.native_ppi))  # SVPS
     r += Field(14, 22, [[str(finger.position), NQM_NOT_COMPUTED]])  # NQM
     if finger.quality is not None:
         r += Field(14, 24, [[str(finger.position), str(finger.quality), FQM_VENDOR, FQM_PRODUCT]])  # FQM
@@ -214,7 +259,7 @@ def _type14_exception(exc: FingerException, idc: int, agency: str, date: str) ->
     r += Field(14, 13, str(exc.position))
     r += Field(14, 18, [[str(exc.position), exc.code]])  # AMP: FRAP, ABC
     if exc.reason:
-        r += Field(14, 20, _text(exc.reason))  # COM
+        r += Field(14, 20, _wire(_clean(exc.reason)))  # COM
     return r
 
 
@@ -233,7 +278,15 @@ def _type10(face: FaceImage, idc: int, agency: str, date: str) -> object:
     r += Field(10, 10, "1")  # TVPS
     r += Field(10, 11, "JPEGB")  # CGA: baseline JPEG
     r += Field(10, 12, "YCC")  # CSP: a JPEG's colour space
-    r += Field(10, 13, "1")  # SAP 1: unknown profile; the kiosk certifies no face profile
+    r += Field(10, 13, str(subject_acquisition_profile(face)))  # SAP
     r += Field(10, 20, "F")  # POS: full face frontal
     r += BinaryField(10, 999, face.jpeg)
     return r
+
+
+def subject_acquisition_profile(face: FaceImage) -> int:
+    """10.013 SAP: 14 (ISO/IEC 19794-5 full frontal) for a frame that passed the kiosk's
+    full-frontal checks; 1 (unknown) for one that did not or was not judged. The NIST
+    best-practice levels 40..52 need a portrait frame of at least 480 x 600 pixels, which the
+    kiosk's landscape camera frames are not (docs/formats.md)."""
+    return SAP_ISO_FULL_FRONTAL if face.full_frontal else SAP_UNKNOWN

@@ -1,4 +1,5 @@
 """ISO/IEC 19794-4:2005 finger image records: a writer, and a reader for tests and receivers.
+The 2011 edition is iso19794_4_2011.py, which shares the record types defined here.
 
 Layout (big-endian), a 32-byte general header then, per image, a 14-byte view header and the
 image data:
@@ -36,6 +37,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from datetime import datetime
+
+from agent.formats.positions import CAPTURE_POSITIONS, position_problem
 
 FORMAT_ID = b"FIR\x00"
 VERSION = b"010\x00"
@@ -43,8 +47,9 @@ GENERAL_HEADER = struct.Struct(">4s4s6sHHBBHHHHBBH")
 VIEW_HEADER = struct.Struct(">IBBBBBHHB")
 assert GENERAL_HEADER.size == 32 and VIEW_HEADER.size == 14
 
-COMPRESSION = {"raw": 0, "wsq": 2, "jpeg": 3, "jp2": 4, "png": 5}
-COMPRESSION_NAMES = {v: k for k, v in COMPRESSION.items()}
+#: The 2005 edition's compression codes (Table 3): one code for JPEG 2000, lossy or not.
+COMPRESSION = {"raw": 0, "wsq": 2, "jpeg": 3, "jp2": 4, "jp2l": 4, "png": 5}
+COMPRESSION_NAMES = {0: "raw", 2: "wsq", 3: "jpeg", 4: "jp2", 5: "png"}
 SCALE_PPI = 1
 QUALITY_NOT_COMPUTED = 254
 
@@ -70,6 +75,8 @@ class FingerImageRecord:
     acquisition_level: int = 31
     scan_ppi: int = 0  # 0: the same as ppi
     pixel_depth: int = 8
+    #: Capture date and time (timezone-aware); the 2011 edition requires it, 2005 has no field.
+    captured_at: datetime | None = None
 
 
 def acquisition_level(ppi: int) -> int:
@@ -82,6 +89,7 @@ def acquisition_level(ppi: int) -> int:
 
 
 def write_record(record: FingerImageRecord) -> bytes:
+    """The record in the 2005 edition (version 010)."""
     if record.compression not in COMPRESSION:
         raise ValueError(f"unknown compression {record.compression!r}; one of {sorted(COMPRESSION)}")
     if not record.views or len(record.views) > 255:
@@ -90,14 +98,16 @@ def write_record(record: FingerImageRecord) -> bytes:
     body = []
     for v in record.views:
         # 13..15: plain slaps (right four, left four, both thumbs), as in ANSI/NIST.
-        if not (0 <= v.position <= 10 or 13 <= v.position <= 15):
-            raise ValueError(f"finger position {v.position} is not 0..10 or a slap 13..15")
+        problem = position_problem(v.position, CAPTURE_POSITIONS)
+        if problem is not None:
+            raise ValueError(f"finger position {problem}")
         quality = QUALITY_NOT_COMPUTED if v.quality is None else v.quality
         if not 0 <= quality <= 100 and quality != QUALITY_NOT_COMPUTED:
             raise ValueError(f"quality {quality} is not 0..100")
-        body.append(VIEW_HEADER.pack(VIEW_HEADER.size + len(v.data), v.position, v.view_count,
+        data = image_data(record.compression, v.data)
+        body.append(VIEW_HEADER.pack(VIEW_HEADER.size + len(data), v.position, v.view_count,
                                      v.view_number, quality, v.impression, v.width, v.height, 0))
-        body.append(v.data)
+        body.append(data)
     length = GENERAL_HEADER.size + sum(len(b) for b in body)
     if length >= 1 << 48:
         raise ValueError("record longer than a 6-byte length can say")
@@ -106,6 +116,16 @@ def write_record(record: FingerImageRecord) -> bytes:
                                  record.ppi, record.ppi, record.pixel_depth,
                                  COMPRESSION[record.compression], 0)
     return header + b"".join(body)
+
+
+def image_data(compression: str, data: bytes) -> bytes:
+    """What a view holds: JPEG 2000 as the bare codestream (the record's header says the
+    resolution; ISO 19794 readers hand the bytes to a codestream decoder), the rest as is."""
+    if compression in ("jp2", "jp2l"):
+        from agent.formats.jp2 import codestream
+
+        return codestream(data)
+    return data
 
 
 def read_record(data: bytes) -> FingerImageRecord:

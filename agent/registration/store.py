@@ -14,6 +14,9 @@ erasure.py matches those against the durable queue).
 A closed session is erased once the central side has all of it: rows deleted with SQLite's
 secure_delete on (deleted content is overwritten with zeros), then the WAL checkpointed and
 truncated, so no copy remains in registrations.db or registrations.db-wal either.
+
+Table ``central`` keeps what the central side says of each registration (agent/registration/
+central_status.py): nothing personal, in clear, beyond the session's erasure for 30 days.
 """
 
 from __future__ import annotations
@@ -48,7 +51,19 @@ CREATE TABLE IF NOT EXISTS items (
     progress BLOB NOT NULL,
     PRIMARY KEY (session_id, key)
 );
+CREATE TABLE IF NOT EXISTS central (
+    session_id TEXT PRIMARY KEY, state TEXT NOT NULL, seq INTEGER NOT NULL, detail TEXT NOT NULL,
+    updated REAL, closed REAL, queried REAL
+);
 """
+#: What the central side says of a registration (agent/registration/central_status.py): kept in
+#: clear, since it holds nothing personal (states, plan items, reason codes), and beyond the
+#: session's erasure, so that the kiosk still knows its own registrations when the word comes;
+#: for this long after the session closed.
+CENTRAL_KEPT_S = 30 * 86400
+_NEW_CENTRAL = "INSERT INTO central (session_id, state, seq, detail) VALUES (?, 'unknown', 0, '{}')"
+#: States after which the kiosk no longer asks.
+CENTRAL_FINAL = ("complete", "cancelled")
 
 
 @dataclass
@@ -166,6 +181,7 @@ class SessionStore:
                 "INSERT INTO items (session_id, key, progress) VALUES (?, ?, ?)",
                 [(session_id, k, self._seal_progress(session_id, ItemState(k))) for k in item_keys],
             )
+            self._db.execute(_NEW_CENTRAL, (session_id,))
             self._db.execute("COMMIT")
 
     def save_item(self, session_id: str, item: ItemState) -> None:
@@ -197,6 +213,11 @@ class SessionStore:
                 personal["reason"] = reason
                 self._write_personal(session_id, personal)
                 self._db.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session_id))
+                if state != "open":
+                    # Sessions from before the table have no row yet.
+                    self._db.execute(_NEW_CENTRAL.replace("INSERT", "INSERT OR IGNORE"), (session_id,))
+                    self._db.execute("UPDATE central SET closed = ? WHERE session_id = ?",
+                                     (time.time(), session_id))
             self._db.execute("COMMIT")
 
     def _personal(self, session_id: str) -> dict[str, Any] | None:
@@ -292,6 +313,79 @@ class SessionStore:
             # zeroed them, the pages that held them) until it is checkpointed and truncated.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return erased
+
+    # --- the central side's word (agent/registration/central_status.py) -------------------
+
+    def central(self, session_id: str) -> dict[str, Any]:
+        """{state, missing, reason, updated_at}: what the central side last said of it."""
+        with self._lock:
+            row = self._db.execute("SELECT state, detail, updated FROM central WHERE session_id = ?",
+                                   (session_id,)).fetchone()
+        state, detail, updated = row if row else ("unknown", "{}", None)
+        detail = json.loads(detail)
+        return {"state": state, "missing": detail.get("missing", []), "reason": detail.get("reason"),
+                "updated_at": _iso(updated)}
+
+    def central_known(self, session_id: str) -> bool:
+        """Whether the registration is this kiosk's (a session, or one erased not long ago)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM central WHERE session_id = ? UNION "
+                                   "SELECT 1 FROM sessions WHERE id = ?", (session_id, session_id)).fetchone()
+        return row is not None
+
+    def record_central(self, session_id: str, state: str, seq: int,
+                       detail: dict[str, Any]) -> tuple[str, str | None]:
+        """Keep a verified status: ("accepted", the previous state), or why not: the session is
+        not this kiosk's ("unknown_registration"), or its seq is not above the last ("replayed"
+        when equal, "stale" when lower)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT state, seq FROM central WHERE session_id = ?",
+                                       (session_id,)).fetchone()
+                legacy = self._db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
+                if row is None and legacy:
+                    row = ("unknown", 0)  # a session from before this table
+                    self._db.execute(_NEW_CENTRAL, (session_id,))
+                if row is None:
+                    return "unknown_registration", None
+                if seq <= row[1]:
+                    return ("replayed" if seq == row[1] else "stale"), row[0]
+                self._db.execute("UPDATE central SET state = ?, seq = ?, detail = ?, updated = ? "
+                                 "WHERE session_id = ?",
+                                 (state, seq, json.dumps(detail), time.time(), session_id))
+                return "accepted", row[0]
+            finally:
+                self._db.execute("COMMIT")
+
+    def central_due(self, closed_before: float, limit: int) -> list[str]:
+        """Closed sessions without the central side's final word, asked about longest ago
+        first (marked asked now); older than CENTRAL_KEPT_S ones are forgotten here."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM central WHERE closed < ? AND session_id NOT IN "
+                             "(SELECT id FROM sessions)", (now - CENTRAL_KEPT_S,))
+            rows = self._db.execute(
+                "SELECT session_id FROM central WHERE closed IS NOT NULL AND closed <= ? "
+                f"AND state NOT IN {CENTRAL_FINAL} ORDER BY COALESCE(queried, 0), closed LIMIT ?",
+                (closed_before, limit)).fetchall()
+            ids = [r[0] for r in rows]
+            self._db.executemany("UPDATE central SET queried = ? WHERE session_id = ?",
+                                 [(now, i) for i in ids])
+            self._db.execute("COMMIT")
+        return ids
+
+    def central_counts(self) -> dict[str, int]:
+        """Closed registrations by the central side's state (unknown: no word yet)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM central WHERE closed IS NOT NULL "
+                                    "GROUP BY state").fetchall()
+        return {"complete": 0, "incomplete": 0, "failed": 0, "cancelled": 0, "unknown": 0, **dict(rows)}
+
+
+def _iso(when: float | None) -> str | None:
+    return None if when is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:

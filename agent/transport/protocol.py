@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from agent.capture.record import CaptureRecord
 from agent.errors import PermanentError
+from agent.formats.positions import CAPTURE_POSITIONS, position_problem
 from drivers import Modality
 
 MAGIC = b"KAE"
@@ -30,7 +31,7 @@ _PREFIX = struct.Struct(">3sBI")
 #: Where a frame's header starts (after magic, version and header length).
 HEADER_OFFSET = _PREFIX.size
 MAX_HEADER_BYTES = 64 * 1024
-IMAGE_FORMATS = frozenset({"png", "jpeg", "wsq"})
+IMAGE_FORMATS = frozenset({"png", "jpeg", "wsq", "jp2l"})  # jp2l: JPEG 2000 lossless (agent/formats/jp2.py)
 
 
 # Permanent: the same bytes never parse however often they are read; the sender must change.
@@ -85,6 +86,16 @@ class Topics:
     def chunk_status(self) -> str:
         """The receiver's answer to a manifest: which chunks it holds, which were bad."""
         return self._t("chunk-status")
+
+    @property
+    def registration_status(self) -> str:
+        """The central side's signed word on a whole registration (agent/transport/receipts.py)."""
+        return self._t("registration-status")
+
+    @property
+    def registration_query(self) -> str:
+        """The kiosk asks for the central status of registrations it has no final word on."""
+        return self._t("registration-query")
 
     def kiosk_of(self, topic: str) -> str:
         """The kiosk id level of a topic under this prefix."""
@@ -147,7 +158,8 @@ def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
             driver=_str(header, "driver"),
             device_serial=str(header.get("device_serial", "")),
             modality=Modality(header["modality"]),
-            position=int(header["position"]),
+            # Checked below, strictly (agent/formats/positions.py): int() took true and 6.5.
+            position=header["position"],
             captured_at=_str(header, "captured_at"),
             image_format=_str(header, "image_format"),
             width=int(header["width"]),
@@ -167,9 +179,9 @@ def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
     if record.image_format not in IMAGE_FORMATS:
         raise ProtocolError(f"image_format {record.image_format!r} not one of "
                             f"{sorted(IMAGE_FORMATS)}", record.id)
-    if not (0 <= record.position <= 10 or 13 <= record.position <= 15):
-        raise ProtocolError(f"position {record.position} is not a finger (0..10) or a slap (13..15)",
-                            record.id)
+    problem = position_problem(record.position, CAPTURE_POSITIONS)
+    if problem is not None:
+        raise ProtocolError(f"position {problem}", record.id)
     if header.get("image_size") != len(image):
         raise ProtocolError(f"image is {len(image)} bytes, header says "
                             f"{header.get('image_size')}", record.id)
@@ -233,3 +245,33 @@ def open_send(payload: bytes) -> tuple[str, bytes]:
 
 def status_payload(state: Literal["online", "offline"], **fields: Any) -> bytes:
     return json.dumps({"v": VERSION, "state": state, **fields}, separators=(",", ":")).encode()
+
+
+# --- registration query ------------------------------------------------------------------
+
+#: Registrations one query may name (a receiver answers each with a signed status).
+MAX_QUERY_IDS = 64
+#: Bytes of a query at most: 64 ids of 36 characters and the JSON around them.
+MAX_QUERY_BYTES = 4096
+
+
+def registration_query(ids: list[str]) -> bytes:
+    """What a kiosk publishes on ``…/registration-query``: the registrations it asks about."""
+    if not 0 < len(ids) <= MAX_QUERY_IDS:
+        raise ValueError(f"a query names 1 to {MAX_QUERY_IDS} registrations, not {len(ids)}")
+    return json.dumps({"v": VERSION, "type": "registration-query", "ids": ids},
+                      separators=(",", ":")).encode()
+
+
+def parse_registration_query(payload: bytes) -> list[str]:
+    """The ids a query names (strings; the receiver checks each before it names a file)."""
+    if len(payload) > MAX_QUERY_BYTES:
+        raise ProtocolError(f"registration query of {len(payload)} bytes (at most {MAX_QUERY_BYTES})")
+    try:
+        query = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"registration query is not JSON: {exc}") from None
+    ids = query.get("ids") if isinstance(query, dict) and query.get("type") == "registration-query" else None
+    if not (isinstance(ids, list) and 0 < len(ids) <= MAX_QUERY_IDS and all(isinstance(i, str) for i in ids)):
+        raise ProtocolError(f"registration query must list 1 to {MAX_QUERY_IDS} registration ids")
+    return list(dict.fromkeys(ids))

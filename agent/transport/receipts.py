@@ -17,8 +17,14 @@ The frame's version byte is the format's only version: the header carries none o
 The signature covers the header's exact bytes, so neither side canonicalises JSON. Frames
 delimit themselves, so a file of receipts is one or more frames back to back.
 
+The same frame and key carry the central side's word on a whole registration, a
+*registration status* (type ``registration-status``, its own signing context; end of this
+module): complete, or incomplete with what is missing, or failed and why.
+
 What a verified receipt is *for* (in flight, hash, nonce) the kiosk decides
-(agent/transport/receipt_gate.py); this module only proves who said it, to which kiosk.
+(agent/transport/receipt_gate.py), and whether a status is about one of its registrations
+and newer than the last (agent/registration/central_status.py); this module only proves who
+said it, to which kiosk.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -148,15 +154,24 @@ class ReceiptSigner:
         """One frame holding ``receipts`` (1..MAX_RECEIPTS), all for ``kiosk_id``."""
         if not 0 < len(receipts) <= MAX_RECEIPTS:
             raise ValueError(f"a receipt frame holds 1 to {MAX_RECEIPTS} receipts, not {len(receipts)}")
-        when = (issued_at or datetime.now(UTC)).astimezone(UTC)
         header = json.dumps({
-            "type": "receipts", "kid": self.key_id, "kiosk_id": kiosk_id,
-            "issued_at": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+            "type": "receipts", "kid": self.key_id, "kiosk_id": kiosk_id, "issued_at": _utc(issued_at),
             "receipts": [r.entry() for r in receipts],
         }, separators=(",", ":"), sort_keys=True).encode()
         if len(header) > MAX_HEADER_BYTES:
             raise ValueError(f"receipt header of {len(header)} bytes; send fewer receipts per frame")
         return pack_frame(MAGIC, header, self._key.sign(CONTEXT + header))
+
+    def sign_status(self, kiosk_id: str, status: RegistrationStatus,
+                    issued_at: datetime | None = None) -> bytes:
+        """One frame: a registration's central ``status`` for ``kiosk_id`` (below)."""
+        return _sign_status(self._key, self.key_id, kiosk_id, status, issued_at)
+
+
+def _utc(when: datetime | None) -> str:
+    """UTC with milliseconds and ``Z`` (now by default)."""
+    when = (when or datetime.now(UTC)).astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def verify_receipts(data: bytes, trusted: Mapping[str, Ed25519PublicKey], kiosk_id: str) -> list[Receipt]:
@@ -178,6 +193,14 @@ def verify_receipts(data: bytes, trusted: Mapping[str, Ed25519PublicKey], kiosk_
 
 def _verify_frame(data: bytes, offset: int, trusted: Mapping[str, Ed25519PublicKey],
                   kiosk_id: str) -> tuple[list[Receipt], int]:
+    header, end = _open_signed(data, offset, CONTEXT, trusted, kiosk_id, _header)
+    return [Receipt.from_entry(e) for e in header["receipts"]], end
+
+
+def _open_signed(data: bytes, offset: int, context: bytes, trusted: Mapping[str, Ed25519PublicKey],
+                 kiosk_id: str, parse: Callable[[bytes], dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """The header of the signed frame at ``offset`` (receipts or a registration status) and
+    where the frame ends; ReceiptError unless a trusted key signed it for ``kiosk_id``."""
     # Only this frame's bytes are sliced off: a file of many frames is read in linear time.
     header_len = _PREFIX.unpack_from(data, offset)[2] if len(data) - offset >= _PREFIX.size else 0
     frame = data[offset:offset + _PREFIX.size + header_len + SIGNATURE_BYTES]
@@ -188,22 +211,21 @@ def _verify_frame(data: bytes, offset: int, trusted: Mapping[str, Ed25519PublicK
     if len(rest) < SIGNATURE_BYTES:
         raise ReceiptError("malformed", "receipts frame truncated (no whole signature)")
     signature = rest[:SIGNATURE_BYTES]
-    header = _header(header_bytes)
+    header = parse(header_bytes)
     kid = header["kid"]
     key = trusted.get(kid)
     if key is None:
-        raise ReceiptError("unknown_key", f"receipts signed by key {kid}, which this kiosk does not trust "
-                           f"(trusted: {', '.join(sorted(trusted)) or 'none'}; security.receipt_keys)")
+        raise ReceiptError("unknown_key", f"{header['type']} signed by key {kid}, which this kiosk does not "
+                           f"trust (trusted: {', '.join(sorted(trusted)) or 'none'}; security.receipt_keys)")
     try:
-        key.verify(signature, CONTEXT + header_bytes)
+        key.verify(signature, context + header_bytes)
     except InvalidSignature:
-        raise ReceiptError("bad_signature", f"receipts claim key {kid} but its signature does not "
+        raise ReceiptError("bad_signature", f"{header['type']} claim key {kid} but its signature does not "
                            "verify (forged or altered)") from None
     if header["kiosk_id"] != kiosk_id:
-        raise ReceiptError("wrong_kiosk", f"receipts addressed to kiosk {header['kiosk_id']!r}, "
+        raise ReceiptError("wrong_kiosk", f"{header['type']} addressed to kiosk {header['kiosk_id']!r}, "
                            f"this is {kiosk_id!r}")
-    entries = [Receipt.from_entry(e) for e in header["receipts"]]
-    return entries, offset + _PREFIX.size + len(header_bytes) + SIGNATURE_BYTES
+    return header, offset + _PREFIX.size + len(header_bytes) + SIGNATURE_BYTES
 
 
 def _header(raw: bytes) -> dict[str, Any]:
@@ -220,4 +242,137 @@ def _header(raw: bytes) -> dict[str, Any]:
     entries = header.get("receipts")
     if not isinstance(entries, list) or not 0 < len(entries) <= MAX_RECEIPTS:
         raise ReceiptError("malformed", f"receipts header must list 1 to {MAX_RECEIPTS} receipts")
+    return header
+
+
+# --- registration status ------------------------------------------------------------------
+# The central side's word on a whole registration (complete, or incomplete and why), in the
+# receipts' frame, signed by the same key under a context of its own: neither signature can
+# pass for the other, and a file of receipts holding a status frame is refused whole.
+
+STATUS_CONTEXT = b"kiosk-agent registration status v1\x00"
+STATUS_TYPE = "registration-status"
+#: complete: transaction written; incomplete: manifest here, parts missing; failed: every
+#: part here, building it failed (retried); cancelled: the kiosk cancelled it; unknown: no
+#: manifest has arrived.
+CENTRAL_STATES = ("complete", "incomplete", "failed", "cancelled", "unknown")
+#: A status is small (at most 64 missing parts): a kiosk reads no more than this.
+MAX_STATUS_BYTES = 16 * 1024
+MAX_MISSING = 64
+MAX_SEQ = 2**63 - 1
+_CODE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+@dataclass(frozen=True)
+class MissingPart:
+    item: str  # the plan item ("finger-3", "slap-right", "face")
+    position: int  # ANSI/NIST finger or slap position, 0 for a face
+    id: str  # the capture id the manifest lists
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    """Why building a registration failed: a fixed code and text, nothing from the data."""
+
+    code: str
+    message: str
+    attempts: int = 0
+    retry_at: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistrationStatus:
+    """The central state of one registration. ``seq`` orders the statuses of a registration:
+    a kiosk keeps the highest it accepted and refuses any not above it."""
+
+    id: str
+    state: str
+    seq: int
+    missing: tuple[MissingPart, ...] = ()
+    reason: FailureReason | None = None
+    #: Written files of a complete registration: {"name", "sha256", "bytes"} each.
+    files: tuple[dict[str, Any], ...] = ()
+
+    def document(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "seq": self.seq,
+                "missing": [vars(m) for m in self.missing],
+                "reason": vars(self.reason) if self.reason else None, "files": list(self.files)}
+
+    @classmethod
+    def from_document(cls, doc: Any) -> RegistrationStatus:
+        """ReceiptError("malformed") for anything a receiver does not send."""
+        if not isinstance(doc, dict):
+            raise ReceiptError("malformed", "registration status is not a JSON object")
+        reg_id, state, seq = doc.get("id"), doc.get("state"), doc.get("seq")
+        if not isinstance(reg_id, str) or not 0 < len(reg_id) <= 128:
+            raise ReceiptError("malformed", "registration status lacks a valid 'id'")
+        if state not in CENTRAL_STATES:
+            raise ReceiptError("malformed", f"registration status: unknown state {state!r}", reg_id)
+        if not _whole(seq, 1, MAX_SEQ):
+            raise ReceiptError("malformed", "registration status: seq must be a whole number >= 1", reg_id)
+        missing, reason, files = doc.get("missing", []), doc.get("reason"), doc.get("files", [])
+        if not isinstance(missing, list) or len(missing) > MAX_MISSING or not all(
+                isinstance(m, dict) and _text(m.get("item"), 32) and _whole(m.get("position"), 0, 15)
+                and _text(m.get("id"), 128) for m in missing):
+            raise ReceiptError("malformed", "registration status: bad 'missing' list", reg_id)
+        if reason is not None and not (
+                isinstance(reason, dict) and isinstance(reason.get("code"), str)
+                and _CODE.fullmatch(reason["code"]) and _text(reason.get("message"), 200)
+                and _whole(reason.get("attempts", 0), 0, 1 << 31)
+                and (reason.get("retry_at") is None or _text(reason["retry_at"], 40))):
+            raise ReceiptError("malformed", "registration status: bad 'reason'", reg_id)
+        if not isinstance(files, list) or len(files) > 4 or not all(
+                isinstance(f, dict) and _text(f.get("name"), 160) and isinstance(f.get("sha256"), str)
+                and _HEX64.fullmatch(f["sha256"]) and _whole(f.get("bytes"), 0, MAX_SEQ) for f in files):
+            raise ReceiptError("malformed", "registration status: bad 'files' list", reg_id)
+        return cls(reg_id, state, seq,
+                   tuple(MissingPart(m["item"], m["position"], m["id"]) for m in missing),
+                   FailureReason(reason["code"], reason["message"], reason.get("attempts", 0),
+                                 reason.get("retry_at")) if reason else None,
+                   tuple({"name": f["name"], "sha256": f["sha256"], "bytes": f["bytes"]} for f in files))
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _text(value: Any, most: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= most
+
+
+def _sign_status(key: Ed25519PrivateKey, kid: str, kiosk_id: str, status: RegistrationStatus,
+                 issued_at: datetime | None) -> bytes:
+    header = json.dumps({"type": STATUS_TYPE, "kid": kid, "kiosk_id": kiosk_id,
+                         "issued_at": _utc(issued_at), **status.document()},
+                        separators=(",", ":"), sort_keys=True).encode()
+    if _PREFIX.size + len(header) + SIGNATURE_BYTES > MAX_STATUS_BYTES:
+        raise ValueError(f"registration status of {len(header)} bytes is over the limit")
+    return pack_frame(MAGIC, header, key.sign(STATUS_CONTEXT + header))
+
+
+def verify_registration_status(data: bytes, trusted: Mapping[str, Ed25519PublicKey],
+                               kiosk_id: str) -> RegistrationStatus:
+    """The status in ``data`` (exactly one frame), signed by a trusted key for ``kiosk_id``;
+    ReceiptError (malformed, unknown_key, bad_signature, wrong_kiosk) otherwise. Whether it is
+    about a registration of this kiosk's and newer than the last is the kiosk's to decide."""
+    if not data or len(data) > MAX_STATUS_BYTES:
+        raise ReceiptError("malformed", f"registration status of {len(data)} bytes (1 to "
+                           f"{MAX_STATUS_BYTES} expected)")
+    header, end = _open_signed(data, 0, STATUS_CONTEXT, trusted, kiosk_id, _status_header)
+    if end != len(data):
+        raise ReceiptError("malformed", "bytes after the registration status frame")
+    return RegistrationStatus.from_document(header)
+
+
+def _status_header(raw: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReceiptError("malformed", f"registration status header is not JSON: {exc}") from None
+    if not isinstance(header, dict) or header.get("type") != STATUS_TYPE:
+        raise ReceiptError("malformed", "not a registration status header")
+    if not isinstance(header.get("kid"), str) or not _KID.fullmatch(header["kid"]):
+        raise ReceiptError("malformed", "registration status header lacks a valid 'kid'")
+    if not isinstance(header.get("kiosk_id"), str):
+        raise ReceiptError("malformed", "registration status header lacks 'kiosk_id'")
     return header

@@ -18,9 +18,11 @@ from drivers import (
     CaptureRequest,
     CaptureRetry,
     DeviceDisconnected,
+    PermanentDeviceError,
     TransientDeviceError,
     driver_class,
 )
+from drivers.errors import ImplausibleResolution
 from drivers.gt521f import Gt521fConfig, Gt521fDriver
 from drivers.gt521f_codec import (
     Corrupt,
@@ -32,7 +34,7 @@ from drivers.gt521f_codec import (
     encode_data,
 )
 from drivers.png_phys import png_ppi
-from tests.emulators.gt521f import Gt521fEmulator, default_image, default_raw_image
+from tests.emulators.gt521f import Gt521fEmulator, default_image
 from tests.support.paths import ROOT
 
 FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.15,
@@ -140,15 +142,18 @@ def test_capture_is_pixel_exact_with_the_led_on_only_while_capturing(emu: Gt521f
     assert elapsed < 2.0
 
 
-def test_raw_image(emu: Gt521fEmulator) -> None:
+def test_raw_image_is_refused_before_touching_the_module(emu: Gt521fEmulator) -> None:
+    # GetRawImage has no known resolution: it must never become a capture (and a record that
+    # says 0 ppi). Refused before the LED comes on, naming the setting to change.
     driver = driver_for(emu.port, image="raw")
     driver.open()
-    image = driver.capture(CaptureRequest())
+    before = list(emu.commands)
+    with pytest.raises(ImplausibleResolution, match=r'devices\.finger\.image.*set image = "full"'):
+        driver.capture(CaptureRequest())
     driver.close()
-    assert np.array_equal(decode(image.image), default_raw_image(0))
-    assert (image.width, image.height, image.ppi) == (160, 120, 0)
-    assert emu.led_log == [False, True, False]
-    assert "CaptureFinger" not in emu.commands
+    assert isinstance(ImplausibleResolution("x"), PermanentDeviceError)
+    assert emu.commands[len(before):len(before) + 1] in ([], ["Close"])  # nothing asked of it
+    assert True not in emu.led_log and "GetRawImage" not in emu.commands  # LED never on
 
 
 @pytest.mark.parametrize(("capacity", "model"), [(200, "GT-521F32"), (3000, "GT-521F52")])

@@ -72,8 +72,8 @@ def test_decode_finger_reads_both_formats() -> None:
     pixels, ppi = images.decode_finger(images.encode_png(gray, 1000).data)
     assert ppi == 1000 and np.array_equal(pixels, gray)
     pixels, ppi = images.decode_finger(images.encode_wsq(gray, 500).data)
-    assert ppi == 0 and pixels.shape == gray.shape
-    with pytest.raises(ValueError, match="neither a PNG nor a WSQ"):
+    assert ppi == 500 and pixels.shape == gray.shape  # from the WSQ file's NISTCOM comment
+    with pytest.raises(ValueError, match="neither a PNG, a WSQ nor a JP2"):
         images.decode_finger(b"GIF89a")
 
 
@@ -88,9 +88,12 @@ def test_formats_config() -> None:
     assert FormatsConfig().finger_format == "png" and FormatsConfig().wsq_bitrate == 0.75
     with pytest.raises(ConfigError) as err:
         validate_config({"kiosk": {"id": "k"}, "mqtt": {"allow_plaintext": True},
-                         "formats": {"finger_format": "jpeg", "wsq_bitrate": 2.25}})
+                         "formats": {"finger_format": "jpeg", "wsq_bitrate": 2.25, "iso_edition": "2019"}})
     assert any(p.startswith("formats.finger_format:") for p in err.value.problems)
     assert any(p.startswith("formats.wsq_bitrate:") for p in err.value.problems)
+    assert any(p.startswith("formats.iso_edition:") for p in err.value.problems)
+    ok = FormatsConfig.model_validate({"finger_format": "jp2l", "iso_edition": "2011"})
+    assert (ok.finger_format, ok.iso_edition, FormatsConfig().iso_edition) == ("jp2l", "2011", "2005")
 
 
 # --- ISO/IEC 19794-4:2005 -----------------------------------------------------------------
@@ -246,7 +249,7 @@ def test_separators_in_text_cannot_break_the_record() -> None:
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"created_at": datetime(2026, 1, 1)}, "timezone-aware"),
     ({"exceptions": [FingerException(2, "XX")]}, "appears twice"),
-    ({"exceptions": [FingerException(11, "UP")]}, "not 1..10"),
+    ({"exceptions": [FingerException(11, "UP")]}, "positions are 1..10"),
     ({"fingers": [FingerImage(1, b"x", "jpeg", 1, 1, 500)]}, "format 'jpeg'"),  # type: ignore[arg-type]
     ({"fingers": [FingerImage(1, b"x", "png", 1, 1, 500, quality=101)]}, "quality 101"),
 ])
@@ -267,12 +270,13 @@ def test_options_from_config_and_encoded_images() -> None:
     assert t14._999 == encoded.data
 
 
-def test_text_the_record_cannot_carry_is_refused() -> None:
-    with pytest.raises(UnicodeEncodeError):
-        build_transaction(registration(site="Gdańsk"))
+def test_text_beyond_ascii_is_utf8_declared_in_dcs() -> None:
+    # Formerly refused (latin-1 only); tests/agent/formats/test_text_and_profiles.py reads it back.
+    msg = parsed(build_transaction(registration(site="Gdańsk")))
+    assert msg[0]._15 == [["3", "UTF-8"]]
 
 
 def test_utc_is_used_for_dates() -> None:
     reg = registration(created_at=datetime(2026, 3, 15, 4, 30, 5, tzinfo=UTC))
     assert parsed(build_transaction(reg))[0].DAT == "20260315"
-    assert ansi_nist.CGA == {"raw": "NONE", "wsq": "WSQ20", "png": "PNG"}
+    assert ansi_nist.CGA == {"raw": "NONE", "wsq": "WSQ20", "png": "PNG", "jp2l": "JP2L"}

@@ -14,7 +14,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.security.keys import key_id
 from agent.transport.receipt_gate import REPORTS_PER_MINUTE, ReceiptGate, Sent
-from agent.transport.receipts import Receipt, ReceiptError, ReceiptSigner, verify_receipts
+from agent.transport.receipts import (
+    FailureReason,
+    MissingPart,
+    Receipt,
+    ReceiptError,
+    ReceiptSigner,
+    RegistrationStatus,
+    verify_receipts,
+    verify_registration_status,
+)
 
 CENTRAL = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 NEXT_CENTRAL = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -175,3 +184,69 @@ def test_gate_logging_is_bounded_but_counting_is_not(caplog: pytest.LogCaptureFi
     g.gate._window_start -= 61  # a minute later: the rest is summed up in one line
     g.check(stored("y"))
     assert any("30 more receipts refused" in r.getMessage() for r in caplog.records)
+
+
+# --- registration status ------------------------------------------------------------------
+
+FAILED = RegistrationStatus(ID, "failed", 1_764_000_000_000_000,
+                            reason=FailureReason("encoding", "a text field cannot be written", 2,
+                                                 "2026-11-28T12:01:00Z"))
+INCOMPLETE = RegistrationStatus(ID, "incomplete", 7, missing=(MissingPart("finger-3", 3, SHA[:36]),))
+
+
+def test_status_golden_bytes_and_round_trip() -> None:
+    frame = ReceiptSigner(CENTRAL).sign_status("van-07", INCOMPLETE, issued_at=AT)
+    header = (b'{"files":[],"id":"' + ID.encode() + b'","issued_at":"2026-11-28T12:00:00.123Z","kid":"'
+              + key_id(CENTRAL.public_key()).encode() + b'","kiosk_id":"van-07","missing":[{"id":"'
+              + SHA[:36].encode() + b'","item":"finger-3","position":3}],"reason":null,"seq":7,'
+              b'"state":"incomplete","type":"registration-status"}')
+    signature = CENTRAL.sign(b"kiosk-agent registration status v1\x00" + header)
+    assert frame == b"KAR\x01" + len(header).to_bytes(4, "big") + header + signature
+    assert verify_registration_status(frame, TRUSTED, "van-07") == INCOMPLETE
+    failed = ReceiptSigner(CENTRAL).sign_status("van-07", FAILED)
+    assert verify_registration_status(failed, TRUSTED, "van-07") == FAILED
+
+
+def _resigned(frame: bytes, change: dict[str, Any], context: bytes) -> bytes:
+    """The frame with its header changed and signed again with CENTRAL under ``context``."""
+    length = int.from_bytes(frame[4:8], "big")
+    raw = json.dumps({**json.loads(frame[8:8 + length]), **change}).encode()
+    return frame[:4] + len(raw).to_bytes(4, "big") + raw + CENTRAL.sign(context + raw)
+
+
+def _status_with(change: dict[str, Any]) -> bytes:
+    return _resigned(ReceiptSigner(CENTRAL).sign_status("van-07", FAILED), change,
+                     b"kiosk-agent registration status v1\x00")
+
+
+@pytest.mark.parametrize("change", [
+    {"state": "done"}, {"seq": 0}, {"seq": True}, {"seq": "7"}, {"id": ""},
+    {"missing": [{"item": "finger-3", "position": 16, "id": ID}]},
+    {"missing": [{"item": "", "position": 1, "id": ID}]},
+    {"missing": [{"item": "f", "position": 1, "id": ID}] * 65},
+    {"reason": {"code": "Not A Code", "message": "x"}}, {"reason": {"code": "storage", "message": "x" * 201}},
+    {"files": [{"name": "x.an2", "sha256": "AB" * 32, "bytes": 1}]},
+])
+def test_a_status_no_receiver_sends_is_malformed(change: dict[str, Any]) -> None:
+    with pytest.raises(ReceiptError) as err:
+        verify_registration_status(_status_with(change), TRUSTED, "van-07")
+    assert err.value.reason == "malformed"
+
+
+def test_receipts_and_statuses_cannot_pass_for_each_other() -> None:
+    """Same key, same frame: the signing context and the type keep them apart."""
+    signer = ReceiptSigner(CENTRAL)
+    status, receipts = signer.sign_status("van-07", FAILED), signer.sign("van-07", [stored()])
+    with pytest.raises(ReceiptError) as err:
+        verify_receipts(status, TRUSTED, "van-07")
+    assert err.value.reason == "malformed"
+    with pytest.raises(ReceiptError) as err:
+        verify_registration_status(receipts, TRUSTED, "van-07")
+    assert err.value.reason == "malformed"
+    # A status header signed under the receipts' context (as a receipt) does not verify.
+    with pytest.raises(ReceiptError) as err:
+        verify_registration_status(_resigned(status, {}, b"kiosk-agent receipts v1\x00"), TRUSTED, "van-07")
+    assert err.value.reason == "bad_signature"
+    with pytest.raises(ReceiptError) as err:
+        verify_registration_status(status + b"x", TRUSTED, "van-07")
+    assert err.value.reason == "malformed"

@@ -1,0 +1,236 @@
+"""Where each registration stands on the central side, told to its kiosk and kept for operators.
+
+A registration is complete only when its transaction is written. Until then a kiosk whose
+parts all got receipts would otherwise believe it done: so the receiver says, in a status
+signed with the receipt-signing key (agent/transport/receipts.py, ``registration-status``),
+which state each registration is in:
+
+* ``complete`` (the files written, with their SHA-256), ``cancelled``;
+* ``incomplete``: the manifest is here and parts are missing (which, by item and position),
+  said once the registration has waited ``receiver.incomplete_after_s`` (parts in flight are
+  not news);
+* ``failed``: every part is here and building the transaction failed: a fixed reason code
+  and text (never the error's own text, which may quote a name), the attempts so far and
+  when the next one is due (receiver/retries.py retries it);
+* ``unknown``: no manifest (answering a kiosk's query only; nothing is written for it).
+
+Each status is published QoS 1 on ``<prefix>/<kiosk>/registration-status`` when the state
+changes, and again whenever the kiosk asks (``…/registration-query``, on its connect and
+then periodically: a kiosk that was offline learns it then). The latest is kept beside the
+registration as ``<id>.status.json`` for operators (``kiosk-agent receiver status``).
+
+``seq`` orders a registration's statuses: microseconds of the receiver's clock, above the
+last issued by this receiver and above the one in the status file (written by whichever
+receiver of a share group spoke last), so a kiosk can refuse a replayed or stale one.
+
+Runs on the receiver's MQTT thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent.transport.protocol import Topics, parse_registration_query
+from agent.transport.receipts import (
+    FailureReason,
+    MissingPart,
+    ReceiptError,
+    ReceiptSigner,
+    RegistrationStatus,
+)
+from receiver.assembly import RegistrationAssembler
+from receiver.paths import UnsafeName, check_item_id, item_path
+from receiver.store import write_durably
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (kiosk id, registration id)
+Publish = Callable[..., int]  # MqttLink.publish
+
+#: Why building a registration failed, by kind of error; the text is fixed so that nothing of
+#: the registration's data (an applicant's name in an encoding error) leaves in a status.
+REASONS = {
+    "storage": "the central store could not read or write a file of this registration",
+    "encoding": "a text field cannot be written in the transaction's character encoding",
+    "bad-data": "a stored part or the manifest cannot be read into a transaction",
+    "internal": "the receiver failed building the transaction (see its log)",
+}
+#: Registrations waiting for parts remembered at most (oldest forgotten; a query still answers).
+MAX_WAITING = 100_000
+
+
+def reason_code(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return "storage"
+    if isinstance(exc, UnicodeError):
+        return "encoding"
+    if isinstance(exc, (KeyError, ValueError, TypeError, IndexError)):
+        return "bad-data"
+    return "internal"
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusReporter:
+    def __init__(self, assembler: RegistrationAssembler, signer: ReceiptSigner, prefix: str,
+                 incomplete_after_s: float) -> None:
+        self.assembler = assembler
+        self.signer = signer
+        self.prefix = prefix
+        self.incomplete_after_s = incomplete_after_s
+        #: Set by the receiver once its link exists: MqttLink.publish.
+        self.publish: Publish | None = None
+        self.sent = 0
+        self._waiting: OrderedDict[Key, float] = OrderedDict()
+        self._last_seq = 0
+
+    # --- what the finisher tells us -----------------------------------------------------
+
+    def assembled(self, kiosk_id: str, registration_id: str) -> None:
+        """An assembly attempt ended without error: complete, cancelled, or still waiting."""
+        key = (kiosk_id, registration_id)
+        state = self.assembler.status(kiosk_id, registration_id)
+        if state == "waiting":
+            if key not in self._waiting:
+                self._waiting[key] = time.monotonic()
+                while len(self._waiting) > MAX_WAITING:
+                    self._waiting.popitem(last=False)
+            return
+        self._waiting.pop(key, None)
+        if state in ("complete", "cancelled"):
+            self.report(kiosk_id, self.current(kiosk_id, registration_id))
+
+    def failed(self, kiosk_id: str, registration_id: str, exc: BaseException, attempts: int,
+               retry_in_s: float) -> str:
+        """Assembly raised ``exc``; the reason code reported."""
+        self._waiting.pop((kiosk_id, registration_id), None)
+        code = reason_code(exc)
+        retry_at = _iso(datetime.now(UTC) + timedelta(seconds=retry_in_s))
+        reason = FailureReason(code, f"{REASONS[code]} ({type(exc).__name__})", attempts, retry_at)
+        self.report(kiosk_id, RegistrationStatus(registration_id, "failed", 0, reason=reason))
+        return code
+
+    def tick(self) -> None:
+        """Registrations that have waited for parts too long: said to be incomplete, once."""
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        while self._waiting:
+            key, since = next(iter(self._waiting.items()))
+            if now - since < self.incomplete_after_s:
+                break
+            del self._waiting[key]
+            status = self.current(*key)
+            if status.state == "incomplete":
+                self.report(key[0], status)
+
+    def answer(self, kiosk_id: str, query: bytes) -> int:
+        """A kiosk's query (enrolled kiosk, rate-limited by the receiver): each registration it
+        names gets its status, freshly signed; ids that are not item ids are skipped.
+        ProtocolError for a query that cannot be read."""
+        answered = 0
+        for registration_id in parse_registration_query(query):
+            try:
+                check_item_id(registration_id, "registration id")
+                status = self.current(kiosk_id, registration_id)
+            except UnsafeName:
+                continue
+            self.report(kiosk_id, status, always=True)
+            answered += 1
+        return answered
+
+    # --- the state on disk --------------------------------------------------------------
+
+    def current(self, kiosk_id: str, registration_id: str) -> RegistrationStatus:
+        """The registration's state as the files say (seq 0: not issued yet)."""
+        state = self.assembler.status(kiosk_id, registration_id)
+        kept = self._kept(kiosk_id, registration_id)
+        if state == "complete":
+            files = kept.files if kept and kept.state == "complete" else None
+            return RegistrationStatus(registration_id, "complete", 0,
+                                      files=files or self._files(kiosk_id, registration_id))
+        if state == "failed":
+            reason = kept.reason if kept and kept.state == "failed" else None
+            return RegistrationStatus(registration_id, "failed", 0,
+                                      reason=reason or FailureReason("internal", REASONS["internal"]))
+        if state == "waiting":
+            return RegistrationStatus(registration_id, "incomplete", 0,
+                                      missing=self._missing(kiosk_id, registration_id))
+        return RegistrationStatus(registration_id, state, 0)  # cancelled, unknown
+
+    def _missing(self, kiosk_id: str, registration_id: str) -> tuple[MissingPart, ...]:
+        manifest = json.loads(self.assembler.path(kiosk_id, registration_id, ".manifest.json").read_bytes())
+        folder = self.assembler.captures.folder(kiosk_id)
+        missing = []
+        for entry in manifest["captures"]:  # checked ids, at most 64 (receiver/assembly.py)
+            if not item_path(folder, entry["id"], ".json", "capture id").exists():
+                item, position = entry.get("item"), entry.get("position")
+                missing.append(MissingPart(
+                    item[:32] if isinstance(item, str) and item else "unknown",
+                    position if isinstance(position, int) and 0 <= position <= 15 else 0, entry["id"]))
+        return tuple(missing)
+
+    def _files(self, kiosk_id: str, registration_id: str) -> tuple[dict[str, Any], ...]:
+        files = []
+        for suffix in (".an2", ".fir", ".fac"):  # the transaction, the finger and face records
+            path = self.assembler.path(kiosk_id, registration_id, suffix)
+            if path.is_file():
+                data = path.read_bytes()
+                files.append({"name": path.name, "sha256": hashlib.sha256(data).hexdigest(),
+                              "bytes": len(data)})
+        return tuple(files)
+
+    def status_path(self, kiosk_id: str, registration_id: str) -> Path:
+        return self.assembler.path(kiosk_id, registration_id, ".status.json")
+
+    def _kept(self, kiosk_id: str, registration_id: str) -> RegistrationStatus | None:
+        try:
+            return RegistrationStatus.from_document(
+                json.loads(self.status_path(kiosk_id, registration_id).read_bytes()))
+        except (OSError, ValueError, ReceiptError):
+            return None
+
+    # --- telling the kiosk ----------------------------------------------------------------
+
+    def report(self, kiosk_id: str, status: RegistrationStatus, always: bool = False) -> None:
+        """Issue ``status`` (a fresh seq), keep it beside the registration and publish it;
+        unless it says what the kept one says and ``always`` is not set."""
+        kept = self._kept(kiosk_id, status.id)
+        same = kept is not None and _same(kept, status)
+        if same and not always:
+            return
+        seq = max(self._last_seq + 1, time.time_ns() // 1000, (kept.seq + 1) if kept else 0)
+        self._last_seq = seq
+        issued = RegistrationStatus(status.id, status.state, seq, status.missing, status.reason, status.files)
+        if status.state != "unknown" and not same:
+            # Nothing is written for a registration the receiver knows nothing of (queries
+            # are anyone's to send): only states a kiosk's own parts brought about.
+            record = {**issued.document(), "kiosk_id": kiosk_id, "updated_at": _iso(datetime.now(UTC))}
+            try:
+                write_durably(self.status_path(kiosk_id, status.id),
+                              json.dumps(record, indent=2).encode(), replace=True)
+            except OSError as exc:
+                # The kiosk is told all the same (a full disk is what it must hear of).
+                log.error("cannot keep the status of registration %s: %s", status.id, exc)
+        if self.publish is not None:
+            self.publish(Topics(self.prefix, kiosk_id).registration_status,
+                         self.signer.sign_status(kiosk_id, issued), qos=1)
+            self.sent += 1
+        log.info("registration %s from kiosk %s: %s%s", status.id, kiosk_id, status.state,
+                 f" ({status.reason.code}, attempt {status.reason.attempts})" if status.reason else
+                 f" ({len(status.missing)} parts missing)" if status.missing else "")
+
+
+def _same(a: RegistrationStatus, b: RegistrationStatus) -> bool:
+    # A failure's retry time changes with every attempt: the attempt count is what is news.
+    return a.document() | {"seq": 0} == b.document() | {"seq": 0}
