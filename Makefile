@@ -20,6 +20,12 @@ lint: deps-test
 schema: deps-demo
 	$(BIN)/kiosk-agent config-schema > config/agent.schema.json
 
+# Regenerate shell completion (bash, zsh) and the man page in share/ from the command line's
+# parser (a test checks they match it); `make install` installs them.
+.PHONY: cli-docs
+cli-docs: deps-test
+	$(BIN)/python -m devtools.cli_docs
+
 # Regenerate the local API's OpenAPI document (a test checks it matches the routes).
 .PHONY: openapi
 openapi: deps-demo
@@ -35,16 +41,19 @@ deps-demo: $(VENV)/.installed-demo
 deps-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	@echo "kiosk-agent: installing into $(VENV) with pip (a minute or so the first time; quiet unless it fails)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	@echo "kiosk-agent: installing into $(VENV) with pip, test tools too (a minute or two the first time)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	touch $@ $(VENV)/.installed-demo
 
 $(BIN)/python: | python-venv
+	@echo "kiosk-agent: creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 
 # Debian ships venv support in a separate package; Python must be 3.11 or newer.
@@ -66,11 +75,19 @@ systemd-tools:
 # What the fault tests build real faults from (tests/reliability/): power cuts, network profiles.
 fault-tools:
 	@sh scripts/ensure-package.sh "command -v ip" iproute2 "network namespaces for the network profiles"
+	@sh scripts/ensure-package.sh "command -v nft || test -x /usr/sbin/nft" nftables "loss, black holes and NAT for the network profiles"
+	@sh scripts/ensure-package.sh "command -v fusermount3" fuse3 "crashfs, the power-loss harness (tests/support/crashfs)"
 
-# sudo make install: user kiosk, /opt/kiosk-agent, units, udev rules, a default config.
-# DESTDIR=/some/root stages the files there instead (no users, no systemctl).
+# sudo make install: a kiosk: user kiosk, /opt/kiosk-agent, the agent's unit, udev rules, a
+# default config, the kiosk key, the local API token. sudo make install-central: the reference
+# receiver's unit and config instead (a central machine). DESTDIR=/some/root stages the files
+# there (no users, no systemctl), the scripts rewritten to run from /opt/kiosk-agent.
 install:
 	DESTDIR="$(DESTDIR)" PYTHON="$(PYTHON)" PIP_ARGS="$(PIP_ARGS)" sh systemd/install.sh install
+
+.PHONY: install-central
+install-central:
+	DESTDIR="$(DESTDIR)" PYTHON="$(PYTHON)" PIP_ARGS="$(PIP_ARGS)" sh systemd/install.sh install-central
 
 uninstall:
 	DESTDIR="$(DESTDIR)" sh systemd/install.sh uninstall

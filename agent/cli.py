@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,15 +31,20 @@ from agent.cliutil import (
 from agent.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
+    AgentConfig,
     ConfigError,
     config_path,
     json_schema,
     load_config,
+    read_toml,
 )
+from agent.lock import StateLock, StateLocked
 from agent.logs import setup_logging
+from agent.preflight import mqtt_problems, problems_and_warnings
 from agent.quality import cli as quality_cli
 from agent.remote import cli as remote_cli
-from agent.remote.control import load_operators, operator_key_exposure
+from agent.remote.cli import load_operator_config
+from agent.remote.control import operator_key_exposure
 from agent.security import cli as security_cli
 
 log = logging.getLogger("kiosk-agent")
@@ -64,9 +71,15 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
     config_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
+    p = sub.add_parser("check-config", help="check a config file and what `run` needs besides it: key, "
+                                             "TLS and token files, the state folder, the local API "
+                                             "(exit 0 ready, 2 not); an operator's file too")
     p.add_argument("path", nargs="?", metavar="PATH",
-                   help=f"config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})")
+                   help=f"config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH}); a file with "
+                        "an [operator] table is checked as an operator's (`remote`)")
+    p.add_argument("--no-files", action="store_true",
+                   help="check the file alone, not the files it names (a config written for "
+                        "another machine, or before its keys are installed)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check_config)
     parsers: dict[str, Any] = {"check-config": p}
@@ -103,31 +116,101 @@ def main(argv: list[str] | None = None, extensions: Sequence[Extension] = ()) ->
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import Agent
-
     config = load(args)
     setup_logging(config.logging.level, config.logging.format)
-    Agent(config, config_path(args.config)).run_until_signalled()
+    try:
+        # Before anything opens the queue or reaches the broker: a second agent on this
+        # queue would fight the first over its rows and its MQTT client id.
+        locks = lock_state_folders(config)
+    except StateLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        # check-config's checks, so that the service (which has no ExecStartPre: systemd would
+        # restart a failing one every few seconds) refuses with exit 2 and is not restarted.
+        problems, warnings = problems_and_warnings(config, operator_warnings=False)
+        if problems:
+            raise ConfigError(str(config_path(args.config)), problems)
+        for warning in warnings:
+            log.warning("%s", warning)
+        from agent.daemon import Agent
+
+        Agent(config, config_path(args.config)).run_until_signalled()
+    finally:
+        for lock in locks:
+            lock.release()
     return EXIT_OK
 
 
+def lock_state_folders(config: AgentConfig) -> list[StateLock]:
+    """The state folder's lock, and the queue's folder's when the queue lives elsewhere."""
+    folders = dict.fromkeys([config.state_dir, config.queue.path.parent])
+    locks: list[StateLock] = []
+    try:
+        for folder in folders:
+            try:
+                locks.append(StateLock(folder).acquire())
+            except StateLocked:
+                raise
+            except OSError as exc:  # not this user's folder: a set-up problem, exit 2
+                raise ConfigError("kiosk.state_dir", [
+                    f"cannot take the lock {folder / '.lock'}: {exc.strerror or exc} (run as the "
+                    f"service's user, uid {os.getuid()} here)"]) from None
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    return check_config(config_path(args.path), _check_kiosk_config, args.json)
+    path = config_path(args.path)
+    if _is_operator_file(path):
+        return check_config(path, lambda p: _check_operator_config(p, args.no_files), args.json)
+    return check_config(path, lambda p: _check_kiosk_config(p, args.no_files), args.json)
 
 
-def _check_kiosk_config(path: Path) -> tuple[str, list[str]]:
+def _check_kiosk_config(path: Path, no_files: bool = False) -> tuple[str, list[str]]:
     config = load_config(path)
-    exposed = operator_key_exposure(config.remote, config.security.service_user)
-    if exposed:  # the agent refuses to start with these: an error here too, not a warning
-        raise ConfigError(str(path), exposed)
+    if no_files:
+        # The file alone; an operator key the service user can read is still refused: the
+        # agent refuses to start with it, whatever else is installed.
+        problems = operator_key_exposure(config.remote, config.security.service_user)
+        warnings = [w for w in [config.mqtt.plaintext_warning()] if w]
+    else:
+        problems, warnings = problems_and_warnings(config)
+    if problems:  # the agent refuses to start with these: errors here too, not warnings
+        raise ConfigError(str(path), problems)
     summary = (f"kiosk {config.kiosk.id}, {len(config.devices)} devices: "
-               f"{', '.join(sorted(config.devices)) or 'none'}")
-    # Unusable operator keys: the agent runs without those operators; worth fixing.
-    warnings = load_operators(config.remote)[1] if config.remote.enabled else []
-    plaintext = config.mqtt.plaintext_warning()  # allowed (allow_plaintext), yet worth saying
-    if plaintext:
-        warnings.append(plaintext)
+               f"{', '.join(sorted(config.devices)) or 'none'}"
+               + ("; files not checked" if no_files else ""))
     return summary, warnings
+
+
+def _is_operator_file(path: Path) -> bool:
+    """An operator's file (config/operator.toml) has an [operator] table and no [kiosk]."""
+    try:
+        raw = read_toml(path)
+    except ConfigError:
+        return False  # the kiosk check reports it
+    return "operator" in raw and "kiosk" not in raw
+
+
+def _check_operator_config(path: Path, no_files: bool) -> tuple[str, list[str]]:
+    from agent.security.keys import KeyFileError, load_signing_key
+
+    config = load_operator_config(path)
+    if not no_files:  # what `remote` loads: the operator's key, the broker's files
+        problems = mqtt_problems(config.mqtt)
+        try:
+            load_signing_key(config.operator.key, "operator.key")
+        except KeyFileError as exc:
+            problems.insert(0, str(exc))
+        if problems:
+            raise ConfigError(str(path), problems)
+    plaintext = config.mqtt.plaintext_warning()
+    return (f"operator {config.operator.name}, broker {config.mqtt.host}:{config.mqtt.port}",
+            [plaintext] if plaintext else [])
 
 
 def cmd_config_schema(args: argparse.Namespace) -> int:
@@ -143,14 +226,29 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
         print(f"error: no queue at {config.queue.path} (the agent has not run with this config)",
               file=sys.stderr)
         return EXIT_FAILED
-    queue = DurableQueue(config.queue.path, max_bytes=config.queue.max_bytes,
-                         min_free_bytes=config.queue.min_free_bytes)
+    running = 0
     try:
-        stats = queue.stats()
-    finally:
-        queue.close()
+        with StateLock(config.state_dir):
+            queue = DurableQueue(config.queue.path, max_bytes=config.queue.max_bytes,
+                                 min_free_bytes=config.queue.min_free_bytes)
+            try:
+                stats = queue.stats()
+            finally:
+                queue.close()
+    except StateLocked as exc:
+        # The agent runs: opening the queue writes (its reserve file, erasure, a damaged file
+        # moved aside), which only the lock's holder may do. Read it without writing instead.
+        from agent.transport.queue_reader import read_only_stats
+
+        running = exc.pid
+        try:
+            stats = read_only_stats(config.queue.path, config.queue.max_bytes)
+        except sqlite3.DatabaseError as db_exc:
+            print(f"error: cannot read {config.queue.path} while kiosk-agent pid {running} runs: {db_exc} "
+                  "(the agent's log says whether it set a damaged file aside)", file=sys.stderr)
+            return EXIT_FAILED
     if args.json:
-        print(json.dumps(dict(stats.as_dict(), path=str(config.queue.path))))
+        print(json.dumps(dict(stats.as_dict(), path=str(config.queue.path), agent_pid=running or None)))
         return EXIT_OK
     age = "-" if stats.oldest_age_s is None else f"{stats.oldest_age_s:.0f} s"
     print(f"queue {config.queue.path}")
@@ -159,6 +257,8 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     print(f"  oldest:      {age}")
     print("  by state:    " + ", ".join(f"{k} {v}" for k, v in stats.by_state.items()))
     print(f"  disk free:   {stats.disk_free_bytes:,} bytes")
+    if running:
+        print(f"  (read only: kiosk-agent pid {running} is running)")
     return EXIT_OK
 
 

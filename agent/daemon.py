@@ -31,6 +31,7 @@ from agent.capture.workers import DeviceWorker
 from agent.config import AgentConfig, ConfigError
 from agent.guard import log_and_continue
 from agent.logs import recent_logs
+from agent.registration.central_status import CentralStatus
 from agent.registration.local_api import LocalApi
 from agent.registration.service import RegistrationService
 from agent.remote.audit import RemoteStore
@@ -39,6 +40,7 @@ from agent.runtime import CaptureCounts, Connection, Deliveries, Restarting
 from agent.sd_notify import Notifier
 from agent.security.keys import KeyFileError, load_encryption_public, load_receipt_keys, load_signing_key
 from agent.security.sealing import Sealer
+from agent.transport.central_hints import CentralHints
 from agent.transport.durable_queue import DurableQueue, QueueStats
 from agent.transport.events import EventBus
 from agent.transport.handler_chain import HandlerChain
@@ -64,6 +66,7 @@ class Agent:
         self.remote: RemoteControl | None = None
         self.telemetry: TelemetryPublisher | None = None
         self.registrations: RegistrationService | None = None
+        self.central: CentralStatus | None = None
         self.local_api: LocalApi | None = None
         #: True while reload() swaps the components; commands answer "busy" meanwhile.
         self.reloading = False
@@ -141,10 +144,18 @@ class Agent:
                                    state_dir=cfg.state_dir, on_event=self.events.emit,
                                    receipt_keys=receipt_keys, signer=sealer)
         publisher = self.publisher
+        # What the central side hints when it cannot answer with a receipt (a kiosk not
+        # enrolled): unsigned, so words in the log and telemetry only.
+        hints = CentralHints(self.topics, self.events, lambda: publisher.counters.acknowledged)
         self.telemetry = TelemetryPublisher(self, self.events, cfg.telemetry.interval_s,
-                                            lambda: publisher.counters.acknowledged)
-        # Priority: command replies, then telemetry and events, then captures.
-        chain = HandlerChain(*([self.remote] if self.remote else []), self.telemetry, self.publisher)
+                                            lambda: publisher.counters.acknowledged, hints=hints)
+        # What the central side says of each registration (signed with the receipt keys).
+        self.central = CentralStatus(self.registrations.store, self.topics, receipt_keys, self.events.emit,
+                                     query_interval_s=cfg.registration.central_query_interval_s,
+                                     query_after_s=cfg.registration.central_query_after_s)
+        # Priority: command replies, then telemetry and events, registration statuses, captures.
+        chain = HandlerChain(*([self.remote] if self.remote else []), self.telemetry, self.central,
+                             hints, self.publisher)
         will = Will(self.topics.status, status_payload("offline", **status))
         self.link = MqttLink(cfg.mqtt, chain, client_id=cfg.client_id(), name="agent", will=will)
         self.link.start()
@@ -183,10 +194,11 @@ class Agent:
         except KeyFileError as exc:
             raise ConfigError("security", [str(exc)]) from None
 
-    def stop(self) -> None:
+    def stop(self, quiet: bool = False) -> None:
         """Stop taking captures, finish the one in hand, publish offline, close the queue."""
-        log.info("stopping")
-        self.notifier.stopping("stopping: finishing the capture in hand, publishing offline")
+        if not quiet:
+            log.info("stopping")
+            self.notifier.stopping("stopping: finishing the capture in hand, publishing offline")
         if self.local_api is not None:
             self.local_api.stop()
         self._stop_components()
@@ -246,13 +258,17 @@ class Agent:
         """Run in the foreground until SIGTERM or SIGINT, then stop cleanly: also when the
         signal comes while the agent is still starting (systemd may stop a starting unit)."""
         self._stop_requested = shutdown.install()
+        started = False
         try:
             self.start()
+            started = True
             self.supervise(self._stop_requested)
         finally:
             if shutdown.received():
                 log.info("received %s", shutdown.received())
-            self.stop()
+            # A start that failed (a config error) still closes what it opened, but without
+            # the "stopping" line: the error that follows is the whole story.
+            self.stop(quiet=not started)
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -324,6 +340,9 @@ class Agent:
 
     def registration_service(self) -> RegistrationService | None:
         return self.registrations
+
+    def central_status(self) -> CentralStatus | None:
+        return self.central
 
     def take_capture(self, device: str, position: int) -> Future[CaptureOutcome]:
         if self.capture is None:

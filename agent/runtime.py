@@ -21,6 +21,7 @@ from agent.capture.service import CaptureOutcome
 from agent.capture.workers import DeviceWorker
 from agent.config import AgentConfig
 from agent.errors import TransientError
+from agent.registration.central_status import CentralStatus
 from agent.registration.service import RegistrationService
 from agent.transport.durable_queue import QueueStats
 from agent.transport.events import EventBus
@@ -83,6 +84,10 @@ class Runtime(Protocol):
 
     def registration_service(self) -> RegistrationService | None:
         """Registration sessions; None while the components are (re)starting."""
+        ...
+
+    def central_status(self) -> CentralStatus | None:
+        """What the central side says of the kiosk's registrations; None while (re)starting."""
         ...
 
     def take_capture(self, device: str, position: int) -> Future[CaptureOutcome]:

@@ -80,8 +80,12 @@ class MosquittoBroker:
     def start(self, timeout_s: float = 10.0) -> None:
         # Its log goes to a file: an unread pipe would fill and stall the broker.
         with (self._dir / "mosquitto.log").open("ab") as log_file:
+            # Its own session, so its own process group: Ctrl-C in a terminal signals the
+            # foreground group, and the broker must outlive the clients stopping through it
+            # (the demo stops it last).
             self._proc = subprocess.Popen([self.binary, "-c", str(self._conf)],
-                                          stdout=subprocess.DEVNULL, stderr=log_file)
+                                          stdout=subprocess.DEVNULL, stderr=log_file,
+                                          start_new_session=True)
         try:
             wait_for_port(self.host, self.port, timeout_s)
         except TimeoutError:

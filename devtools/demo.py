@@ -8,20 +8,35 @@ It runs until every capture is acknowledged end to end, then prints a summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import secrets
 import shutil
+import signal
+import sqlite3
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
-from agent.cliutil import EXIT_USAGE, Subparsers, non_negative_float, positive_float, positive_int
+from agent.cliutil import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Subparsers,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from agent.config import validate_config
 from agent.daemon import Agent
 from agent.errors import PermanentError
+from agent.lock import StateLock, StateLocked
 from agent.logs import setup_logging
 from agent.security.keys import provision
 from devtools.broker import EmbeddedBroker, MosquittoBroker
@@ -45,6 +60,9 @@ class DemoOptions:
     timeout_s: float = 300.0
     workdir: Path | None = None
     json: bool = False
+    #: Serve the local API on this port (0: any) for a registration app, until stopped,
+    #: instead of capturing by itself; None: the capture demo.
+    api_port: int | None = None
 
 
 def parse_broker(value: str) -> tuple[str, int]:
@@ -54,29 +72,54 @@ def parse_broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def run_demo(opts: DemoOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def run_demo(opts: DemoOptions, out: TextIO | None = None, err: TextIO | None = None,
+             stop: threading.Event | None = None) -> int:
+    """Run the demo until every capture is acknowledged, or until ``stop`` is set (SIGTERM,
+    Ctrl-C: cmd_demo sets it); either way stop in order (agent, receiver, broker last),
+    remove the temporary folder and print the summary. Exit 0 complete, 1 not (timed out,
+    lost captures), 128 + the signal's number when stopped by one."""
     out = out or sys.stdout  # looked up per call: tests and callers may redirect them
     err = err or sys.stderr
+    stop = stop or threading.Event()
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="kiosk-demo-"))
-    broker, host, port, protocol = _start_broker(opts, err)
+    # A kept folder may be another demo's or an agent's state folder: one user at a time.
+    lock = StateLock(workdir).acquire() if opts.workdir is not None else None
+    broker = None
     try:
-        summary = _run(opts, workdir, host, port, protocol, err)
+        broker, host, port, protocol = _start_broker(opts, err)
+        summary = _run(opts, workdir, host, port, protocol, err, stop)
     finally:
         if broker is not None:
-            broker.close()
+            broker.close()  # last: the agent's offline status and the receipts go through it
         if opts.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+        if lock is not None:
+            lock.release()
     summary["broker"] = broker.kind if broker else f"{host}:{port}"
+    summary["kept_in"] = str(workdir) if opts.workdir is not None else None
     if opts.json:
         out.write(json.dumps(summary) + "\n")
     else:
-        out.write(
-            f"captured {summary['captured']}, acknowledged {summary['acknowledged']}, "
-            f"lost {summary['lost']}, duplicates seen by the receiver "
-            f"{summary['duplicates_seen_by_receiver']}, {summary['seconds']:.1f} s "
-            f"({summary['captures_per_s']:.1f} captures/s)\n"
-        )
+        out.write(_summary_line(summary))
+    if opts.api_port is not None:  # serving until stopped: a stop is the normal end
+        return 0 if summary["lost"] == 0 else 1
+    if summary["interrupted"]:
+        return 128 + int(getattr(signal, summary["interrupted"], signal.SIGINT))
     return 0 if summary["complete"] and summary["lost"] == 0 else 1
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    line = (f"captured {summary['captured']}, acknowledged {summary['acknowledged']}, "
+            f"queued {summary['queued']}, lost {summary['lost']}, duplicates seen by the receiver "
+            f"{summary['duplicates_seen_by_receiver']}, {summary['seconds']:.1f} s "
+            f"({summary['captures_per_s']:.1f} captures/s)\n")
+    if summary["interrupted"]:
+        where = (f"still in {summary['kept_in']}/queue.db for the next run with --dir"
+                 if summary["kept_in"] else "discarded with the temporary folder (--dir keeps them)")
+        line = f"stopped by {summary['interrupted']}: " + line
+        if summary["queued"]:
+            line += f"the {summary['queued']} queued captures were not lost: {where}\n"
+    return line
 
 
 def _start_broker(opts: DemoOptions, err: TextIO) -> tuple[Any, str, int, str]:
@@ -105,11 +148,21 @@ def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: s
     mqtt = {"host": host, "port": port, "protocol": protocol, "reconnect_min_s": 0.2,
             "reconnect_max_s": 5.0, "receipt_timeout_s": 10.0, "allow_plaintext": True}
     keys = provision(workdir / "keys", "demo-kiosk")
+    capture: dict[str, Any] = {"mode": "continuous", "rate_per_s": opts.rate, "max_captures": opts.count}
+    api: dict[str, Any] = {}
+    if opts.api_port is not None:
+        # The registration app asks for each capture; its token is in the demo's folder (0600).
+        capture = {"mode": "on-demand"}
+        token = workdir / "api-token"
+        token.write_text(secrets.token_urlsafe(32) + "\n")
+        token.chmod(0o600)
+        api = {"enabled": True, "port": opts.api_port, "token_file": str(token)}
     agent_cfg = validate_config({
         "kiosk": {"id": "demo-kiosk", "site": "demo"},
         "mqtt": mqtt,
         "queue": {"path": str(workdir / "queue.db"), "min_free_bytes": 0},
-        "capture": {"mode": "continuous", "rate_per_s": opts.rate, "max_captures": opts.count},
+        "capture": capture,
+        "local_api": api,
         "logging": {"level": "WARNING"},
         "security": {"kiosk_key": str(keys.kiosk_key), "central_public_key": str(keys.central_public),
                      "receipt_keys": [str(keys.receipt_public)]},
@@ -128,43 +181,56 @@ def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: s
 
 
 def _run(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: str,
-         err: TextIO) -> dict[str, Any]:
+         err: TextIO, stop: threading.Event) -> dict[str, Any]:
     agent_cfg, receiver_cfg = _configs(opts, workdir, host, port, protocol)
+    committed_before, _ = _queue_counts(agent_cfg.queue.path)
     receiver = Receiver(receiver_cfg)
     agent = Agent(agent_cfg)
     started = time.monotonic()
+    err.write("starting the receiver and the agent (simulated scanner and camera)\n")
     receiver.start()
-    agent.start()
-    assert agent.capture is not None and agent.publisher is not None and agent.queue is not None
     complete = False
-    progress = _Progress(err, opts.count)
+    progress = _Progress(err, opts.count if opts.api_port is None else 0)
     try:
-        deadline = started + opts.timeout_s
-        while time.monotonic() < deadline:
+        agent.start()
+        assert agent.capture is not None and agent.publisher is not None and agent.queue is not None
+        if opts.api_port is not None:
+            _announce_api(agent, workdir, err)
+        deadline = started + opts.timeout_s if opts.api_port is None else float("inf")
+        while time.monotonic() < deadline and not stop.is_set():
             captured = agent.capture.captured
             pending, _ = agent.queue.totals()
             progress.show(captured, agent.publisher.counters.acknowledged, pending,
                           agent.link.connected if agent.link else False)
-            if captured >= opts.count and pending == 0:
+            if opts.api_port is None and captured >= opts.count and pending == 0:
                 complete = True
                 break
-            time.sleep(0.1)
+            stop.wait(0.1)
         else:
-            err.write(f"\ndemo timed out after {opts.timeout_s:.0f} s\n")
+            if not stop.is_set():
+                err.write(f"\ndemo timed out after {opts.timeout_s:.0f} s\n")
     finally:
         seconds = time.monotonic() - started
         progress.finish()
+        if stop.is_set():
+            err.write(f"{_reason(stop)}: stopping the agent, then the receiver, then the broker\n")
         agent.stop()
         receiver.stop()
-    captured = agent.capture.captured
-    acknowledged = agent.publisher.counters.acknowledged
+    capture, publisher = agent.capture, agent.publisher
+    captured = capture.captured if capture is not None else 0
+    acknowledged = publisher.counters.acknowledged if publisher is not None else 0
+    # What the queue still holds is not lost: it would go out at the next start.
+    committed, queued = _queue_counts(agent_cfg.queue.path)
+    committed -= committed_before  # a kept --dir holds earlier runs' items too
     return {
         "captured": captured,
         "acknowledged": acknowledged,
-        "lost": captured - acknowledged,
+        "queued": queued,
+        "lost": max(0, committed - acknowledged - queued),
+        "interrupted": _reason(stop) if stop.is_set() else None,
         "stored_by_receiver": receiver.counters.stored,
         "duplicates_seen_by_receiver": receiver.counters.duplicates,
-        "rejected": agent.publisher.counters.rejected,
+        "rejected": publisher.counters.rejected if publisher is not None else 0,
         "seconds": round(seconds, 3),
         "captures_per_s": round(captured / seconds, 2) if seconds else 0.0,
         "protocol": protocol,
@@ -172,22 +238,77 @@ def _run(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: str,
     }
 
 
+def _announce_api(agent: Agent, workdir: Path, err: TextIO) -> None:
+    api = agent.local_api
+    if api is None or api.server is None:
+        raise DemoError(f"the local API did not start: {api.error if api else 'off'}")
+    err.write(f"local API: {api.address}  (token: {workdir / 'api-token'})\n"
+              "a registration step by step: README.md, \"The first hour\"; Ctrl-C stops the demo\n")
+    err.flush()
+
+
+def _queue_counts(path: Path) -> tuple[int, int]:
+    """(items ever committed to the queue, items still in it), read without writing. Items
+    are captures and registration manifests alike: what "acknowledged" counts too."""
+    if not path.exists():
+        return 0, 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        queued = db.execute("SELECT items FROM totals").fetchone()
+    except sqlite3.OperationalError:  # no tables yet: nothing was ever committed
+        return 0, 0
+    finally:
+        db.close()
+    return (seq[0] if seq else 0), (queued[0] if queued else 0)
+
+
+class StopSignal(threading.Event):
+    """Set by SIGTERM or SIGINT (Ctrl-C) while the demo runs; remembers which."""
+
+    reason = "stopped"
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignal]:
+        """The handlers for the demo's duration, the previous ones restored after (the demo
+        also runs inside other programs, tests among them)."""
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.reason = signal.Signals(signum).name
+            self.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _reason(stop: threading.Event) -> str:
+    return getattr(stop, "reason", "stopped")
+
+
 class _Progress:
-    """One updating line on a terminal; a line every two seconds otherwise (logs, CI)."""
+    """One updating line on a terminal; otherwise (logs, CI) a line when the figures change,
+    at most every two seconds. ``total`` 0: no target (the API demo)."""
 
     def __init__(self, stream: TextIO, total: int) -> None:
         self.stream = stream
         self.total = total
         self.tty = stream.isatty()
         self._last = 0.0
+        self._line = ""
 
     def show(self, captured: int, acked: int, pending: int, connected: bool) -> None:
         now = time.monotonic()
         if now - self._last < (0.2 if self.tty else 2.0):
             return
-        self._last = now
         link = "" if connected else " (waiting for broker)"
-        line = f"captured {captured}/{self.total}, acknowledged {acked}, queued {pending}{link}"
+        target = f"/{self.total}" if self.total else ""
+        line = f"captured {captured}{target}, acknowledged {acked}, queued {pending}{link}"
+        if line == self._line:
+            return
+        self._last, self._line = now, line
         self.stream.write(f"\r{line}\033[K" if self.tty else line + "\n")
         self.stream.flush()
 
@@ -216,6 +337,9 @@ def add_parser(sub: Subparsers, parsers: dict[str, Any]) -> None:
     p.add_argument("--dir", type=Path, metavar="PATH",
                    help="keep the queue and received captures here (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--api", nargs="?", type=int, const=8765, metavar="PORT",
+                   help="instead of capturing by itself, serve the local API on 127.0.0.1:PORT "
+                        "(default 8765; 0: any free port) for a registration app until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
 
@@ -223,9 +347,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("WARNING", "text")
     opts = DemoOptions(count=args.count, rate=args.rate, broker=args.broker, protocol=args.protocol,
                        embedded=args.embedded_broker,
-                       timeout_s=args.timeout, workdir=args.dir, json=args.json)
+                       timeout_s=args.timeout, workdir=args.dir, json=args.json, api_port=args.api)
     try:
-        return run_demo(opts)
+        with StopSignal().installed() as stop:
+            return run_demo(opts, stop=stop)
+    except StateLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except DemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -34,7 +34,7 @@ from agent.errors import TransientError
 from agent.transport.chunking import DIGEST_BYTES, Chunk, Manifest
 from agent.transport.protocol import ProtocolError
 from receiver.paths import check_item_id, item_path, kiosk_folder
-from receiver.store import write_durably
+from receiver.store import make_dirs, write_durably
 
 #: Unfinished transfers (a capture purged on its kiosk mid-transfer) and the markers of
 #: finished ones are swept after this long.
@@ -223,7 +223,7 @@ class ChunkAssembly:
         need = new.charged + new.missing_cost()
         if self.held_bytes(kiosk_id) + need > self.quota_bytes:
             raise OverQuota(kiosk_id, self.held_bytes(kiosk_id), need, self.quota_bytes)
-        new.folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(new.folder)
         if not write_durably(new.folder / "manifest", raw, replace=False):
             # Another receiver wrote it first: its file is the one chunks are checked against.
             if (theirs := self.lookup(kiosk_id, manifest.id, manifest.sha256)) is not None:

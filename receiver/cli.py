@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers, check_config, config_arg
-from agent.config import config_path
+from agent.config import ConfigError, config_path
 from agent.config_types import topic_segment
+from agent.lock import StateLock, StateLocked
 from agent.logs import setup_logging
+from agent.preflight import mqtt_problems
 from agent.security import keys
 from agent.security.cli import init_key, show_key
-from receiver.config import load_receiver_config
+from receiver.config import ReceiverServiceConfig, load_receiver_config
+
+if TYPE_CHECKING:
+    from receiver.service import Receiver
 
 log = logging.getLogger("kiosk-agent")
 
@@ -32,6 +38,9 @@ Command = Callable[[argparse.Namespace], int]
 def extend(sub: Subparsers, parsers: dict[str, Any]) -> None:
     p = sub.add_parser("receiver", help="run the reference receiver (central side)")
     config_arg(p)
+    p.add_argument("action", nargs="?", choices=["status"],
+                   help="status: where the registrations it stored stand, then exit (1: some failed)")
+    p.add_argument("--json", action="store_true", help="with status: one JSON object")
     p.set_defaults(func=cmd_receiver)
 
     check = parsers["check-config"]
@@ -101,14 +110,27 @@ def cmd_central_key_show(args: argparse.Namespace) -> int:
 
 
 def cmd_check_receiver_config(args: argparse.Namespace) -> int:
-    return check_config(config_path(args.path), _check_receiver_config, args.json)
+    no_files = getattr(args, "no_files", False)
+    return check_config(config_path(args.path), lambda p: _check_receiver_config(p, no_files), args.json)
 
 
-def _check_receiver_config(path: Path) -> tuple[str, list[str]]:
+def _check_receiver_config(path: Path, no_files: bool = False) -> tuple[str, list[str]]:
     config = load_receiver_config(path)
+    if not no_files:  # what `kiosk-agent receiver` loads before it starts
+        rc = config.receiver
+        problems = mqtt_problems(config.mqtt)
+        for load_key in (lambda: keys.load_decryption_key(rc.central_private_key),
+                         lambda: keys.load_receipt_signing_key(rc.receipt_key),
+                         lambda: keys.load_kiosk_keys(rc.kiosk_keys_dir)):
+            try:
+                load_key()
+            except keys.KeyFileError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError(str(path), problems)
     plaintext = config.mqtt.plaintext_warning()
-    return (f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}",
-            [plaintext] if plaintext else [])
+    return (f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}"
+            + ("; files not checked" if no_files else ""), [plaintext] if plaintext else [])
 
 
 def cmd_keys_enrol(args: argparse.Namespace) -> int:
@@ -125,14 +147,38 @@ def cmd_keys_enrol(args: argparse.Namespace) -> int:
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
-    from receiver.service import Receiver
-
     config = load_receiver_config(config_path(args.config))
+    if getattr(args, "action", None) == "status":
+        from receiver.status_report import print_status
+
+        return print_status(config.receiver.output_dir, args.json)
     setup_logging(config.logging.level, config.logging.format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    receiver = Receiver(config)
+    try:
+        lock = store_lock(config).acquire()
+    except StateLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        from receiver.service import Receiver
+
+        return _serve(Receiver(config), stop)
+    finally:
+        lock.release()
+
+
+def store_lock(config: ReceiverServiceConfig) -> StateLock:
+    """The store's lock for this receiver's MQTT client id. Receivers of one share group
+    share a store by design, each under its own name; two with one client id would throw
+    each other off the broker and race on the same files."""
+    client = re.sub(r"[^A-Za-z0-9._-]", "_", config.client_id())
+    return StateLock(config.receiver.output_dir, f"kiosk-agent receiver {config.receiver.name!r}",
+                     name=f".lock-{client}")
+
+
+def _serve(receiver: Receiver, stop: threading.Event) -> int:
     receiver.start()
     try:
         while not stop.wait(1.0):
@@ -142,6 +188,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     finally:
         receiver.stop()
         c = receiver.counters
-        log.info("receiver stopped: %d stored, %d duplicates, %d rejected, %d unreadable",
-                 c.stored, c.duplicates, c.rejected, c.unreadable)
+        log.info("receiver stopped: %d stored, %d duplicates, %d rejected, %d unreadable; "
+                 "chunks: %d received, %d duplicate, %d corrupt", c.stored, c.duplicates, c.rejected,
+                 c.unreadable, c.chunks_received, c.chunks_duplicate, c.chunks_corrupt)
     return EXIT_OK

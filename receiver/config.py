@@ -40,6 +40,9 @@ class ReceiverConfig(Section):
     #: long, then twice as long each time, up to assembly_retry_max_s.
     assembly_retry_s: float = Field(30.0, gt=0)
     assembly_retry_max_s: float = Field(3600.0, gt=0)
+    #: A registration whose manifest is here but parts are missing is reported ``incomplete``
+    #: to its kiosk once it has waited this long (parts in flight are not news).
+    incomplete_after_s: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _receipt_key_beside_central_key(self) -> ReceiverConfig:

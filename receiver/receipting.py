@@ -13,6 +13,7 @@ Runs on the receiver's MQTT thread.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,12 +23,15 @@ from agent.transport.mqtt_link import MqttLink
 from agent.transport.protocol import ProtocolError, Topics
 from agent.transport.receipts import Receipt, ReceiptError, ReceiptSigner
 from receiver.chunks import Transfer
+from receiver.warnings_limit import OncePerInterval
 
 log = logging.getLogger(__name__)
 
 #: Transfers whose latest nonce is remembered at most (oldest forgotten first; the manifest
 #: on disk then stands in).
 MAX_REMEMBERED = 10_000
+#: A kiosk is sent the same hint at most this often (it resends every receipt timeout).
+HINT_INTERVAL_S = 60.0
 
 
 class Receipts:
@@ -35,6 +39,15 @@ class Receipts:
         self.signer = ReceiptSigner(key)
         self.prefix = prefix
         self._nonces: dict[tuple[str, str, str], str] = {}
+        self._hinted = OncePerInterval(HINT_INTERVAL_S, MAX_REMEMBERED)
+
+    def hint(self, link: MqttLink, kiosk_id: str, hint: str, receiver: str) -> None:
+        """Tell a kiosk what it can fix when it gets no receipt (``not_enrolled``): unsigned,
+        QoS 0, at most once a minute per kiosk (docs/protocol.md, "Hints"). The kiosk only
+        logs it and shows it in telemetry (agent/transport/central_hints.py)."""
+        if self._hinted.allow((kiosk_id, hint)):
+            link.publish(f"{self.prefix}/{kiosk_id}/hints",
+                         json.dumps({"hint": hint, "receiver": receiver}).encode(), qos=0)
 
     def send(self, link: MqttLink, kiosk_id: str, receipt: Receipt) -> None:
         link.publish(Topics(self.prefix, kiosk_id).receipts, self.signer.sign(kiosk_id, [receipt]), qos=1)

@@ -16,7 +16,8 @@ Storage is the receiver's to defend: a capture is filed under the kiosk whose en
 verified it, every id passes receiver/paths.py before it names a file, nothing stored is
 overwritten, and what is refused for those reasons is answered ``rejected`` and counted
 and logged as a security event. Chunks are kept only for enrolled kiosks and within a
-per-kiosk quota; a registration whose assembly fails is retried from the loop (``tick``).
+per-kiosk quota; a registration whose assembly fails is retried from the loop (``tick``). Where
+each registration stands goes back to its kiosk, signed (receiver/status.py), also on its query.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from receiver.config import ReceiverServiceConfig
 from receiver.paths import UnsafeName, check_item_id
 from receiver.receipting import Receipts
 from receiver.retries import RegistrationFinisher
+from receiver.status import StatusReporter
 from receiver.store import CaptureStore
 from receiver.warnings_limit import LimitedWarnings, OncePerInterval, PerSecondBudget
 
@@ -83,6 +85,8 @@ STATUS_INTERVAL_S = 1.0
 #: At most this many "unknown" answers a second per kiosk (fresh transfer ids are free; a
 #: genuine kiosk runs one transfer at a time) and this many transfers remembered.
 UNKNOWN_PER_KIOSK_PER_S = 10
+#: Registration queries answered per kiosk and second (a kiosk asks on connect and every few minutes).
+QUERIES_PER_KIOSK_PER_S = 2
 STATUS_GATE_KEYS = 4096
 
 
@@ -114,9 +118,13 @@ class Receiver:
             raise ConfigError("receiver", [str(exc)]) from None
         self._keys_loaded_at = time.monotonic()
         self._lock = threading.Lock()  # counters are read by other threads (demo, tests)
+        self.reporter = StatusReporter(self.registrations, self.receipts.signer, self.topics.prefix,
+                                       rc.incomplete_after_s)
+        self._query_budget = PerSecondBudget(QUERIES_PER_KIOSK_PER_S)
         self.finisher = RegistrationFinisher(self.registrations, rc.assembly_retry_s, rc.assembly_retry_max_s,
-                                             self._count)
+                                             self._count, self.reporter)
         self.link = MqttLink(config.mqtt, self, client_id=config.client_id(), name=f"receiver-{rc.name}")
+        self.reporter.publish = self.link.publish
 
     def start(self) -> None:
         self.link.start()
@@ -124,27 +132,17 @@ class Receiver:
     def stop(self) -> None:
         self.link.stop()
 
-    @property
-    def subscription(self) -> str:
-        topic = self.topics.captures
-        if self.link.v5:
-            return f"$share/{self.config.receiver.share_group}/{topic}"
-        return topic
+    def shared(self, topic: str) -> str:
+        """``topic`` as this receiver subscribes to it: shared with its group under MQTT 5."""
+        return f"$share/{self.config.receiver.share_group}/{topic}" if self.link.v5 else topic
 
     # --- link handler -------------------------------------------------------------------
 
-    @property
-    def chunk_subscription(self) -> str:
-        topic = self.topics.chunks
-        if self.link.v5:
-            return f"$share/{self.config.receiver.share_group}/{topic}"
-        return topic
-
     def on_connected(self, link: MqttLink, limits: BrokerLimits) -> None:
-        link.subscribe(self.subscription, qos=1)
-        link.subscribe(self.chunk_subscription, qos=1)
+        for topic in (self.topics.captures, self.topics.chunks, self.topics.registration_query):
+            link.subscribe(self.shared(topic), qos=1)
         log.info("receiver %s subscribed to %s, storing under %s", self.config.receiver.name,
-                 self.subscription, self.store.root)
+                 self.shared(self.topics.captures), self.store.root)
 
     def on_disconnected(self, link: MqttLink) -> None:
         pass  # nothing to reset: every message is handled to the end when it arrives
@@ -169,8 +167,12 @@ class Receiver:
             self.warnings.warn("", "unexpected-topic", "message on unexpected topic: %s", exc,
                                level=logging.ERROR)
             return
-        if message.topic.rsplit("/", 1)[-1] == "chunks":
+        leaf = message.topic.rsplit("/", 1)[-1]
+        if leaf == "chunks":
             self._on_chunks(link, kiosk_id, message.payload)
+            return
+        if leaf == "registration-query":
+            self._on_query(kiosk_id, message.payload)
             return
         try:
             nonce, sealed = open_send(message.payload)
@@ -185,6 +187,17 @@ class Receiver:
             self.receipts.send(link, kiosk_id, replace(receipt, sha256=hashlib.sha256(sealed).hexdigest(),
                                                        nonce=nonce))
 
+    def _on_query(self, kiosk_id: str, payload: bytes) -> None:
+        # Unsigned (anyone may ask): answered for enrolled kiosks, a few times a second at most.
+        if not self._enrolled(kiosk_id) or not self._query_budget.allow(kiosk_id):
+            return
+        try:
+            self.reporter.answer(kiosk_id, payload)
+        except ProtocolError as exc:
+            self._count("unreadable")
+            self.warnings.warn(kiosk_id, "unreadable-query", "ignored a registration query for kiosk %s: %s",
+                               kiosk_id, exc)
+
     # --- chunked transfers ----------------------------------------------------------------
 
     def _on_chunks(self, link: MqttLink, kiosk_id: str, payload: bytes) -> None:
@@ -192,6 +205,7 @@ class Receiver:
             # Before anything is written: a name on the broker is not an enrolled kiosk.
             self._security_event(kiosk_id, "not-enrolled", "chunks for a kiosk that is not enrolled; "
                                  "nothing stored")
+            self.receipts.hint(link, kiosk_id, "not_enrolled", self.config.receiver.name)
             return
         try:
             if payload[:3] == MANIFEST_MAGIC:
@@ -325,6 +339,8 @@ class Receiver:
             self._count("unauthenticated")
             self.warnings.warn(kiosk_id, "unauthenticated", "rejected an envelope on kiosk %s's topic "
                                "(id %s): %s", kiosk_id, exc.item_id or "unreadable", exc, level=logging.ERROR)
+            if not self._enrolled(kiosk_id):  # something the kiosk's owner can fix: say so
+                self.receipts.hint(self.link, kiosk_id, "not_enrolled", name)
             return None
         # From here the envelope is authentic: header.kiosk_id is the name its verifying key
         # is enrolled under, and that (never a field the sender chose) names the folder.

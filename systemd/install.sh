@@ -1,6 +1,10 @@
 #!/bin/sh
 # Install or remove kiosk-agent as a systemd service. Called by `make install` / `make uninstall`.
-#   DESTDIR   stage into this root instead of / (packaging, tests): no users, no systemctl
+#   install          the kiosk: the agent's unit, udev rules, config, kiosk key, local API token
+#   install-central  the central side: the reference receiver's unit and config (no kiosk parts)
+#   uninstall        removes the units, udev rules and the virtual environment (keeps data)
+#   DESTDIR   stage into this root instead of / (packaging, tests): no users, no systemctl; the
+#             virtual environment's scripts are rewritten to run from /opt/kiosk-agent
 #   PYTHON    interpreter for the virtual environment (default python3)
 #   PIP_ARGS  extra pip arguments (for example --no-deps for an offline staging install)
 #   KIOSK_APP_GROUP  the registration app's group, which may read the local API token (default kiosk-app)
@@ -75,56 +79,117 @@ install_api_token() {
     say "wrote the local API token $dir/token (0640, kiosk:$APP_GROUP): the app sends it as Authorization: Bearer"
 }
 
-do_install() {
-    need_root
+relocate_venv() {
+    # pip writes the staging path into the scripts' #! lines (and activate, pyvenv.cfg): point
+    # them at /opt/kiosk-agent, where the staged tree is meant to land, so that it runs there.
+    $live && return
+    grep -rlI -F "$venv" "$venv/bin" "$venv/pyvenv.cfg" 2>/dev/null | while IFS= read -r file; do
+        sed -i "s|$venv|/opt/kiosk-agent|g" "$file"
+    done
+    say "staged for /opt/kiosk-agent: its scripts run there (from $venv use $venv/bin/python -m cli)"
+}
+
+setup_venv() {
+    install -d -m 0755 "$DESTDIR/opt"
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating the virtual environment $venv"
+        "$PYTHON" -m venv "$venv"
+    fi
+    say "installing kiosk-agent and its dependencies with pip (a minute or two the first time)"
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install --quiet --upgrade $PIP_ARGS "$src"
+    say "installed kiosk-agent $("$venv/bin/python" -c 'import agent; print(agent.__version__)') into $venv"
+}
+
+install_cli_docs() {
+    # Shell completion and the man page, generated from the parser and kept in share/.
+    share=$DESTDIR/usr/share
+    install -d -m 0755 "$share/bash-completion/completions" "$share/zsh/vendor-completions" "$share/man/man1"
+    install -m 0644 "$src/share/bash-completion/kiosk-agent" "$share/bash-completion/completions/kiosk-agent"
+    install -m 0644 "$src/share/zsh/_kiosk-agent" "$share/zsh/vendor-completions/_kiosk-agent"
+    install -m 0644 "$src/share/man/kiosk-agent.1" "$share/man/man1/kiosk-agent.1"
+}
+
+ensure_user() {
     if $live && ! id kiosk >/dev/null 2>&1; then
         useradd --system --user-group --home-dir /var/lib/kiosk-agent --no-create-home \
             --shell /usr/sbin/nologin --comment "kiosk-agent service" kiosk
         say "created user kiosk"
     fi
+}
+
+do_install_central() {
+    need_root
+    ensure_user
+    install -d -m 0755 "$units"
+    install -d -m 0750 "$etc"
+    $live && chgrp kiosk "$etc"
+    setup_venv
+    install -m 0644 "$src/systemd/kiosk-agent-receiver.service" "$units/"
+    install_config "$src/config/receiver.toml" "$etc/receiver.toml"
+    install_cli_docs
+    if ! "$venv/bin/kiosk-agent" check-config --receiver --no-files "$etc/receiver.toml"; then
+        echo "kiosk-agent install: $etc/receiver.toml is not valid for this version (see above)" >&2
+        exit 1
+    fi
+    say "next: kiosk-agent keys init --central --config $etc/receiver.toml, then enrol each kiosk"
+    relocate_venv  # last: the scripts run from /opt/kiosk-agent only from here on
+    $systemd_running && systemctl daemon-reload
+    return 0
+}
+
+do_install() {
+    need_root
+    ensure_user
     if $live; then
         for group in dialout video plugdev; do
             getent group "$group" >/dev/null || groupadd --system "$group"
         done
     fi
-    install -d -m 0755 "$DESTDIR/opt" "$units" "$rules"
+    install -d -m 0755 "$units" "$rules"
     install -d -m 0750 "$etc" "$etc/tls"
     install -d -m 0700 "$state"
     if $live; then
         chgrp kiosk "$etc" "$etc/tls"
         chown kiosk:kiosk "$state"
     fi
-    if [ ! -x "$venv/bin/python" ]; then
-        "$PYTHON" -m venv "$venv"
-        say "created virtual environment $venv"
-    fi
-    # shellcheck disable=SC2086
-    "$venv/bin/python" -m pip install --quiet --upgrade $PIP_ARGS "$src"
-    say "installed kiosk-agent $("$venv/bin/python" -c 'import agent; print(agent.__version__)') into $venv"
-    install -m 0644 "$src/systemd/kiosk-agent.service" "$src/systemd/kiosk-agent-receiver.service" "$units/"
+    setup_venv
+    install -m 0644 "$src/systemd/kiosk-agent.service" "$units/"
     install -m 0644 "$src/systemd/60-kiosk-agent.rules" "$src/systemd/61-kiosk-serial.rules" "$rules/"
     install_config "$src/config/kiosk-default.toml" "$etc/agent.toml"
-    install_config "$src/config/receiver.toml" "$etc/receiver.toml"
     install_api_token
-    if ! "$venv/bin/kiosk-agent" check-config "$etc/agent.toml"; then
+    install_cli_docs
+    cli="$venv/bin/kiosk-agent"
+    # The file itself first (its key and TLS files may not be installed yet).
+    if ! $cli check-config --no-files "$etc/agent.toml"; then
         # An upgrade keeps the old config: one that ran plain MQTT is refused from this version on.
         echo "kiosk-agent install: $etc/agent.toml is not valid for this version (see above); fix it" \
             "before restarting the service. Plain MQTT is refused now: enable [mqtt.tls], or set" \
             "mqtt.allow_plaintext = true for a lab broker only." >&2
         exit 1
     fi
-    say "broker TLS files ([mqtt.tls], on by default) go in $etc/tls: ca.pem, kiosk.pem, kiosk.key (0640, group kiosk)"
     if $live && [ ! -e "$state/keys/kiosk.key" ]; then
         # The kiosk's signing key, owned by the service user (mode 0600).
-        "$venv/bin/kiosk-agent" keys init --config "$etc/agent.toml" >/dev/null
+        $cli keys init --config "$etc/agent.toml" >/dev/null
         say "created the kiosk key; enrol it centrally: kiosk-agent keys show --config $etc/agent.toml"
     fi
+    # Then, as the service's user, what the service needs besides: the to-do list.
+    if $live; then
+        as_kiosk=""
+        command -v runuser >/dev/null && as_kiosk="runuser -u kiosk --"
+        if ! missing=$($as_kiosk $cli check-config "$etc/agent.toml" 2>&1 >/dev/null); then
+            say "before starting the service, install what check-config misses (docs/deployment.md, step 2):"
+            printf '%s\n' "$missing" | sed 's/^/    /'
+        fi
+    fi
+    say "broker TLS files ([mqtt.tls], on by default) go in $etc/tls: ca.pem, kiosk.pem, kiosk.key (0640, group kiosk)"
     if $systemd_running; then
         systemctl daemon-reload
         udevadm control --reload-rules 2>/dev/null && udevadm trigger --subsystem-match=usb --subsystem-match=tty 2>/dev/null || true
         systemctl enable kiosk-agent.service
         say "enabled kiosk-agent.service; after editing $etc/agent.toml: sudo systemctl restart kiosk-agent"
     fi
+    relocate_venv  # last: the scripts run from /opt/kiosk-agent only from here on
 }
 
 do_uninstall() {
@@ -133,7 +198,8 @@ do_uninstall() {
         systemctl disable --now kiosk-agent.service kiosk-agent-receiver.service 2>/dev/null || true
     fi
     rm -f "$units/kiosk-agent.service" "$units/kiosk-agent-receiver.service" "$rules/60-kiosk-agent.rules" \
-        "$rules/61-kiosk-serial.rules"
+        "$rules/61-kiosk-serial.rules" "$DESTDIR/usr/share/bash-completion/completions/kiosk-agent" \
+        "$DESTDIR/usr/share/zsh/vendor-completions/_kiosk-agent" "$DESTDIR/usr/share/man/man1/kiosk-agent.1"
     rm -rf "$venv"
     $systemd_running && systemctl daemon-reload
     say "removed the service, udev rules and $venv"
@@ -142,6 +208,7 @@ do_uninstall() {
 
 case "$action" in
     install) do_install ;;
+    install-central) do_install_central ;;
     uninstall) do_uninstall ;;
-    *) echo "usage: $0 install|uninstall" >&2; exit 2 ;;
+    *) echo "usage: $0 install|install-central|uninstall" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,10 +120,23 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
 def test_agent_unit_declares_what_the_service_needs() -> None:
     text = (ROOT / "systemd" / "kiosk-agent.service").read_text()
     for line in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=kiosk-agent",
+                 "RestartPreventExitStatus=2", "RuntimeDirectory=kiosk-agent",
                  "ConfigurationDirectory=kiosk-agent", "User=kiosk", "Group=kiosk",
                  "SupplementaryGroups=dialout video plugdev", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "DeviceAllow=char-usb_device rw", "MemoryMax="]:
         assert line in text
+
+
+def test_units_stay_failed_on_a_config_error() -> None:
+    """Exit 2 (a config problem) is not restarted; no ExecStartPre, which systemd restarts
+    every RestartSec whatever RestartPreventExitStatus says (systemd issue 11868)."""
+    for unit in ("kiosk-agent.service", "kiosk-agent-receiver.service"):
+        text = (ROOT / "systemd" / unit).read_text()
+        assert "RestartPreventExitStatus=2" in text and "\nExecStartPre=" not in text, unit
+    # The documented socket's folder is the one the unit creates at each start.
+    default = (ROOT / "config" / "kiosk-default.toml").read_text()
+    assert '# unix_socket = "/run/kiosk-agent/api.sock"' in default
+    assert "RuntimeDirectory=kiosk-agent\n" in (ROOT / "systemd" / "kiosk-agent.service").read_text()
 
 
 def test_install_into_a_scratch_root(tmp_path: Path) -> None:
@@ -140,12 +154,30 @@ def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     assert mode("etc/systemd/system/kiosk-agent.service") == 0o644
     assert mode("etc/udev/rules.d/60-kiosk-agent.rules") == 0o644
     assert mode("etc/udev/rules.d/61-kiosk-serial.rules") == 0o644
+    for rel in ("usr/share/bash-completion/completions/kiosk-agent",
+                "usr/share/zsh/vendor-completions/_kiosk-agent", "usr/share/man/man1/kiosk-agent.1"):
+        assert mode(rel) == 0o644
     assert "05ba" in (root / "etc/udev/rules.d/60-kiosk-agent.rules").read_text()
-    cli = root / "opt/kiosk-agent/bin/kiosk-agent"
-    check = subprocess.run([str(cli), "check-config", str(root / "etc/kiosk-agent/agent.toml")],
-                           capture_output=True, text=True)
+    # A kiosk gets the kiosk's parts only: the central receiver is `install-central`.
+    assert not (root / "etc/systemd/system/kiosk-agent-receiver.service").exists()
+    assert not (root / "etc/kiosk-agent/receiver.toml").exists()
+    # Staged for /opt/kiosk-agent: no script names the staging root.
+    venv = root / "opt/kiosk-agent"
+    assert (venv / "bin/kiosk-agent").read_text().splitlines()[0] == "#!/opt/kiosk-agent/bin/python"
+    staged = [p.name for p in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]
+              if p.is_file() and str(root).encode() in p.read_bytes()]
+    assert staged == []
+    # The staging root's interpreter still runs it (python -m cli, from outside the source tree).
+    check = subprocess.run([str(venv / "bin/python"), "-m", "cli", "check-config", "--no-files", "--json",
+                            str(root / "etc/kiosk-agent/agent.toml")],
+                           capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert "@KIOSK_ID@" not in (root / "etc/kiosk-agent/agent.toml").read_text()
+    # Ready for a registration app: the local API on, with the token install made.
+    installed = tomllib.loads((root / "etc/kiosk-agent/agent.toml").read_text())
+    assert installed["local_api"]["enabled"] is True and "registration" in installed
+    assert installed["local_api"]["token_file"] == "/etc/kiosk-local-api/token"
+    assert (root / "etc/kiosk-local-api/token").exists()
 
     # An upgrade keeps the config (and never touches the queue).
     (root / "etc/kiosk-agent/agent.toml").write_text(
@@ -156,10 +188,17 @@ def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     assert again.returncode == 0 and "keeping existing" in again.stdout
     assert "edited by the operator" in (root / "etc/kiosk-agent/agent.toml").read_text()
 
+    central = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh"), "install-central"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert central.returncode == 0, central.stdout + central.stderr
+    assert mode("etc/systemd/system/kiosk-agent-receiver.service") == 0o644
+    assert mode("etc/kiosk-agent/receiver.toml") == 0o640
+
     gone = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh"), "uninstall"], env=env,
                           capture_output=True, text=True)
     assert gone.returncode == 0
     assert not (root / "opt/kiosk-agent").exists()
     assert not (root / "etc/systemd/system/kiosk-agent.service").exists()
+    assert not (root / "usr/share/man/man1/kiosk-agent.1").exists()
     assert (root / "var/lib/kiosk-agent/queue.db").read_bytes() == b"queued captures"
     assert (root / "etc/kiosk-agent/agent.toml").exists()

@@ -174,6 +174,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(json.dumps(meta, default=str))
     else:
         for key, value in meta.items():
+            if value is None or value == {}:
+                if key != "quality":
+                    continue  # nothing to say (quality_detail of a driver that gives none)
+                value = (f"not assessed by the driver (`kiosk-agent quality {args.out} "
+                         f"--modality {image.modality.value}` checks it)")
             print(f"{key + ':':<15} {value}")
     return EXIT_OK
 

@@ -30,6 +30,11 @@ class RegistrationConfig(Section):
     #: Sessions are kept here (no images: those go to the queue, sealed, as they are taken).
     #: Default: registrations.db beside the queue.
     store_path: Path | None = None
+    #: The kiosk asks the central side where its closed registrations stand (those without a
+    #: final word: complete or cancelled) on every connect and then this often, each once it
+    #: has been closed this long (agent/registration/central_status.py).
+    central_query_interval_s: float = Field(300.0, ge=10)
+    central_query_after_s: float = Field(60.0, ge=0)
 
 
 

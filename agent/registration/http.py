@@ -255,25 +255,14 @@ def make_handler(
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("local API %s: " + format, self.address_string(), *args)
 
-        def do_GET(self) -> None:
-            self._dispatch("GET")
-
-        def do_POST(self) -> None:
-            self._dispatch("POST")
-
-        def do_PUT(self) -> None:
-            self._dispatch("PUT")
-
-        def do_DELETE(self) -> None:
-            self._dispatch("DELETE")
-
-        def do_PATCH(self) -> None:
-            self._dispatch("PATCH")
-
-        def do_OPTIONS(self) -> None:
-            # A CORS preflight gets the same refusal as anything else, and never an
-            # Access-Control-Allow-* header.
-            self._dispatch("OPTIONS")
+        def __getattr__(self, name: str) -> Any:
+            # http.server looks up do_<METHOD> and answers an HTML 501 where there is none.
+            # Every method (TRACE, HEAD, a CORS preflight's OPTIONS, made-up ones) takes the same
+            # path instead: the access checks, then JSON, 405 with Allow where the path has no
+            # such route. A preflight never gets an Access-Control-Allow-* header.
+            if name.startswith("do_"):
+                return lambda: self._dispatch(name[3:])
+            raise AttributeError(name)
 
         def _dispatch(self, method: str) -> None:
             url = urlsplit(self.path)
@@ -342,7 +331,8 @@ def make_handler(
                 if self._body_left():
                     self.send_header("Connection", "close")  # send_header also marks it to close
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":  # its answer has headers only, or the client desyncs
+                    self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 pass  # the app went away; nothing to tell it
 

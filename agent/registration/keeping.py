@@ -78,7 +78,10 @@ class Keeper:
             "token_id": token_id,
             "attempts": kept.attempts,
             "force_captured": force,
-            "quality": report.as_dict(),
+            # `quality` is the score 0..100 wherever the API shows one (session items, events);
+            # the checks behind it are the report.
+            "quality": report.score,
+            "report": report.as_dict(),
             "expected_fingers": expected_fingers if item.modality is Modality.FINGER else None,
         }
         self.feed.keep_result(outcome.id, result)
@@ -93,7 +96,8 @@ class Keeper:
             "position": position,
             "attempts": kept.attempts,
             "passed": kept.verdict.passed,
-            "quality": _report(kept).as_dict(),
+            "quality": _report(kept).score,
+            "report": _report(kept).as_dict(),
         }
         self.feed.keep_result(outcome.id, result)
         return result
@@ -125,15 +129,25 @@ class Keeper:
         )
 
     def _encode(self, image: CapturedImage) -> CapturedImage:
-        """Fingers in the configured format (PNG or WSQ) at their native resolution."""
+        """Fingers in the configured format by the resolution rule of agent/formats/images.py:
+        PNG and JPEG 2000 lossless at the native resolution, said inside the file; WSQ at 500
+        ppi, resampled when the scanner is not, the native one kept as ``scan_ppi``."""
         fmt = self.formats.finger_format
-        if image.modality is not Modality.FINGER or image.image_format == fmt:
+        if image.modality is not Modality.FINGER:
             return image
         from agent.formats.images import encode_finger
+        from drivers.png_phys import png_ppi, set_phys
 
+        if image.image_format == fmt:
+            if fmt == "png" and png_ppi(image.image) != image.ppi:
+                # Every PNG that leaves the kiosk says its resolution (pHYs), whatever the driver did.
+                return replace(image, image=set_phys(image.image, image.ppi))
+            return image
         gray = cv2.imdecode(np.frombuffer(image.image, np.uint8), cv2.IMREAD_GRAYSCALE)
-        encoded = encode_finger(gray, image.ppi or 500, fmt=fmt, wsq_bitrate=self.formats.wsq_bitrate)
-        return replace(image, image_format=encoded.format, image=encoded.data)
+        encoded = encode_finger(gray, image.ppi, fmt=fmt, wsq_bitrate=self.formats.wsq_bitrate)
+        detail = {**image.quality_detail, **({"scan_ppi": encoded.scan_ppi} if encoded.scan_ppi else {})}
+        return replace(image, image_format=encoded.format, image=encoded.data, width=encoded.width,
+                       height=encoded.height, ppi=encoded.ppi, quality_detail=detail)
 
 
 def _report(kept: Kept[Judgement]) -> QualityReport:

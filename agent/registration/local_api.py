@@ -9,7 +9,7 @@ gid), the API's own Host, nothing a browser page sends (agent/registration/acces
 
 Errors are JSON too: ``{"error": {"code": "...", "message": "..."}}`` with a status that
 says whose fault it is and whether waiting helps (400 bad request, 401/403 not the
-registration app, 404 unknown, 409 busy or wrong state, 410 a preview of an ended session,
+registration app, 404 unknown, 405 not a method of that path, 409 busy or wrong state,
 422 the person must try again, 503 device or agent unavailable for now: retry
 later; 500 a device failed for good, ``device_failed``: its config or hardware must change).
 """
@@ -26,6 +26,21 @@ from typing import Any
 
 from agent.capture.workers import DeviceWorker
 from agent.registration.access import Access, TokenFileError, read_token
+from agent.registration.bodies import (
+    CHECKS_VALUES,
+    EVENTS_AFTER_MAX,
+    EVENTS_WAIT_MAX_S,
+    PREVIEW_FPS,
+    SESSION_STATES,
+    AddException,
+    Body,
+    Cancel,
+    CaptureItem,
+    NoBody,
+    SingleCapture,
+    StartSession,
+    parse,
+)
 from agent.registration.http import ApiError, Raw, Request, Stream, UnixHTTPServer, make_handler, route
 from agent.registration.service import RegistrationError, RegistrationService
 from agent.runtime import Runtime
@@ -35,10 +50,10 @@ log = logging.getLogger(__name__)
 
 STATUS = {
     "not_found": 404,
-    "gone": 410,
     "invalid": 400,
     "busy": 409,
     "closed": 409,
+    "conflict": 409,
     "incomplete": 409,
     "retry": 422,
     "device": 503,
@@ -154,53 +169,53 @@ class LocalApi:
 
     @route("POST", "/v1/sessions")
     def start_session(self, req: Request) -> Any:
-        body = req.json(("applicant_ref", "operator_id"))
-        return 201, self._registrations().start(body.get("applicant_ref"), body.get("operator_id"))
+        body = _body(req, StartSession)
+        return 201, self._registrations().start(body.applicant_ref, body.operator_id)
 
     @route("GET", "/v1/sessions", query=("state",))
     def list_sessions(self, req: Request) -> Any:
-        state = req.choice("state", ("open", "completed", "cancelled"))
+        state = req.choice("state", SESSION_STATES)
         return {"sessions": self._registrations().sessions(state)}
 
     @route("GET", "/v1/sessions/{session}")
     def get_session(self, req: Request) -> Any:
         return self._registrations().view(req.params["session"])
 
+    @route("GET", "/v1/sessions/{session}/central")
+    def central_status(self, req: Request) -> Any:
+        # Kept beyond the session's erasure (agent/registration/central_status.py), so the
+        # app can follow a registration the kiosk no longer holds anything personal of.
+        self._registrations()  # 503 while restarting
+        central = self.runtime.central_status()
+        found = central.view(req.params["session"]) if central is not None else None
+        if found is None:
+            raise ApiError(404, "not_found", f"no registration {req.params['session']!r} on this kiosk")
+        return found
+
     @route("POST", "/v1/sessions/{session}/capture")
     def capture_item(self, req: Request) -> Any:
-        item = req.json(("item",)).get("item")
-        if item is not None and not isinstance(item, str):
-            raise ApiError(400, "invalid", "item must be an item key such as 'finger-2' or 'face'")
-        return self._registrations().capture(req.params["session"], item)
+        return self._registrations().capture(req.params["session"], _body(req, CaptureItem).item)
 
     @route("POST", "/v1/sessions/{session}/exceptions")
     def add_exception(self, req: Request) -> Any:
-        body = req.json(("position", "code", "reason"))
-        # Missing ones are the service's to explain; a wrong type must not reach it (a list
-        # as code is unhashable, true passes for finger 1).
-        wrong = [n for n in ("code", "reason") if body.get(n) is not None and not isinstance(body[n], str)]
-        if isinstance(body.get("position"), bool):
-            wrong.insert(0, "position")
-        if wrong:
-            raise ApiError(400, "invalid", f"wrong type for {', '.join(wrong)}: position is a whole "
-                           "number, code and reason are strings")
+        body = _body(req, AddException)
         return self._registrations().add_exception(
-            req.params["session"], body.get("position"), body.get("code"), body.get("reason")
+            req.params["session"], body.position, body.code, body.reason
         )
 
     @route("POST", "/v1/sessions/{session}/complete")
     def complete(self, req: Request) -> Any:
-        req.json(())
+        _body(req, NoBody)
         return self._registrations().complete(req.params["session"])
 
     @route("POST", "/v1/sessions/{session}/cancel")
     def cancel(self, req: Request) -> Any:
-        return self._registrations().cancel(req.params["session"], req.json(("reason",)).get("reason"))
+        return self._registrations().cancel(req.params["session"], _body(req, Cancel).reason)
 
     @route("GET", "/v1/sessions/{session}/events", query=("after", "wait"))
     def events(self, req: Request) -> Any:
-        after = int(req.number("after", 0, 0, 1e12, integer=True))
-        wait = req.number("wait", 0, 0, 60)
+        after = int(req.number("after", 0, 0, EVENTS_AFTER_MAX, integer=True))
+        wait = req.number("wait", 0, 0, EVENTS_WAIT_MAX_S)
         return {"events": self._registrations().events(req.params["session"], after, wait)}
 
     @route("GET", "/v1/sessions/{session}/items/{item}/preview")
@@ -214,10 +229,7 @@ class LocalApi:
 
     @route("POST", "/v1/devices/{device}/capture")
     def single_capture(self, req: Request) -> Any:
-        body = req.json(("position",))
-        position = body.get("position", 0)
-        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= 15:
-            raise ApiError(400, "invalid", "position must be 0..10 (a finger), 13..15 (a slap) or 0 (a face)")
+        position = _body(req, SingleCapture).position
         self._worker(req.params["device"])
         return self._registrations().single_capture(req.params["device"], position)
 
@@ -233,8 +245,8 @@ class LocalApi:
 
     @route("GET", "/v1/devices/{device}/preview.mjpeg", query=("fps", "checks"))
     def preview_stream(self, req: Request) -> Any:
-        fps = req.number("fps", self.config.preview_fps, 1, 30)
-        judge = req.choice("checks", ("0", "1", "true", "false")) in ("1", "true")
+        fps = req.number("fps", self.config.preview_fps, *PREVIEW_FPS)
+        judge = req.choice("checks", CHECKS_VALUES) in ("1", "true")
         self._frame(req.params["device"], judge=False)  # fail before the stream starts
         return Stream(lambda: self._frame(req.params["device"], judge=judge), fps, self._stopping)
 
@@ -250,6 +262,10 @@ class LocalApi:
         worker = self._worker(device)
         try:
             frame = worker.submit(lambda driver: driver.preview()).result(timeout=5)
+        except NotImplementedError:
+            # A finger scanner: nothing to wait for, and no fault of the device (drivers/base.py).
+            raise ApiError(404, "not_found", f"device {device} has no live preview; only cameras have one") \
+                from None
         except FutureTimeout:
             raise ApiError(503, "device", f"device {device} is busy or not answering") from None
         except Exception as exc:
@@ -259,6 +275,15 @@ class LocalApi:
         if not ok:
             raise ApiError(503, "device", "cannot encode the preview frame")
         return data.tobytes(), report
+
+
+def _body(req: Request, model: type[Body]) -> Any:
+    """The request's body, checked against ``model`` (agent/registration/bodies.py)."""
+    raw = req.json(tuple(model.model_fields))
+    try:
+        return parse(model, raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid", str(exc)) from None
 
 
 def _error_answer(exc: Exception) -> tuple[int, dict[str, Any]] | None:

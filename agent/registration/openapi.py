@@ -6,6 +6,26 @@ from __future__ import annotations
 from typing import Any
 
 from agent import __version__
+from agent.registration.bodies import (
+    CHECKS_VALUES,
+    EVENTS_AFTER_MAX,
+    EVENTS_WAIT_MAX_S,
+    PREVIEW_FPS,
+    SESSION_STATES,
+    AddException,
+    Cancel,
+    CaptureItem,
+    SingleCapture,
+    StartSession,
+)
+
+#: The request bodies' schemas come from the models the API validates them with.
+BODIES = {m.__name__: m.model_json_schema() for m in (StartSession, CaptureItem, AddException, Cancel,
+                                                       SingleCapture)}
+
+
+#: `quality` has this one shape wherever the API shows one: the score.
+SCORE = {"type": "integer", "minimum": 0, "maximum": 100, "description": "quality score 0..100"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -23,18 +43,21 @@ ERRORS = {
         (401, "unauthorized: no token, or the wrong one (Authorization: Bearer <local_api.token_file>)"),
         (403, "forbidden: a browser page (Origin, Sec-Fetch-Site), a Host that is not this API's, "
               "or a Unix socket peer not in allowed_uids/allowed_gids"),
-        (404, "no such session, item, capture or device"),
-        (409, "busy (one action per device), or the session is closed or incomplete"),
+        (404, "no such session, item, capture or device; no such endpoint"),
+        (409, "busy (one action per device); the session is closed or incomplete; conflict: the "
+              "session's state does not allow it (the message says why)"),
+        (411, "Transfer-Encoding (chunked) is refused: send Content-Length"),
+        (413, "request body over 64 KiB"),
         (422, "the person must try again: no usable image in every attempt"),
         (500, "device_failed: the device failed for good, its config or hardware must change "
               "(the message names what); internal: a bug"),
         (503, "device, unavailable: the device or the agent is unavailable for now; retry later"),
     )
 }
-#: Only where a request has a body.
-BODY_ERRORS = {
-    "411": _json(_ref("Error"), "Transfer-Encoding (chunked) is refused: send Content-Length"),
-    "413": _json(_ref("Error"), "request body over 64 KiB"),
+#: Any other method on a path (TRACE, HEAD, OPTIONS, PATCH, ...): JSON, with the methods it takes.
+ERRORS["405"] = {
+    **_json(_ref("Error"), "this path does not take that method; Allow lists the ones it takes"),
+    "headers": {"Allow": {"required": True, "schema": {"type": "string"}, "description": "e.g. GET, POST"}},
 }
 
 SESSION_PARAM = {"name": "session", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -46,7 +69,8 @@ def _op(
     ok: dict[str, Any],
     *,
     params: list[dict[str, Any]] | None = None,
-    body: dict[str, Any] | None = None,
+    body: str | None = None,
+    body_required: bool = True,
     status: str = "200",
     errors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -54,8 +78,8 @@ def _op(
     if params:
         op["parameters"] = params
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        op["responses"].update(BODY_ERRORS)
+        schema = {"application/json": {"schema": _ref(body)}}
+        op["requestBody"] = {"required": body_required, "content": schema}
     return op
 
 
@@ -68,7 +92,6 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
 
 def spec() -> dict[str, Any]:
     string, integer = {"type": "string"}, {"type": "integer"}
-    ref = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "\\S"}  # not blank
     jpeg = {
         "description": "JPEG image",
         "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
@@ -95,7 +118,7 @@ def spec() -> dict[str, Any]:
                 "post": _op(
                     "Start a registration session",
                     _json(_ref("Session"), "created"),
-                    body=_obj({"applicant_ref": ref, "operator_id": ref}, ["applicant_ref", "operator_id"]),
+                    body="StartSession",
                     status="201",
                 ),
                 "get": _op(
@@ -106,7 +129,7 @@ def spec() -> dict[str, Any]:
                             "name": "state",
                             "in": "query",
                             "required": False,
-                            "schema": {"enum": ["open", "completed", "cancelled"]},
+                            "schema": {"enum": list(SESSION_STATES)},
                         }
                     ],
                 ),
@@ -114,12 +137,17 @@ def spec() -> dict[str, Any]:
             "/v1/sessions/{session}": {
                 "get": _op("One session", _json(_ref("Session")), params=[SESSION_PARAM])
             },
+            "/v1/sessions/{session}/central": {
+                "get": _op("What the central side says of the registration; also after the session "
+                           "was erased", _json(_ref("CentralStatus")), params=[SESSION_PARAM])
+            },
             "/v1/sessions/{session}/capture": {
                 "post": _op(
                     "Capture one plan item (the next pending one unless `item` is given); blocks until done",
                     _json(_ref("CaptureResult")),
                     params=[SESSION_PARAM],
-                    body=_obj({"item": string}),
+                    body="CaptureItem",
+                    body_required=False,
                 )
             },
             "/v1/sessions/{session}/exceptions": {
@@ -127,19 +155,13 @@ def spec() -> dict[str, Any]:
                     "Record a missing finger: XX amputated, UP unable to print",
                     _json(_ref("Session")),
                     params=[SESSION_PARAM],
-                    body=_obj(
-                        {
-                            "position": {"type": "integer", "minimum": 1, "maximum": 10},
-                            "code": {"enum": ["XX", "UP"]},
-                            "reason": string,
-                        },
-                        ["position", "code", "reason"],
-                    ),
+                    body="AddException",
                 )
             },
             "/v1/sessions/{session}/complete": {
                 "post": _op(
-                    "Complete the session: queues its manifest (409 lists pending items)",
+                    "Complete the session: queues its manifest (409 lists pending items); "
+                    "completing a completed session answers the same again",
                     _json(_ref("Session")),
                     params=[SESSION_PARAM],
                 )
@@ -149,7 +171,7 @@ def spec() -> dict[str, Any]:
                     "Cancel the session",
                     _json(_ref("Session")),
                     params=[SESSION_PARAM],
-                    body=_obj({"reason": string}, ["reason"]),
+                    body="Cancel",
                 )
             },
             "/v1/sessions/{session}/events": {
@@ -162,13 +184,13 @@ def spec() -> dict[str, Any]:
                             "name": "after",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "integer", "minimum": 0},
+                            "schema": {"type": "integer", "minimum": 0, "maximum": EVENTS_AFTER_MAX},
                         },
                         {
                             "name": "wait",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "number", "minimum": 0, "maximum": 60},
+                            "schema": {"type": "number", "minimum": 0, "maximum": EVENTS_WAIT_MAX_S},
                         },
                     ],
                 )
@@ -181,7 +203,6 @@ def spec() -> dict[str, Any]:
                         SESSION_PARAM,
                         {"name": "item", "in": "path", "required": True, "schema": string},
                     ],
-                    errors={"410": _json(_ref("Error"), "gone: the session has ended; no previews")},
                 )
             },
             "/v1/captures/{capture}": {
@@ -196,7 +217,8 @@ def spec() -> dict[str, Any]:
                     "One capture outside a session",
                     _json(_ref("CaptureResult")),
                     params=[DEVICE_PARAM],
-                    body=_obj({"position": {"type": "integer", "minimum": 0, "maximum": 15}}),
+                    body="SingleCapture",
+                    body_required=False,
                 )
             },
             "/v1/devices/{device}/preview.jpg": {
@@ -218,13 +240,15 @@ def spec() -> dict[str, Any]:
                             "name": "fps",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "number", "minimum": 1, "maximum": 30},
+                            "schema": {
+                                "type": "number", "minimum": PREVIEW_FPS[0], "maximum": PREVIEW_FPS[1]
+                            },
                         },
                         {
                             "name": "checks",
                             "in": "query",
                             "required": False,
-                            "schema": {"enum": ["0", "1", "true", "false"]},
+                            "schema": {"enum": list(CHECKS_VALUES)},
                         },
                     ],
                 )
@@ -241,6 +265,7 @@ def spec() -> dict[str, Any]:
                 }
             },
             "schemas": {
+                **BODIES,
                 "Error": _obj(
                     {
                         "error": {
@@ -253,10 +278,10 @@ def spec() -> dict[str, Any]:
                                         "unauthorized",
                                         "forbidden",
                                         "not_found",
-                                        "gone",
                                         "busy",
                                         "closed",
                                         "incomplete",
+                                        "conflict",
                                         "retry",
                                         "device",
                                         "device_failed",
@@ -297,7 +322,7 @@ def spec() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "modality": string,
-                        "score": integer,
+                        "score": SCORE,
                         "passed": {"type": "boolean"},
                         "assessor": string,
                         "checks": {"type": "array", "items": _ref("Check")},
@@ -306,12 +331,45 @@ def spec() -> dict[str, Any]:
                 },
                 "CaptureResult": {
                     "type": "object",
+                    "required": ["capture_id", "attempts", "quality", "report"],
                     "properties": {
                         "capture_id": string,
+                        "session": string,
                         "item": string,
+                        "token_id": {"type": ["string", "null"], "description": "the face's ISO token image"},
                         "attempts": integer,
                         "force_captured": {"type": "boolean"},
-                        "quality": _ref("QualityReport"),
+                        "quality": SCORE,
+                        "report": _ref("QualityReport"),
+                        "expected_fingers": {"type": ["integer", "null"]},
+                        "next": {
+                            "type": ["string", "null"],
+                            "description": "the session's next pending item after this capture "
+                            "(null: complete the session); in a session capture's answer only",
+                        },
+                        "device": {"type": "string", "description": "a capture outside a session"},
+                        "position": {"type": "integer", "description": "a capture outside a session"},
+                        "passed": {"type": "boolean", "description": "a capture outside a session"},
+                    },
+                },
+                "Item": {
+                    "type": "object",
+                    "properties": {
+                        "key": {"type": "string"},
+                        "modality": {"enum": ["finger", "face"]},
+                        "position": {"type": "integer"},
+                        "fingers": {"type": "array", "items": integer},
+                        "device": string,
+                        "name": string,
+                        "status": {"enum": ["pending", "captured", "exception"]},
+                        "capture_id": {"type": ["string", "null"]},
+                        "token_id": {"type": ["string", "null"]},
+                        "quality": {"anyOf": [SCORE, {"type": "null"}]},
+                        "force_captured": {"type": "boolean"},
+                        "attempts": integer,
+                        "excepted_fingers": {"type": "array", "items": integer},
+                        "failed_checks": {"type": "array", "items": string},
+                        "hints": {"type": "array", "items": string},
                     },
                 },
                 "Session": {
@@ -321,13 +379,24 @@ def spec() -> dict[str, Any]:
                         "applicant_ref": string,
                         "operator_id": string,
                         "plan": string,
-                        "state": {"enum": ["open", "completed", "cancelled"]},
-                        "items": {"type": "array", "items": {"type": "object"}},
+                        "state": {"enum": list(SESSION_STATES)},
+                        "items": {"type": "array", "items": _ref("Item")},
                         "pending": {"type": "array", "items": string},
                         "next": {"type": ["string", "null"]},
                         "exceptions": {"type": "array", "items": {"type": "object"}},
+                        "central": _ref("CentralStatus"),
                     },
                 },
+                # What the central side last said of a registration (agent/registration/central_status.py).
+                "CentralStatus": _obj({
+                    "state": {"enum": ["unknown", "complete", "incomplete", "failed", "cancelled"]},
+                    "missing": {"type": "array", "items": _obj({
+                        "item": string, "position": integer, "capture_id": string})},
+                    "reason": {"type": ["object", "null"], "properties": {
+                        "code": string, "message": string, "attempts": integer,
+                        "retry_at": {"type": ["string", "null"]}}},
+                    "updated_at": {"type": ["string", "null"]},
+                }, ["state", "missing", "reason", "updated_at"]),
             }
         },
     }

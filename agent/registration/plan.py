@@ -5,27 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agent.formats.positions import FINGER_NAMES, FINGERS, SLAP_NAMES, SLAPS
 from agent.registration.errors import RegistrationError
 from drivers import Modality
 
-#: ANSI/NIST slap positions and the fingers each holds.
-SLAPS: dict[int, tuple[int, ...]] = {13: (2, 3, 4, 5), 14: (7, 8, 9, 10), 15: (1, 6)}
-FINGER_NAMES = {
-    1: "right thumb",
-    2: "right index",
-    3: "right middle",
-    4: "right ring",
-    5: "right little",
-    6: "left thumb",
-    7: "left index",
-    8: "left middle",
-    9: "left ring",
-    10: "left little",
-    13: "right four fingers",
-    14: "left four fingers",
-    15: "both thumbs",
-}
+#: Every position's name: fingers 1..10, slaps 13..15 (agent/formats/positions.py).
+POSITION_NAMES = {**FINGER_NAMES, **SLAP_NAMES}
 EXCEPTION_CODES = {"XX": "amputated", "UP": "unable to print (bandaged, injured)"}
+#: Every item any plan has (a session's plan has some of them).
+ITEM_KEYS = (*(f"finger-{p}" for p in sorted(FINGERS)), *(f"slap-{p}" for p in SLAPS), "face")
 
 
 @dataclass(frozen=True)
@@ -44,7 +32,7 @@ class PlanItem:
             "position": self.position,
             "fingers": list(self.fingers),
             "device": self.device,
-            "name": FINGER_NAMES.get(self.position, "face"),
+            "name": POSITION_NAMES.get(self.position, "face"),
         }
 
 
@@ -64,5 +52,5 @@ def plan_items(plan: str, face: bool, finger_device: str, face_device: str) -> l
 
 def single_item(device: str, modality: Modality, position: int) -> PlanItem:
     """The item for one capture outside any session (a finger, a slap or a face)."""
-    fingers = SLAPS.get(position, (position,) if 1 <= position <= 10 else ())
+    fingers = SLAPS.get(position, (position,) if position in FINGERS else ())
     return PlanItem(f"single-{position}", modality, position, fingers, device)

@@ -20,6 +20,7 @@ device work goes through each device's worker thread.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ from agent.capture.service import CaptureService
 from agent.capture.workers import DeviceWorker
 from agent.config import KioskConfig
 from agent.formats.config import FormatsConfig
+from agent.formats.positions import FINGERS, position_problem
 from agent.quality.config import QualityConfig
 from agent.registration.config import RegistrationConfig
 from agent.registration.erasure import erase_delivered
@@ -74,6 +76,9 @@ class RegistrationService:
         self.judge = Judge(config, quality)
         self.taker = ItemTaker(workers, config.max_attempts, self.judge, self.feed)
         self.keeper = Keeper(capture, formats, self.store, self.feed)
+        #: One complete or cancel at a time: a retried complete racing the first must find the
+        #: session completed, not queue a second manifest.
+        self._closing = threading.Lock()
 
     def close(self) -> None:
         self.store.close()
@@ -146,6 +151,8 @@ class RegistrationService:
                 {"position": p, "finger": FINGER_NAMES[p], "code": c, "reason": r}
                 for p, (c, r) in sorted(state.exceptions.items())
             ],
+            # What the central side says of it (agent/registration/central_status.py).
+            "central": self.store.central(state.id),
         }
 
     def sessions(self, state: str | None = None) -> list[dict[str, Any]]:
@@ -166,10 +173,12 @@ class RegistrationService:
         item = self._item(state, item_key)
         expected = [p for p in item.fingers if p not in state.exceptions]
         if item.modality is Modality.FINGER and not expected:
-            raise RegistrationError("invalid", f"every finger of {item.key} is recorded as an exception")
+            raise RegistrationError("conflict", f"every finger of {item.key} is recorded as an exception")
         with self.taker.device(item.device):
             kept = self.taker.take(session_id, item, len(expected))
-            return self.keeper.keep_item(state, item, kept, len(expected))
+            result = self.keeper.keep_item(state, item, kept, len(expected))
+        # What the app captures next, as in the session's own view (null: complete it now).
+        return {**result, "next": self._next(self._state(session_id))}
 
     def single_capture(self, device: str, position: int) -> dict[str, Any]:
         """One capture outside any session (the app's "test the scanner" button, enrolment of staff)."""
@@ -195,8 +204,9 @@ class RegistrationService:
 
     def add_exception(self, session_id: str, position: int, code: str, reason: str) -> dict[str, Any]:
         state = self._open(session_id)
-        if not isinstance(position, int) or not 1 <= position <= 10:
-            raise RegistrationError("invalid", "position must be a finger position 1..10")
+        problem = position_problem(position, FINGERS)
+        if problem is not None:
+            raise RegistrationError("invalid", f"position {problem}")
         if code not in EXCEPTION_CODES:
             raise RegistrationError(
                 "invalid",
@@ -208,7 +218,7 @@ class RegistrationService:
         item = next(i for i in self._plan(state) if position in i.fingers)
         if state.items[item.key].status == "captured":
             raise RegistrationError(
-                "invalid",
+                "conflict",
                 f"{item.key} is already captured; an exception for "
                 f"{FINGER_NAMES[position]} would contradict it",
             )
@@ -219,6 +229,15 @@ class RegistrationService:
         return self.view(session_id)
 
     def complete(self, session_id: str) -> dict[str, Any]:
+        with self._closing:
+            return self._complete(session_id)
+
+    def _complete(self, session_id: str) -> dict[str, Any]:
+        state = self._state(session_id)
+        if state.state == "completed":
+            # A retry (the app timed out waiting for the first answer): the same answer again,
+            # and no second manifest.
+            return self.view(session_id)
         state = self._open(session_id)
         pending = [k for k, s in state.items.items() if s.status == "pending"]
         if pending:
@@ -239,6 +258,10 @@ class RegistrationService:
         return self.view(session_id)
 
     def cancel(self, session_id: str, reason: str) -> dict[str, Any]:
+        with self._closing:
+            return self._cancel(session_id, reason)
+
+    def _cancel(self, session_id: str, reason: str) -> dict[str, Any]:
         state = self._open(session_id)
         if not isinstance(reason, str) or not reason.strip():
             raise RegistrationError("invalid", "give the reason for cancelling")
@@ -263,7 +286,7 @@ class RegistrationService:
             # The operator's screen has moved on to the next applicant; this one's images are
             # in the sealed queue, and a rogue operator must not page back through them.
             raise RegistrationError(
-                "gone",
+                "closed",
                 f"session {session_id} is {state.state}: previews of an ended session are not served",
             )
         found = self.feed.preview(session_id, item_key)
@@ -286,16 +309,23 @@ class RegistrationService:
         """The plan item ``item_key`` names, or the next pending one."""
         plan = {i.key: i for i in self._plan(state)}
         if item_key is None:
-            pending = [k for k in plan if state.items[k].status == "pending"]
-            if not pending:
+            item_key = self._next(state)
+            if item_key is None:
                 raise RegistrationError(
-                    "invalid", "every item is captured or an exception; complete the session"
+                    "conflict", "every item is captured or an exception; complete the session"
                 )
-            item_key = pending[0]
         item = plan.get(item_key)
         if item is None:
-            raise RegistrationError("invalid", f"no item {item_key!r} in this plan; items: {', '.join(plan)}")
+            # A well-formed key (bodies.ITEM_KEYS) of another plan: the session exists, its plan
+            # has no such item (not 404: that would say the session is not there).
+            raise RegistrationError(
+                "conflict", f"no item {item_key!r} in this session's plan; items: {', '.join(plan)}"
+            )
         return item
+
+    def _next(self, state: SessionState) -> str | None:
+        """The first pending item in plan order, or None when every item is done."""
+        return next((i.key for i in self._plan(state) if state.items[i.key].status == "pending"), None)
 
     def _state(self, session_id: str) -> SessionState:
         state = self.store.get(session_id)

@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.config import ConfigError, MqttConfig, TopicSegment, read_toml
+from agent.remote.output import reply_text
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -114,33 +115,58 @@ def cmd_remote(args: argparse.Namespace) -> int:
                            reply_to=reply_topic)
     request_id = json.loads(payload)["id"]
     topic = f"{config.mqtt.topic_prefix}/{args.kiosk_id}/commands/{args.command_name}"
-    reply = _request(config.mqtt, topic, payload, reply_topic, request_id, args.timeout)
+    status_topic = f"{config.mqtt.topic_prefix}/{args.kiosk_id}/status"
+    handler = _request(config.mqtt, _Requester(topic, payload, reply_topic, request_id, status_topic),
+                       args.timeout)
+    reply = handler.reply
     if reply is None:
-        print(f"error: no reply from kiosk {args.kiosk_id} within {args.timeout:.0f} s (offline? see "
-              "`kiosk-agent remote --list`); a signed command stays valid until it expires, so the "
-              "kiosk may still run it when it reconnects", file=sys.stderr)
+        print(f"error: {no_reply_message(args.kiosk_id, args.timeout, handler)}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps(reply))
     elif reply.get("ok"):
-        print(json.dumps(reply.get("result"), indent=2, default=str))
+        print(reply_text(reply))
     else:
-        err = reply.get("error", {})
+        err = reply.get("error") or {}
         print(f"error: {err.get('code')}: {err.get('message')}", file=sys.stderr)
     return EXIT_OK if reply.get("ok") else EXIT_FAILED
+
+
+def no_reply_message(kiosk_id: str, timeout_s: float, handler: _Requester) -> str:
+    """Why no reply came, as far as the kiosk's retained status tells; never a promise of a
+    later delivery (kiosks use clean sessions: the broker keeps nothing for them)."""
+    said = f"no reply from kiosk {kiosk_id} within {timeout_s:.0f} s"
+    if not handler.connected:
+        return f"{said}: the broker could not be reached"
+    later = "the command is not delivered later: send it again when the kiosk is online"
+    if handler.kiosk_state is None:
+        return (f"{said}: no kiosk {kiosk_id!r} has reported to this broker (a typo? "
+                "`kiosk-agent remote --list` shows the kiosks it knows)")
+    if handler.kiosk_state != "online":
+        return f"{said}: the kiosk is {handler.kiosk_state} (`kiosk-agent remote --list`); {later}"
+    return (f"{said}, though its status says online: it may be restarting or cut off from the "
+            f"broker; {later} (or wait longer: --timeout)")
 
 
 class _Requester:
     """Link handler: subscribe to the reply topic, then publish the command once."""
 
-    def __init__(self, topic: str, payload: bytes, reply_topic: str, request_id: str) -> None:
+    def __init__(self, topic: str, payload: bytes, reply_topic: str, request_id: str,
+                 status_topic: str = "") -> None:
         self.topic, self.payload, self.reply_topic, self.request_id = topic, payload, reply_topic, request_id
+        #: The kiosk's retained status topic: when no reply comes, its state says why.
+        self.status_topic = status_topic
+        self.kiosk_state: str | None = None
+        self.connected = False
         self.reply: dict[str, Any] | None = None
         self.done = threading.Event()
         self._sent = False
 
     def on_connected(self, link: MqttLink, limits: BrokerLimits) -> None:
+        self.connected = True
         link.subscribe(self.reply_topic, qos=1)
+        if self.status_topic:
+            link.subscribe(self.status_topic, qos=1)
         if self._sent:
             return  # the same signed command again would be refused as a replay
         props = None
@@ -156,7 +182,12 @@ class _Requester:
             body = json.loads(message.payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
             return
-        if isinstance(body, dict) and body.get("id") == self.request_id:
+        if not isinstance(body, dict):
+            return
+        if message.topic == self.status_topic:
+            state = body.get("state")
+            self.kiosk_state = state if isinstance(state, str) else "unknown"
+        elif message.topic == self.reply_topic and body.get("id") == self.request_id:
             self.reply = body
             self.done.set()
 
@@ -167,16 +198,14 @@ class _Requester:
         return False
 
 
-def _request(mqtt_cfg: MqttConfig, topic: str, payload: bytes, reply_topic: str, request_id: str,
-             timeout_s: float) -> dict[str, Any] | None:
-    handler = _Requester(topic, payload, reply_topic, request_id)
+def _request(mqtt_cfg: MqttConfig, handler: _Requester, timeout_s: float) -> _Requester:
     link = MqttLink(mqtt_cfg, handler, client_id=f"kiosk-operator-{os.urandom(4).hex()}", name="remote")
     link.start()
     try:
         handler.done.wait(timeout_s)
     finally:
         link.stop()
-    return handler.reply
+    return handler
 
 
 class _Lister:

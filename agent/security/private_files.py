@@ -41,6 +41,10 @@ def private_dir(path: Path) -> None:
         except FileExistsError:
             continue  # another thread or process made it meanwhile
         os.chmod(folder, DIR_MODE)  # mkdir's mode is reduced by the umask; this is not
+        # The new folder is named in its parent, and that entry survives a power cut only once
+        # the parent is synced: else a cut could take the folder, and every capture committed in
+        # it, away (tests/reliability/test_power_loss.py found it).
+        fsync_dir(folder.parent)
 
 
 def private_sqlite(path: Path) -> None:

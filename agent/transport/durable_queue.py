@@ -158,6 +158,9 @@ class DurableQueue:
             # Reads the first rows of every table: a damaged header or root page fails here.
             db.execute("SELECT * FROM totals").fetchone()
             db.execute("SELECT seq FROM items ORDER BY seq LIMIT 1").fetchone()
+            # And the sequence table, read just after: damage there escaped the checks and
+            # stopped the agent at every start (found by tests/reliability/test_power_loss.py).
+            db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
         except BaseException:
             db.close()
             raise

@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config_types import ConfigError
 from agent.guard import log_and_continue
@@ -39,6 +40,11 @@ IDLE_WAIT_S = 0.05
 #: paho's in-flight limit is the capture window plus this many: command replies, telemetry,
 #: events and status share the connection and must not queue in paho behind a full window.
 CONTROL_INFLIGHT_ALLOWANCE = 8
+#: A PINGREQ unanswered this long (in keepalives) means a dead link: sent after one
+#: keepalive of silence, it keeps the whole under 1.5, with room for a slow loop turn.
+PING_ANSWER_KEEPALIVES = 0.4
+#: DISCONNECT "with will message": the broker publishes the last will all the same.
+WILL_DISCONNECT = ReasonCode(PacketTypes.DISCONNECT, identifier=4)
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,23 @@ class MqttLink:
             if time.monotonic() - self._connect_started > self.config.connect_timeout_s:
                 self._client.disconnect()
                 self._lost("broker did not answer CONNECT in time")
+        elif self.connected and self._ping_unanswered():
+            # paho closes the socket once this is written. Should the broker still hear it
+            # (a slow link, not a dead one), MQTT 5's reason code 4 keeps the last will.
+            self._client.disconnect(reasoncode=WILL_DISCONNECT if self.v5 else None)
+            self._lost(f"connection to {self.config.host}:{self.config.port} lost (no answer to PINGREQ "
+                       f"within {PING_ANSWER_KEEPALIVES:g} keepalive)")
+
+    def _ping_unanswered(self) -> bool:
+        """paho sends PINGREQ after a keepalive without traffic but gives up only a whole
+        keepalive later: two keepalives after the last byte from the broker. The agent
+        promises a dead link noticed within 1.5 (docs/reliability.md), so a PINGREQ that
+        brings no byte for PING_ANSWER_KEEPALIVES ends the connection. paho keeps both times
+        private (paho-mqtt 2.x: time.monotonic); without them paho's own check applies."""
+        sent = getattr(self._client, "_ping_t", 0)
+        heard = getattr(self._client, "_last_bytes_received", 0)
+        return (bool(sent) and heard <= sent
+                and time.monotonic() - sent > self.config.keepalive_s * PING_ANSWER_KEEPALIVES)
 
     def _lost(self, why: str) -> None:
         if self.connected:

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 
 from agent import __version__
 from agent.runtime import Runtime
+from agent.transport.central_hints import CentralHints
 from agent.transport.events import EventBus
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 
@@ -103,6 +104,9 @@ def snapshot(runtime: Runtime, publish_rate_per_s: float | None = None) -> dict[
         "backlog_drain_estimate_s": drain_s,
         "uplink": uplink.state() if uplink is not None else None,
         "captures_today": counts.captured_today,
+        # Closed registrations by what the central side says (complete / incomplete / failed /
+        # cancelled / unknown) and the statuses refused (agent/registration/central_status.py).
+        "registrations_central": central.summary() if (central := runtime.central_status()) else None,
         "captures_refused": counts.refused,
         "publish_rate_per_s": publish_rate_per_s,
         "devices": [w.status().as_dict() for w in runtime.device_workers().values()],
@@ -122,8 +126,10 @@ class TelemetryPublisher:
     """A link handler: telemetry every ``interval_s`` and events as they come."""
 
     def __init__(self, runtime: Runtime, events: EventBus, interval_s: float,
-                 acknowledged: Callable[[], int]) -> None:
+                 acknowledged: Callable[[], int], hints: CentralHints | None = None) -> None:
         self.runtime = runtime
+        #: The central side's latest hint (agent/transport/central_hints.py), in telemetry.
+        self.hints = hints
         self.events = events
         self.interval_s = interval_s
         self._acknowledged = acknowledged
@@ -155,6 +161,8 @@ class TelemetryPublisher:
 
     def publish_now(self, link: MqttLink) -> None:
         payload = snapshot(self.runtime, self._rate())
+        if self.hints is not None:
+            payload["central_hint"] = self.hints.state()  # e.g. "not_enrolled"; None: nothing said
         link.publish(self.runtime.topics.telemetry, json.dumps(payload, default=str).encode(), qos=1,
                      retain=True)
 

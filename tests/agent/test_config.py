@@ -114,8 +114,8 @@ def test_password_file(tmp_path: Path) -> None:
 
 
 def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = write(tmp_path, VALID)
-    assert main(["check-config", str(good)]) == 0
+    good = write(tmp_path, VALID)  # its key files are not there: the file alone is valid
+    assert main(["check-config", "--no-files", str(good)]) == 0
     bad = tmp_path / "bad.toml"
     bad.write_text(VALID.replace("8883", "0"))
     assert main(["check-config", str(bad)]) == 2
@@ -126,14 +126,14 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 @pytest.mark.parametrize("name", ["demo.toml", "office-kiosk.toml", "mobile-van.toml"])
 def test_shipped_examples_are_valid(name: str) -> None:
-    path = ROOT / "config" / name
-    assert main(["check-config", str(path)]) == 0
+    path = ROOT / "config" / name  # written for a kiosk: its key files are not on this machine
+    assert main(["check-config", "--no-files", str(path)]) == 0
 
 
 def test_receiver_config_checked_with_its_own_model(capsys: pytest.CaptureFixture[str]) -> None:
     path = ROOT / "config" / "receiver.toml"
-    assert main(["check-config", "--receiver", str(path)]) == 0
-    assert main(["check-config", str(path)]) == 2  # not a kiosk config: no [kiosk]
+    assert main(["check-config", "--receiver", "--no-files", str(path)]) == 0
+    assert main(["check-config", "--no-files", str(path)]) == 2  # not a kiosk config: no [kiosk]
     assert "kiosk: missing" in capsys.readouterr().err
 
 

@@ -268,7 +268,7 @@ def test_previews_of_ended_sessions_are_not_served(kiosk: tuple[Agent, Api]) -> 
         ended[end] = sid
     for end, sid in ended.items():
         status, err = api.call("GET", f"/v1/sessions/{sid}/items/finger-1/preview")
-        assert status == 410 and err["error"]["code"] == "gone", (end, err)
+        assert status == 409 and err["error"]["code"] == "closed", (end, err)
         assert "previews of an ended session are not served" in err["error"]["message"]
 
 

@@ -232,7 +232,8 @@ def test_operator_command_line(kiosk, capsys) -> None:  # type: ignore[no-untype
     assert reply["ok"] is True and reply["result"]["pong"] is True
     assert main(["remote", KIOSK, "config.set", "telemetry.interval_s=20", "--config", str(op_cfg)]) == 0
     assert agent.config.telemetry.interval_s == 20
-    capsys.readouterr()
+    out = capsys.readouterr().out  # for a person: key: value lines, not JSON
+    assert "applied:\n  telemetry.interval_s: 20" in out and "{" not in out
     assert main(["remote", KIOSK, "queue.purge", "confirm=nope", "--config", str(op_cfg)]) == 1
     assert "invalid_args" in capsys.readouterr().err
     assert main(["remote", "--list", "--config", str(op_cfg), "--json", "--timeout", "5"]) == 0
@@ -240,6 +241,9 @@ def test_operator_command_line(kiosk, capsys) -> None:  # type: ignore[no-untype
     assert [(k["kiosk_id"], k["state"]) for k in listed] == [(KIOSK, "online")]
     assert listed[0]["last_seen"] > time.time() - 60
     assert main(["remote", "kiosk-nobody", "ping", "--config", str(op_cfg), "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no kiosk 'kiosk-nobody' has reported to this broker" in err and "remote --list" in err
+    assert "when it reconnects" not in err  # kiosks use clean sessions: nothing is delivered later
 
 
 def test_a_quarantined_queue_is_reported_as_an_event(tmp_path: Path, broker: MosquittoBroker) -> None:

@@ -1,0 +1,55 @@
+"""`kiosk-agent remote` for a person: replies as indented lines, and a no-reply message that
+says what the kiosk's retained status tells (and never promises a later delivery)."""
+
+from __future__ import annotations
+
+from agent.remote.cli import _Requester, no_reply_message
+from agent.remote.output import render, reply_text
+
+
+def test_a_status_reply_reads_as_lines() -> None:
+    reply = {"ok": True, "result": {
+        "kiosk_id": "van-07", "connected": True, "cert_expires_at": None,
+        "queue": {"pending": 3, "by_state": {"queued": 3, "sent": 0}},
+        "devices": [{"name": "finger", "state": "online"}, {"name": "camera", "state": "offline"}],
+        "states": ["rejected"], "events": [],
+    }}
+    assert reply_text(reply).splitlines() == [
+        "kiosk_id: van-07",
+        "connected: yes",
+        "cert_expires_at: -",
+        "queue:",
+        "  pending: 3",
+        "  by_state:",
+        "    queued: 3",
+        "    sent: 0",
+        "devices:",
+        "  - name: finger",
+        "    state: online",
+        "  - name: camera",
+        "    state: offline",
+        "states: rejected",
+        "events: (none)",
+    ]
+
+
+def test_long_lists_and_plain_results() -> None:
+    assert render(list(range(30)))[:2] == ["- 0", "- 1"]
+    assert render({"purged": 0}) == ["purged: 0"] and render({}) == ["(nothing)"]
+    assert reply_text({"ok": True, "result": "done"}) == "done"
+
+
+def _handler(connected: bool, state: str | None) -> _Requester:
+    handler = _Requester("t", b"", "r", "id", "kiosk/van-07/status")
+    handler.connected, handler.kiosk_state = connected, state
+    return handler
+
+
+def test_no_reply_says_why() -> None:
+    assert "could not be reached" in no_reply_message("van-07", 30, _handler(False, None))
+    unknown = no_reply_message("van-7", 30, _handler(True, None))
+    assert "no kiosk 'van-7' has reported to this broker (a typo?" in unknown and "--list" in unknown
+    offline = no_reply_message("van-07", 30, _handler(True, "offline"))
+    assert "the kiosk is offline" in offline and "not delivered later" in offline
+    online = no_reply_message("van-07", 30, _handler(True, "online"))
+    assert "status says online" in online
