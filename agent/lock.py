@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from agent.errors import PermanentError
@@ -50,7 +51,7 @@ class StateLock:
         # 0700, and its name synced into its parent: the queue made inside it must not vanish
         # with the folder at a power cut (tests/reliability/test_power_loss_agent.py).
         private_dir(self.folder)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_lock(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -82,7 +83,7 @@ def holder(folder: Path, name: str = LOCK_NAME) -> int | None:
     this to choose how to read)."""
     path = folder / name
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_lock(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -97,6 +98,21 @@ def holder(folder: Path, name: str = LOCK_NAME) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """The lock file, refused unless a regular file: through a symlink planted there the pid
+    write would truncate its target (the queue), and opening a FIFO waits for a writer."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OSError(errno.ELOOP, f"{path} is a symbolic link, not a lock file; remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file, not a lock file; remove it")
+    return fd
 
 
 def _read_pid(fd: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError, MqttConfig
@@ -22,6 +23,9 @@ from agent.security.keys import KeyFileError, load_encryption_public, load_recei
 def problems_and_warnings(config: AgentConfig, operator_warnings: bool = True) -> tuple[list[str], list[str]]:
     """(problems the agent refuses to start with, problems it runs despite). ``run`` passes
     ``operator_warnings=False``: remote control reports unusable operator keys itself."""
+    special = _special_files(config)
+    if special:  # the loads below would block on a FIFO, or read a device until memory ran out
+        return special, []
     problems = operator_key_exposure(config.remote, config.security.service_user)
     problems += _key_problems(config)
     problems += mqtt_problems(config.mqtt)
@@ -35,6 +39,27 @@ def problems_and_warnings(config: AgentConfig, operator_warnings: bool = True) -
     if plaintext:
         warnings.append(plaintext)
     return problems, warnings
+
+
+def _special_files(config: AgentConfig) -> list[str]:
+    """The files read at start (keys, broker password, TLS) that exist but are no regular file."""
+    sec, mqtt = config.security, config.mqtt
+    operators = config.remote.operators.items()
+    files = [("security.kiosk_key", sec.kiosk_key), ("security.central_public_key", sec.central_public_key),
+             *(("security.receipt_keys", p) for p in sec.receipt_keys),
+             ("mqtt.password_file", mqtt.password_file),
+             *((f"mqtt.tls.{n}", getattr(mqtt.tls, n)) for n in ("ca_file", "cert_file", "key_file")),
+             *((f"remote.operators.{n}.public_key", op.public_key) for n, op in operators)]
+    found = []
+    for setting, path in files:
+        try:
+            mode = os.stat(path).st_mode if path is not None else None  # never blocks, unlike open
+        except OSError:
+            continue  # missing or unreadable: the load below says so in its own words
+        if mode is not None and not stat.S_ISREG(mode):
+            found.append(f"{setting}: {path} is not a regular file (a FIFO, a device or a folder); "
+                         "point it at the file itself")
+    return found
 
 
 def _key_problems(config: AgentConfig) -> list[str]:
@@ -74,7 +99,19 @@ def _state_problems(config: AgentConfig) -> list[str]:
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             verb = "write to" if existing == folder else f"create {folder} in"
             found.append(f"{what}: this user (uid {os.getuid()}) cannot {verb} {existing}")
+        else:
+            _held(folder, found, what)  # a lock file `run` would refuse (a symlink, a FIFO)
     return sorted(set(found))
+
+
+def _held(folder: Path, found: list[str] | None = None, what: str = "kiosk.state_dir") -> int | None:
+    """The lock's holder; a lock file the agent would refuse (a symlink, a FIFO) goes in ``found``."""
+    try:
+        return holder(folder)
+    except OSError as exc:
+        if found is not None:
+            found.append(f"{what}: {exc.strerror or exc}")
+        return None
 
 
 def _local_api(config: AgentConfig) -> tuple[list[str], list[str]]:
@@ -103,7 +140,7 @@ def _local_api(config: AgentConfig) -> tuple[list[str], list[str]]:
         elif not os.access(folder, os.W_OK | os.X_OK):
             problems.append(f"local_api.unix_socket: this user (uid {os.getuid()}) cannot create "
                             f"{api.unix_socket}: {folder} is not writable")
-    elif holder(config.state_dir) is None:  # a running agent holds the port itself
+    elif _held(config.state_dir) is None:  # a running agent holds the port itself
         busy = _port_busy(api.host, api.port)
         if busy:
             warnings.append(f"local_api: cannot listen on {api.host}:{api.port} ({busy}); the agent "

@@ -44,6 +44,8 @@ NQM_NOT_COMPUTED = "254"
 FQM_VENDOR = "0000"
 FQM_PRODUCT = "1"
 PPI_PER_PPMM = 25.4
+#: HLL/VLL of Type-14 and Type-10 records: 2 to 5 digits (ANSI/NIST-ITL 1-2011).
+IMAGE_PIXELS = range(10, 100_000)
 
 
 ExceptionCode = Literal["XX", "UP"]  # amputated, unable to print (e.g. bandaged)
@@ -174,6 +176,13 @@ def _check(registration: RegistrationRecord) -> None:
             raise ValueError(f"finger {f.position}: WSQ is written at 500 ppi only, not {f.ppi}")
         if f.quality is not None and not 0 <= f.quality <= 100:
             raise ValueError(f"finger {f.position}: quality {f.quality} is not 0..100")
+    sizes = [(f"finger {f.position}", f.width, f.height) for f in registration.fingers]
+    if registration.face is not None:
+        sizes.append(("face", registration.face.width, registration.face.height))
+    for what, width, height in sizes:  # from the capture header, which takes any integer
+        if width not in IMAGE_PIXELS or height not in IMAGE_PIXELS:
+            raise ValueError(f"{what}: image size {width} x {height} is not {IMAGE_PIXELS.start}.."
+                             f"{IMAGE_PIXELS.stop - 1} pixels each way")
 
 
 def build_transaction(registration: RegistrationRecord, options: TransactionOptions | None = None) -> bytes:

@@ -28,9 +28,12 @@ from agent.formats.positions import CAPTURE_POSITIONS, FINGERS, position_problem
 from agent.registration.plan import EXCEPTION_CODES, ITEM_KEYS
 
 #: Printable text in any script (no C0/C1 control character, which would break or hide in a
-#: record) with at least one non-blank character. JSON Schema's semantics: a search (a
-#: trailing newline passes, and is stripped with the rest of the blanks).
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+#: record; no bidi embedding, override or isolate control, line or paragraph separator or
+#: U+FEFF, which make a reference read as another or split it) with at least one non-blank
+#: character. JSON Schema's semantics: a search (a trailing newline passes, and is stripped
+#: with the rest of the blanks).
+_NOT = r"\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ufeff"
+TEXT_PATTERN = rf"^[^{_NOT}]*[^\s{_NOT}][^{_NOT}]*$"
 _TEXT = re.compile(TEXT_PATTERN)
 
 

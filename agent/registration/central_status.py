@@ -12,8 +12,8 @@ failed (reason code, attempts, next retry), cancelled or unknown. This link hand
 * keeps a status only when a central receipt key it trusts signed it for this kiosk, it is
   about one of this kiosk's registrations, and its ``seq`` is above the last one kept.
   Anything else (forged, unknown key, other kiosk, unknown registration, replayed, stale,
-  retained, malformed) changes nothing: counted by reason, logged at WARNING (at most 20 a
-  minute);
+  ``unknown`` after a final word, retained, malformed) changes nothing: counted by reason,
+  logged at WARNING (at most 20 a minute);
 * emits the event ``registration_failed`` when a registration becomes failed.
 
 What is kept (agent/registration/store.py, table ``central``) holds nothing personal, and a
@@ -35,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.registration.store import SessionStore
+from agent.registration.store import CENTRAL_FINAL, SessionStore
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 from agent.transport.protocol import MAX_QUERY_IDS, Topics, registration_query
 from agent.transport.receipts import ReceiptError, RegistrationStatus, verify_registration_status
@@ -119,6 +119,11 @@ class CentralStatus:
             status = verify_registration_status(payload, self.trusted, self.topics.kiosk_id)
         except ReceiptError as exc:
             return self._refuse(exc.reason, str(exc))
+        if status.state == "unknown" and self.store.central(status.id)["state"] in CENTRAL_FINAL:
+            # A receiver says unknown of files it no longer has (archived, another store), and
+            # answers anyone's query: a final word is not undone by that.
+            return self._refuse("regressed", f"status unknown (seq {status.seq}) for registration "
+                                f"{status.id}, which the central side said was final")
         outcome, previous = self.store.record_central(status.id, status.state, status.seq, _detail(status))
         if outcome != "accepted":
             return self._refuse(outcome, f"status {status.state} (seq {status.seq}) for registration "

@@ -7,9 +7,23 @@ of plain values stay on one line, lists of objects become ``-`` items; numbers s
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 INDENT = "  "
+#: Shown escaped: control characters (C0, C1: terminal escape sequences start with them),
+#: bidi and other format characters, line and paragraph separators. A reply is unsigned, so
+#: whoever answers first may put them there.
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on, or that reorders or hides text,
+    written as its Python escape (``\\x1b``, ``\\u202e``)."""
+    if text.isprintable():
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _HIDDEN
+                   else ch for ch in text)
 
 
 def render(value: Any, depth: int = 0) -> list[str]:
@@ -21,9 +35,9 @@ def render(value: Any, depth: int = 0) -> list[str]:
         lines: list[str] = []
         for key, item in value.items():
             if _plain(item):
-                lines.append(f"{pad}{key}: {_scalar(item)}")
+                lines.append(f"{pad}{printable(str(key))}: {_scalar(item)}")
             else:
-                lines.append(f"{pad}{key}:")
+                lines.append(f"{pad}{printable(str(key))}:")
                 lines += render(item, depth + 1)
         return lines
     if isinstance(value, list):
@@ -59,7 +73,7 @@ def _scalar(value: Any) -> str:
         return ", ".join(_scalar(v) for v in value) if value else "(none)"
     if isinstance(value, dict):
         return "(nothing)"
-    return str(value)
+    return printable(str(value))
 
 
 def reply_text(reply: dict[str, Any]) -> str:

@@ -50,6 +50,7 @@ class CentralHints:
         self._acked_at_hint = 0
         self._latest: dict[str, Any] | None = None
         self._reported: dict[str, float] = {}
+        self._latest_said = False  # the latest hint was logged: its clearing is logged too
 
     def state(self) -> dict[str, Any] | None:
         """For telemetry: the latest hint not yet cleared by a receipt, or None."""
@@ -73,8 +74,11 @@ class CentralHints:
         self._latest = {"hint": hint, "receiver": receiver, "at": time.time(), "signed": False}
         self._acked_at_hint = self._acknowledged()
         now = time.monotonic()
+        # Not reset by receipts: anyone can send a hint after each one (a line and an event
+        # per receipt); telemetry shows the latest all the same.
         if now - self._reported.get(hint, -REPEAT_S) >= REPEAT_S:
             self._reported[hint] = now
+            self._latest_said = True
             log.warning("%s (an unsigned hint from the central side: it changes nothing here)",
                         HINTS[hint].format(receiver=repr(receiver), kiosk=self.kiosk_id))
             self.events.emit("central_hint", hint=hint, receiver=receiver)
@@ -82,10 +86,10 @@ class CentralHints:
     def tick(self, link: MqttLink) -> bool:
         # A verified receipt since the hint: the central side can read us now.
         if self._latest is not None and self._acknowledged() > self._acked_at_hint:
-            log.info("receipts arrive again; the central side's hint %r no longer applies",
-                     self._latest["hint"])
-            self._latest = None
-            self._reported.clear()
+            if self._latest_said:
+                log.info("receipts arrive again; the central side's hint %r no longer applies",
+                         self._latest["hint"])
+            self._latest, self._latest_said = None, False
         return False
 
     def on_disconnected(self, link: MqttLink) -> None: ...

@@ -11,12 +11,14 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from agent.transport.durable_queue import QueueStats
 
 
 def read_only_stats(path: Path, max_bytes: int) -> QueueStats:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    # Quoted: a "#", "?" or "%" in a folder name would cut off mode=ro (or name another file).
+    db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
     try:
         items, size = db.execute("SELECT items, bytes FROM totals").fetchone()
         oldest = db.execute("SELECT created FROM items ORDER BY seq LIMIT 1").fetchone()

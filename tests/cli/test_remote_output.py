@@ -53,3 +53,15 @@ def test_no_reply_says_why() -> None:
     assert "the kiosk is offline" in offline and "not delivered later" in offline
     online = no_reply_message("van-07", 30, _handler(True, "online"))
     assert "status says online" in online
+
+
+def test_control_characters_in_a_reply_reach_no_terminal() -> None:
+    """A reply is unsigned: any broker client that saw the command (its reply_to is in it) can
+    answer first. Escape sequences in its keys or values (a window title, a cleared screen, a
+    fake line) were printed as they came; now they show as escapes, each on its own line."""
+    hostile = "\x1b]0;title\x07\x1b[2J\x1b[31mfake\x1b[0m\r\nline\u202egnp.exe\x9b"
+    text = reply_text({"ok": True, "result": {hostile: hostile, "list": [hostile], "n": [{"k": hostile}]}})
+    assert not any(ch in text for ch in "\x1b\x07\r\x9b\u202e")
+    assert len(text.splitlines()) == len(render({"a": 1, "list": [1], "n": [{"k": 1}]}))
+    assert "\\x1b]0;title" in text and "\\u202egnp.exe" in text
+    assert reply_text({"ok": True, "result": {"name": "Zoë 李"}}) == "name: Zoë 李"
