@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 COUNT  ?= 20
 
-.PHONY: demo test deps-demo deps-test mosquitto systemd-tools fault-tools python-venv schema lint \
+.PHONY: demo test deps-demo deps-test mosquitto systemd-tools fault-tools postgres python-venv schema lint \
         clean install uninstall
 
 demo: deps-demo
 	$(BIN)/kiosk-agent demo --count $(COUNT)
 
-test: deps-test mosquitto systemd-tools fault-tools
+test: libfprint-tools deps-test mosquitto systemd-tools fault-tools postgres
 	$(BIN)/python -m pytest
 
 lint: deps-test
@@ -46,7 +46,8 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+# libfprint-tools first: the test extra builds PyGObject against Debian's libgirepository.
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python libfprint-tools
 	@echo "kiosk-agent: installing into $(VENV) with pip, test tools too (a minute or two the first time)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
@@ -67,6 +68,26 @@ python-venv:
 mosquitto:
 	@sh scripts/ensure-package.sh "command -v mosquitto || test -x /usr/sbin/mosquitto" mosquitto \
 	  "the tests start their own brokers"
+
+# The central store's tests (tests/central/) need a PostgreSQL server on 127.0.0.1:5432 that
+# lets user postgres in without a password (Debian's pg_hba.conf asks for one: the script
+# says what to change); each test makes and drops a database of its own.
+postgres:
+	@sh scripts/ensure-package.sh "command -v pg_lsclusters" postgresql "the central store's tests (tests/central)"
+	@sh scripts/start-postgres.sh
+
+# libfprint and what PyGObject builds against, for the libfprint driver's tests
+# (tests/drivers/test_libfprint.py): gir1.2-fprint-2.0 brings libfprint-2-2; bookworm has no
+# girepository-2.0, hence PyGObject below 3.51 from PyPI (the libfprint extra) built with the
+# 1.0 headers, since the venv's Python need not be Debian's (python3-gi serves only that one).
+.PHONY: libfprint-tools
+libfprint-tools:
+	@sh scripts/ensure-package.sh "command -v pkg-config" pkg-config "PyGObject's build finds the libraries with it"
+	@sh scripts/ensure-package.sh "test -e /usr/lib/$$(uname -m)-linux-gnu/girepository-1.0/FPrint-2.0.typelib" \
+	  gir1.2-fprint-2.0 "libfprint for the libfprint driver's tests"
+	@sh scripts/ensure-package.sh "pkg-config --exists gobject-introspection-1.0" libgirepository1.0-dev \
+	  "PyGObject builds against it"
+	@sh scripts/ensure-package.sh "pkg-config --exists cairo" libcairo2-dev "PyGObject's cairo support builds against it"
 
 # The tests run `systemd-analyze verify` on the units.
 systemd-tools:

@@ -71,6 +71,12 @@ class CaptureRequest:
     #: ANSI/NIST finger position 0..10 (0 = unknown); 0 for a face.
     position: int = 0
     timeout_s: float | None = None  # None: the driver config's capture_timeout_s
+    #: Fingers of a slap recorded as exceptions (amputated, unable to print): devices that take
+    #: a whole slap in one request (drivers/sbi.py) are told not to wait for them.
+    exceptions: tuple[int, ...] = ()
+    #: The registration session the capture belongs to ("" outside any): devices that chain
+    #: their captures (MOSIP SBI's hash chain) keep one chain per session.
+    session: str = ""
 
 
 @dataclass(frozen=True)

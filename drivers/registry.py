@@ -17,8 +17,10 @@ from typing import Literal
 from drivers.base import Driver
 
 #: How a driver reaches its device: ``serial`` drivers probe serial ports (``devices scan``),
-#: ``usb`` drivers are found by vendor and product id.
-Bus = Literal["serial", "usb", "camera", "simulated"]
+#: ``usb`` drivers are found by vendor and product id; ``local-service`` drivers talk to a vendor's
+#: device service on the kiosk (MOSIP SBI on 127.0.0.1); ``libfprint`` drivers reach scanners
+#: through libfprint, which finds them (USB ids included) itself.
+Bus = Literal["serial", "usb", "camera", "simulated", "local-service", "libfprint"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ DRIVERS: Mapping[str, DriverEntry] = MappingProxyType({
     "opencv": DriverEntry("drivers.opencv_camera:OpenCvCameraDriver", "camera"),
     "zfm": DriverEntry("drivers.zfm:ZfmDriver", "serial"),
     "gt521f": DriverEntry("drivers.gt521f:Gt521fDriver", "serial"),
+    "sbi": DriverEntry("drivers.sbi:SbiDriver", "local-service"),
+    "sbi-face": DriverEntry("drivers.sbi:SbiFaceDriver", "local-service"),
+    "libfprint": DriverEntry("drivers.libfprint:LibfprintDriver", "libfprint"),
     "uru4000": DriverEntry("drivers.uru4000:Uru4000Driver", "usb", {
         (0x05BA, 0x000A): "U.are.U 4000B/4500",
         (0x05BA, 0x0007): "U.are.U 4000",

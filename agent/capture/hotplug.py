@@ -16,7 +16,9 @@ What changes:
 
 The first listing is the baseline: what is there at start is not news. Both listings are
 injectable (``usb_scan``, ``path_exists``) so the tests drive the monitor with an emulated USB
-bus and ptys. Devices on a network URL (``socket://``) and simulated devices are not watched.
+bus and ptys. Devices on a network URL (``socket://``) and simulated devices are not watched. A
+driver whose library follows its devices itself (drivers/libfprint.py) answers ``present()``:
+True, False, or None while it watches nothing; the monitor acts on its changes the same way.
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ class HotplugMonitor:
         self._thread: threading.Thread | None = None
 
     def watched(self) -> bool:
-        """Whether any configured device is a USB scanner or sits on a serial port path."""
-        return any(w.driver.usb_ids or _serial_path(w.driver.config) for w in self.workers.values())
+        """Whether any configured device is a USB scanner, sits on a serial port path, or is
+        followed by its own library (a driver with ``present()``)."""
+        return any(w.driver.usb_ids or _serial_path(w.driver.config)
+                   or callable(getattr(w.driver, "present", None)) for w in self.workers.values())
 
     def start(self) -> None:
         self.poll()  # the baseline, before the agent reports itself ready
@@ -160,6 +164,10 @@ class HotplugMonitor:
 
     def _is_present(self, worker: DeviceWorker) -> bool | None:
         """Present, absent, or None when not watched (or USB cannot be listed)."""
+        # A driver whose library follows its own devices (libfprint) says so itself.
+        own = getattr(worker.driver, "present", None)
+        if callable(own):
+            return own()
         path = _serial_path(worker.driver.config)
         if path is not None:
             return self._ports.get(path)

@@ -76,6 +76,7 @@ class Judge:
                 "press the finger flat and firmly",
             ),
         ]
+        checks += _device_checks(image)
         if item.position in SLAPS:
             found = count_fingers(gray, image.ppi or 500)
             checks.append(
@@ -113,7 +114,7 @@ class Judge:
             report.score >= threshold,
             "look straight at the camera",
         )
-        return Judgement(replace(report, checks=(*report.checks, minimum)), token)
+        return Judgement(replace(report, checks=(*report.checks, *_device_checks(image), minimum)), token)
 
     def _assess_finger(self, gray: np.ndarray, ppi: int) -> QualityReport:
         from agent.quality.finger import load_assessor
@@ -131,6 +132,20 @@ class Judge:
             if self._face_assessor is None:
                 self._face_assessor = FaceAssessor(self.quality.face)
             return self._face_assessor.assess(frame)
+
+
+def _device_checks(image: CapturedImage) -> list[Check]:
+    """The device's own score, for devices that report one (MOSIP SBI ``qualityScore``): it joins
+    the kiosk's checks, judged against the score the kiosk asked the device for."""
+    detail = image.quality_detail
+    if detail.get("assessor") != "sbi-device" or image.quality is None:
+        return []
+    requested = int(detail.get("requested_score", 0))
+    return [Check("device_quality", image.quality, f">= {requested}", image.quality >= requested,
+                  "place the fingers flat on the glass" if image.modality is Modality.FINGER
+                  else "look straight at the camera",
+                  f"the device's score (SBI qualityScore; a slap's is its fingers' average): "
+                  f"{detail.get('device_scores')}")]
 
 
 def _camera_report(image: CapturedImage) -> QualityReport:

@@ -175,7 +175,8 @@ class RegistrationService:
         if item.modality is Modality.FINGER and not expected:
             raise RegistrationError("conflict", f"every finger of {item.key} is recorded as an exception")
         with self.taker.device(item.device):
-            kept = self.taker.take(session_id, item, len(expected))
+            excepted = tuple(p for p in item.fingers if p in state.exceptions)
+            kept = self.taker.take(session_id, item, len(expected), excepted)
             result = self.keeper.keep_item(state, item, kept, len(expected))
         # What the app captures next, as in the session's own view (null: complete it now).
         return {**result, "next": self._next(self._state(session_id))}

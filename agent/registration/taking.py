@@ -53,11 +53,17 @@ class ItemTaker:
         finally:
             lock.release()
 
-    def take(self, session_id: str, item: PlanItem, expected_fingers: int) -> Kept[Judgement]:
-        """The kept attempt of ``item``; the caller holds its device (``device``)."""
+    def take(
+        self, session_id: str, item: PlanItem, expected_fingers: int, exceptions: tuple[int, ...] = ()
+    ) -> Kept[Judgement]:
+        """The kept attempt of ``item``; the caller holds its device (``device``).
+
+        ``exceptions``: the item's fingers recorded as exceptions, told to devices that take a
+        whole slap in one request so they do not wait for a finger that is not there.
+        """
         worker = self.workers[item.device]
         timeout = worker.driver.config.capture_timeout_s + DEVICE_GRACE_S
-        request = CaptureRequest(position=item.position)
+        request = CaptureRequest(position=item.position, exceptions=exceptions, session=session_id)
 
         def take_one() -> CapturedImage:
             return worker.submit(lambda driver: driver.capture(request)).result(timeout=timeout)
