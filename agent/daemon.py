@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 #: How long start-up waits for each device's first open before reporting ready anyway.
 DEVICE_OPEN_WAIT_S = 10.0
+#: The largest MQTT packet the kiosk accepts (announced to the broker): its largest genuine
+#: message is a batch of receipts (agent/transport/receipts.py MAX_HEADER_BYTES, 1 MiB);
+#: commands are 64 KiB at most.
+KIOSK_MAX_INCOMING_BYTES = 2 * 1024 * 1024
 
 
 class Agent:
@@ -157,7 +161,8 @@ class Agent:
         chain = HandlerChain(*([self.remote] if self.remote else []), self.telemetry, self.central,
                              hints, self.publisher)
         will = Will(self.topics.status, status_payload("offline", **status))
-        self.link = MqttLink(cfg.mqtt, chain, client_id=cfg.client_id(), name="agent", will=will)
+        self.link = MqttLink(cfg.mqtt, chain, client_id=cfg.client_id(), name="agent", will=will,
+                             max_incoming_bytes=KIOSK_MAX_INCOMING_BYTES)
         self.link.start()
         self._warn_certificate(cfg)
         if cfg.capture.mode == "continuous":

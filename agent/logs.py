@@ -14,9 +14,40 @@ import sys
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-class JournalFormatter(logging.Formatter):
+#: Characters a log message may not carry as they are: a newline followed by "<2>" was a
+#: second journal entry at CRIT priority (a kiosk's cancel reason, logged by the receiver);
+#: escape sequences move an operator's terminal. Shown escaped instead (\n, \x1b, \u2028).
+_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0a, 0x20), 0x7f, *range(0x80, 0xa0))}
+_UNSAFE.update({0x0a: "\\n", 0x0d: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def printable_message(text: str) -> str:
+    """``text`` with control and line-separator characters escaped: one line, no escapes."""
+    return text.translate(_UNSAFE)
+
+
+class SafeFormatter(logging.Formatter):
+    """A message is one line whatever its arguments hold; a traceback keeps its lines, each
+    marked by ``continuation`` so that none can pass for an entry of its own."""
+
+    continuation = "  "
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.msg, record.args
+        record.msg, record.args = printable_message(record.getMessage()), None
+        try:
+            text = super().format(record)
+        finally:
+            record.msg, record.args = saved
+        first, *rest = text.split("\n")
+        return "\n".join([first, *(self.continuation + line for line in rest)])
+
+
+class JournalFormatter(SafeFormatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITY.get(record.levelno, 6)
+        # Every line of a traceback carries the priority: journald reads a prefix per line.
+        self.continuation = f"<{priority}>  "
         return f"<{priority}>{record.name}: {super().format(record)}"
 
 
@@ -38,7 +69,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     elif fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         if not isinstance(old, RecentLogs):
@@ -62,7 +93,7 @@ class RecentLogs(logging.Handler):
         import collections
 
         self.lines: collections.deque[str] = collections.deque(maxlen=capacity)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.config import ConfigError, MqttConfig, TopicSegment, read_toml
-from agent.remote.output import reply_text
+from agent.remote.output import printable, reply_text
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -127,9 +127,16 @@ def cmd_remote(args: argparse.Namespace) -> int:
     elif reply.get("ok"):
         print(reply_text(reply))
     else:
-        err = reply.get("error") or {}
-        print(f"error: {err.get('code')}: {err.get('message')}", file=sys.stderr)
+        print(reply_error_text(reply), file=sys.stderr)
     return EXIT_OK if reply.get("ok") else EXIT_FAILED
+
+
+def reply_error_text(reply: dict[str, Any]) -> str:
+    """The line for a refused command. A reply is any broker client's word (replies are
+    unsigned): nothing in it may act on the operator's terminal."""
+    err = reply.get("error")
+    err = err if isinstance(err, dict) else {}
+    return printable(f"error: {err.get('code')}: {err.get('message')}")
 
 
 def no_reply_message(kiosk_id: str, timeout_s: float, handler: _Requester) -> str:
@@ -143,7 +150,8 @@ def no_reply_message(kiosk_id: str, timeout_s: float, handler: _Requester) -> st
         return (f"{said}: no kiosk {kiosk_id!r} has reported to this broker (a typo? "
                 "`kiosk-agent remote --list` shows the kiosks it knows)")
     if handler.kiosk_state != "online":
-        return f"{said}: the kiosk is {handler.kiosk_state} (`kiosk-agent remote --list`); {later}"
+        return (f"{said}: the kiosk is {printable(str(handler.kiosk_state))} "
+                f"(`kiosk-agent remote --list`); {later}")
     return (f"{said}, though its status says online: it may be restarting or cut off from the "
             f"broker; {later} (or wait longer: --timeout)")
 
@@ -262,6 +270,7 @@ def _list(config: OperatorToolConfig, args: argparse.Namespace) -> int:
     for r in rows:
         seen = r.get("last_seen")
         ago = f"{now - seen:.0f} s ago" if isinstance(seen, int | float) else "never"
-        print(f"{r['kiosk_id']:<20} {r.get('state') or '?':<8} last seen {ago:<14} "
-              f"pending {r.get('pending', '?')}  {r.get('site') or ''}")
+        # Retained statuses are any broker client's word: shown, never acted on by a terminal.
+        print(printable(f"{r['kiosk_id']:<20} {r.get('state') or '?':<8} last seen {ago:<14} "
+                        f"pending {r.get('pending', '?')}  {r.get('site') or ''}"))
     return EXIT_OK

@@ -84,8 +84,13 @@ class MqttLink:
         client_id: str,
         name: str,
         will: Will | None = None,
+        max_incoming_bytes: int | None = None,
     ) -> None:
         self.config = config
+        #: Announced to an MQTT 5 broker as Maximum Packet Size: the broker then drops anything
+        #: larger instead of sending it, so a hostile client's 200 MB publish on a topic this
+        #: side reads never reaches paho's buffers (it was read whole, then refused).
+        self.max_incoming_bytes = max_incoming_bytes
         self.handler = handler
         self.name = name
         self.v5 = config.protocol == "5"
@@ -208,6 +213,8 @@ class MqttLink:
             return None
         props = Properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = self.config.receive_maximum
+        if self.max_incoming_bytes is not None:
+            props.MaximumPacketSize = self.max_incoming_bytes
         return props
 
     def _wait_before_retry(self, why: str) -> None:

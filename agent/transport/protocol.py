@@ -145,6 +145,23 @@ def decode_capture(payload: bytes) -> CaptureRecord:
     return _record_from_header(header, image)
 
 
+#: Bounds of a capture header's numbers: JSON numbers are unbounded (1e400 parses as inf, and
+#: int(inf) raised OverflowError past every handler), and an impossible size must be refused
+#: here rather than written into a record. The formats bound sizes more tightly.
+MAX_DIMENSION = 100_000
+MAX_PPI = 10_000
+
+
+def _bounded(header: dict[str, Any], key: str, low: int, high: int) -> int:
+    """An integer field within [low, high]: not a bool, not a float, not a string."""
+    value = header[key]
+    if type(value) is not int:
+        raise ProtocolError(f"header field {key!r} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ProtocolError(f"header field {key!r} is {value}, outside {low}..{high}")
+    return value
+
+
 def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
     if not isinstance(header, dict) or header.get("type") != "capture":
         raise ProtocolError("header is not a capture header")
@@ -162,14 +179,14 @@ def _record_from_header(header: Any, image: bytes) -> CaptureRecord:
             position=header["position"],
             captured_at=_str(header, "captured_at"),
             image_format=_str(header, "image_format"),
-            width=int(header["width"]),
-            height=int(header["height"]),
-            ppi=int(header["ppi"]),
+            width=_bounded(header, "width", 1, MAX_DIMENSION),
+            height=_bounded(header, "height", 1, MAX_DIMENSION),
+            ppi=_bounded(header, "ppi", 0, MAX_PPI),  # 0: a camera frame has none
             image_sha256=_str(header, "image_sha256"),
-            quality=header.get("quality"),
+            quality=None if header.get("quality") is None else _bounded(header, "quality", 0, 100),
             quality_detail=dict(header.get("quality_detail") or {}),
             image=image,
-            seq=int(header["seq"]),
+            seq=_bounded(header, "seq", 0, 2**63 - 1),
             registration=_registration(header.get("registration")),
         )
     except KeyError as exc:

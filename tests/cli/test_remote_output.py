@@ -3,7 +3,7 @@ says what the kiosk's retained status tells (and never promises a later delivery
 
 from __future__ import annotations
 
-from agent.remote.cli import _Requester, no_reply_message
+from agent.remote.cli import _Requester, no_reply_message, reply_error_text
 from agent.remote.output import render, reply_text
 
 
@@ -65,3 +65,13 @@ def test_control_characters_in_a_reply_reach_no_terminal() -> None:
     assert len(text.splitlines()) == len(render({"a": 1, "list": [1], "n": [{"k": 1}]}))
     assert "\\x1b]0;title" in text and "\\u202egnp.exe" in text
     assert reply_text({"ok": True, "result": {"name": "Zoë 李"}}) == "name: Zoë 李"
+
+
+def test_control_characters_in_an_error_reply_or_a_status_reach_no_terminal() -> None:
+    """The refusal line and the kiosk's retained state come from any broker client too."""
+    hostile = "\x1b[2J\x1b]0;owned\x07\r\nok\u202e"
+    line = reply_error_text({"ok": False, "error": {"code": hostile, "message": hostile}})
+    assert not any(ch in line for ch in "\x1b\x07\r\n\u202e") and "\\x1b[2J" in line
+    assert reply_error_text({"ok": False, "error": "not a dict"}) == "error: None: None"
+    said = no_reply_message("van-07", 30, _handler(True, hostile))
+    assert not any(ch in said for ch in "\x1b\x07\r\n\u202e") and "\\x1b]0;owned" in said

@@ -136,7 +136,9 @@ def check_sessions(cut: Cut) -> list[str]:
 def _holds(sessions: dict[str, SessionState | None], key: str, capture_id: str) -> bool:
     session_id, item = key.split(":")
     session = sessions[session_id]
-    return session is not None and session.items[item].capture_id == capture_id
+    # An unsafe store can lose the item's row while keeping its session: that is a loss too.
+    kept = session.items.get(item) if session is not None else None
+    return kept is not None and kept.capture_id == capture_id
 
 
 def run(tmp_path: Path, kind: str, cuts: int, mutation: str = ""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -90,3 +91,26 @@ def test_protocol_errors_are_permanent_and_still_value_errors() -> None:
     exc = ProtocolError("bad magic", "some-id")
     assert isinstance(exc, PermanentError) and not exc.transient
     assert isinstance(exc, ValueError) and exc.item_id == "some-id" and str(exc) == "bad magic"
+
+
+@pytest.mark.parametrize("field, raw, message", [
+    ("width", "1e400", "must be an integer"),       # inf: int() raised OverflowError, uncaught
+    ("height", "-5", "outside"),
+    ("width", "1000000000000000000000000000000", "outside"),
+    ("ppi", "true", "must be an integer"),
+    ("ppi", "500.0", "must be an integer"),
+    ("quality", "1e400", "must be an integer"),
+    ("quality", "101", "outside"),
+    ("seq", "-1e999", "must be an integer"),
+])
+def test_hostile_header_numbers_are_refused_as_protocol_errors(field: str, raw: str, message: str) -> None:
+    """Red team: a kiosk holding its own key sent width Infinity; the receiver logged a
+    traceback per message and answered nothing. Now each is a ProtocolError naming the field."""
+    from agent.transport.protocol import MAGIC, pack_frame
+    rec = record()
+    header = dict(rec.metadata(), v=1, type="capture")
+    header[field] = "@@HOSTILE@@"
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).replace('"@@HOSTILE@@"', raw)
+    with pytest.raises(ProtocolError, match=message) as info:
+        decode_capture(pack_frame(MAGIC, text.encode(), rec.image))
+    assert field in str(info.value)
