@@ -46,6 +46,7 @@ from agent.remote import cli as remote_cli
 from agent.remote.cli import load_operator_config
 from agent.remote.control import operator_key_exposure
 from agent.security import cli as security_cli
+from agent.update import cli as update_cli
 
 log = logging.getLogger("kiosk-agent")
 
@@ -99,6 +100,7 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_queue_stats)
     capture_cli.add_parser(sub)
+    update_cli.add_parser(sub)
     for extend in extensions:
         extend(sub, parsers)
     return parser

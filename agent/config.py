@@ -28,6 +28,7 @@ from agent.remote.overlay import OVERLAY_NAME, OverlayError, allowed_part, merge
 from agent.remote.settable import tls_enabled
 from agent.security.config import SecurityConfig
 from agent.transport.config import MqttConfig, QueueConfig, TelemetryConfig, TlsConfig, UplinkConfig
+from agent.update.config import UpdateConfig
 from drivers import DriverConfig, driver_class, driver_names
 
 #: Re-exported: code and tests that need one section import it from here or from its component.
@@ -82,6 +83,7 @@ class AgentConfig(Section):
     registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
     #: Filled from the [devices.NAME] tables by load_config, each with its driver's model.
     devices: dict[str, SerializeAsAny[DriverConfig]] = Field(default_factory=dict)
 

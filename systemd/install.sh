@@ -5,6 +5,9 @@
 #   uninstall        removes the units, udev rules and the virtual environment (keeps data)
 #   DESTDIR   stage into this root instead of / (packaging, tests): no users, no systemctl; the
 #             virtual environment's scripts are rewritten to run from /opt/kiosk-agent
+# Layout (docs/updates.md): each version in /opt/kiosk-agent/releases/<version>/venv, `current`
+# pointing at the one the units run, `bin` -> current/venv/bin for the documented paths. A flat
+# /opt/kiosk-agent venv from an older install is replaced by that layout.
 #   PYTHON    interpreter for the virtual environment (default python3)
 #   PIP_ARGS  extra pip arguments (for example --no-deps for an offline staging install)
 #   KIOSK_APP_GROUP  the registration app's group, which may read the local API token (default kiosk-app)
@@ -17,7 +20,14 @@ PYTHON=${PYTHON:-python3}
 PIP_ARGS=${PIP_ARGS:-}
 APP_GROUP=${KIOSK_APP_GROUP:-kiosk-app}
 src=$(cd "$(dirname "$0")/.." && pwd)
-venv=$DESTDIR/opt/kiosk-agent
+opt=$DESTDIR/opt/kiosk-agent
+# The version becomes a folder name: the updater's rule for it (agent/update/bundle.py) applies.
+version=$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+    "$src/pyproject.toml")
+case "$version" in
+    *[!0-9a-z.]*|"") echo "kiosk-agent install: unusable version '$version' in pyproject.toml" >&2; exit 1 ;;
+esac
+venv=$opt/releases/$version/venv
 etc=$DESTDIR/etc/kiosk-agent
 units=$DESTDIR/etc/systemd/system
 rules=$DESTDIR/etc/udev/rules.d
@@ -84,20 +94,36 @@ relocate_venv() {
     # them at /opt/kiosk-agent, where the staged tree is meant to land, so that it runs there.
     $live && return
     grep -rlI -F "$venv" "$venv/bin" "$venv/pyvenv.cfg" 2>/dev/null | while IFS= read -r file; do
-        sed -i "s|$venv|/opt/kiosk-agent|g" "$file"
+        sed -i "s|$venv|/opt/kiosk-agent/releases/$version/venv|g" "$file"
     done
-    say "staged for /opt/kiosk-agent: its scripts run there (from $venv use $venv/bin/python -m cli)"
+    say "staged for /opt/kiosk-agent: its scripts run there (from $opt use $opt/current/venv/bin/python -m cli)"
 }
 
 setup_venv() {
-    install -d -m 0755 "$DESTDIR/opt"
+    install -d -m 0755 "$DESTDIR/opt" "$opt" "$opt/releases" "$opt/update"
     if [ ! -x "$venv/bin/python" ]; then
         say "creating the virtual environment $venv"
+        # Built in place: a virtual environment cannot be moved.
         "$PYTHON" -m venv "$venv"
     fi
     say "installing kiosk-agent and its dependencies with pip (a minute or two the first time)"
     # shellcheck disable=SC2086
     "$venv/bin/python" -m pip install --quiet --upgrade $PIP_ARGS "$src"
+    # The updater counts a release as complete once its manifest.json exists.
+    printf '{"version": "%s", "installed_by": "install.sh"}\n' "$version" > "$opt/releases/$version/manifest.json"
+    old=$(readlink "$opt/current" 2>/dev/null || true)
+    # A new link renamed over the old one: `current` is never missing, not even for an instant.
+    ln -sfn "releases/$version" "$opt/.current.tmp"
+    mv -Tf "$opt/.current.tmp" "$opt/current"
+    if [ -n "$old" ] && [ "$old" != "releases/$version" ]; then
+        ln -sfn "$old" "$opt/.previous.tmp" && mv -Tf "$opt/.previous.tmp" "$opt/previous"
+    fi
+    if [ -f "$opt/pyvenv.cfg" ]; then
+        # The flat layout of older installs: the venv was /opt/kiosk-agent itself.
+        rm -rf "$opt/bin" "$opt/lib" "$opt/lib64" "$opt/include" "$opt/share" "$opt/pyvenv.cfg"
+        say "moved from the flat /opt/kiosk-agent venv to releases/$version (restart the service)"
+    fi
+    [ -L "$opt/bin" ] || ln -s current/venv/bin "$opt/bin"
     say "installed kiosk-agent $("$venv/bin/python" -c 'import agent; print(agent.__version__)') into $venv"
 }
 
@@ -154,7 +180,8 @@ do_install() {
         chown kiosk:kiosk "$state"
     fi
     setup_venv
-    install -m 0644 "$src/systemd/kiosk-agent.service" "$units/"
+    install -m 0644 "$src/systemd/kiosk-agent.service" "$src/systemd/kiosk-agent-updater.service" \
+        "$src/systemd/kiosk-agent-updater.path" "$src/systemd/kiosk-agent-update-recover.service" "$units/"
     install -m 0644 "$src/systemd/60-kiosk-agent.rules" "$src/systemd/61-kiosk-serial.rules" "$rules/"
     install_config "$src/config/kiosk-default.toml" "$etc/agent.toml"
     install_api_token
@@ -186,7 +213,7 @@ do_install() {
     if $systemd_running; then
         systemctl daemon-reload
         udevadm control --reload-rules 2>/dev/null && udevadm trigger --subsystem-match=usb --subsystem-match=tty 2>/dev/null || true
-        systemctl enable kiosk-agent.service
+        systemctl enable kiosk-agent.service kiosk-agent-updater.path kiosk-agent-update-recover.service
         say "enabled kiosk-agent.service; after editing $etc/agent.toml: sudo systemctl restart kiosk-agent"
     fi
     relocate_venv  # last: the scripts run from /opt/kiosk-agent only from here on
@@ -195,14 +222,16 @@ do_install() {
 do_uninstall() {
     need_root
     if $systemd_running; then
-        systemctl disable --now kiosk-agent.service kiosk-agent-receiver.service 2>/dev/null || true
+        systemctl disable --now kiosk-agent.service kiosk-agent-receiver.service kiosk-agent-updater.path \
+            kiosk-agent-update-recover.service 2>/dev/null || true
     fi
-    rm -f "$units/kiosk-agent.service" "$units/kiosk-agent-receiver.service" "$rules/60-kiosk-agent.rules" \
+    rm -f "$units/kiosk-agent.service" "$units/kiosk-agent-receiver.service" "$units/kiosk-agent-updater.service" \
+        "$units/kiosk-agent-updater.path" "$units/kiosk-agent-update-recover.service" "$rules/60-kiosk-agent.rules" \
         "$rules/61-kiosk-serial.rules" "$DESTDIR/usr/share/bash-completion/completions/kiosk-agent" \
         "$DESTDIR/usr/share/zsh/vendor-completions/_kiosk-agent" "$DESTDIR/usr/share/man/man1/kiosk-agent.1"
-    rm -rf "$venv"
+    rm -rf "$opt"
     $systemd_running && systemctl daemon-reload
-    say "removed the service, udev rules and $venv"
+    say "removed the service, udev rules and $opt"
     say "kept $etc (config) and $state (queue: captures not yet delivered); delete them by hand if you mean to"
 }
 

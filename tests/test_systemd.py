@@ -141,6 +141,10 @@ def test_units_stay_failed_on_a_config_error() -> None:
 
 def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
+    flat = root / "opt/kiosk-agent"  # what older versions installed: the venv was this folder
+    (flat / "bin").mkdir(parents=True)
+    (flat / "bin/kiosk-agent").write_text("#!/opt/kiosk-agent/bin/python\n")
+    (flat / "pyvenv.cfg").write_text("home = /usr/bin\n")
     env = dict(os.environ, DESTDIR=str(root), PYTHON=sys.executable)
     result = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh"), "install"], env=env,
                             capture_output=True, text=True, timeout=600)
@@ -152,6 +156,9 @@ def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     assert mode("etc/kiosk-agent") == 0o750 and mode("etc/kiosk-agent/agent.toml") == 0o640
     assert mode("var/lib/kiosk-agent") == 0o700
     assert mode("etc/systemd/system/kiosk-agent.service") == 0o644
+    for unit in ("kiosk-agent-updater.service", "kiosk-agent-updater.path",
+                 "kiosk-agent-update-recover.service"):
+        assert mode(f"etc/systemd/system/{unit}") == 0o644
     assert mode("etc/udev/rules.d/60-kiosk-agent.rules") == 0o644
     assert mode("etc/udev/rules.d/61-kiosk-serial.rules") == 0o644
     for rel in ("usr/share/bash-completion/completions/kiosk-agent",
@@ -161,9 +168,18 @@ def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     # A kiosk gets the kiosk's parts only: the central receiver is `install-central`.
     assert not (root / "etc/systemd/system/kiosk-agent-receiver.service").exists()
     assert not (root / "etc/kiosk-agent/receiver.toml").exists()
+    # The releases layout (docs/updates.md): the version's own venv, `current` and `bin` links.
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    opt = root / "opt/kiosk-agent"
+    assert os.readlink(opt / "current") == f"releases/{version}"
+    assert os.readlink(opt / "bin") == "current/venv/bin"
+    # The flat venv of an older install (planted below) is gone.
+    assert "moved from the flat" in result.stdout and not (opt / "pyvenv.cfg").exists()
+    assert (opt / "releases" / version / "manifest.json").is_file()  # complete, for the updater
+    venv = opt / "current/venv"
     # Staged for /opt/kiosk-agent: no script names the staging root.
-    venv = root / "opt/kiosk-agent"
-    assert (venv / "bin/kiosk-agent").read_text().splitlines()[0] == "#!/opt/kiosk-agent/bin/python"
+    assert (opt / "bin/kiosk-agent").read_text().splitlines()[0] == \
+        f"#!/opt/kiosk-agent/releases/{version}/venv/bin/python"
     staged = [p.name for p in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]
               if p.is_file() and str(root).encode() in p.read_bytes()]
     assert staged == []
@@ -199,6 +215,7 @@ def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     assert gone.returncode == 0
     assert not (root / "opt/kiosk-agent").exists()
     assert not (root / "etc/systemd/system/kiosk-agent.service").exists()
+    assert not (root / "etc/systemd/system/kiosk-agent-updater.path").exists()
     assert not (root / "usr/share/man/man1/kiosk-agent.1").exists()
     assert (root / "var/lib/kiosk-agent/queue.db").read_bytes() == b"queued captures"
     assert (root / "etc/kiosk-agent/agent.toml").exists()

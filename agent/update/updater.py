@@ -1,0 +1,268 @@
+"""The privileged updater: install a verified bundle beside the running release, switch to it,
+keep it only if it passes the health gate, and roll back otherwise.
+
+Each step is written to the journal durably before it starts, so that after a power cut or a
+SIGKILL ``recover()`` knows what was half done: before the switch it throws the new release
+away; after it, unless the commit was reached, it switches back to the release that was
+running. Either way the kiosk comes back on a release that worked. The queue and the config
+live outside the tree (/var/lib, /etc) and are never touched here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.errors import PermanentError
+from agent.update.bundle import LOCK, BundleError, Verified, check_upgrade, extract, verify
+from agent.update.layout import Tree, write_durably
+from agent.update.service import Service
+
+log = logging.getLogger("kiosk-agent.update")
+
+#: Fault injection for the power-cut tests: the updater SIGKILLs itself at this step.
+KILL_ENV = "KIOSK_AGENT_UPDATE_KILL_AT"
+KILL_POINTS = ("staging", "installing", "checking", "switching", "switched", "health", "gated", "rollback",
+               "commit")
+PRE_SWITCH = ("staging", "installing", "checking")
+
+
+class UpdateFailed(PermanentError):
+    """The update did not happen (or was rolled back); the kiosk runs what it ran before."""
+
+
+def _kill_point(step: str) -> None:
+    if os.environ.get(KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tail(done: subprocess.CompletedProcess[str]) -> str:
+    return " ".join((done.stderr or done.stdout or "").strip().splitlines()[-3:])[:400]
+
+
+class Updater:
+    def __init__(self, tree: Tree, config_path: Path, trusted: list[Ed25519PublicKey], service: Service,
+                 health_timeout_s: float, max_bundle_bytes: int, python: str = sys.executable) -> None:
+        self.tree, self.config_path, self.trusted = tree, config_path, trusted
+        self.service, self.health_timeout_s = service, health_timeout_s
+        self.max_bundle_bytes, self.python = max_bundle_bytes, python
+        self._lock_fd: int | None = None
+
+    # --- locking: one updater at a time ---------------------------------------------------
+
+    def __enter__(self) -> Updater:
+        self.tree.prepare()
+        fd = os.open(self.tree.work / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UpdateFailed("another update is in progress") from None
+        self._lock_fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- apply ----------------------------------------------------------------------------
+
+    def check(self, bundle: Path) -> Verified:
+        """Everything that can refuse the bundle, before anything is written."""
+        verified = verify(bundle, self.trusted, self.max_bundle_bytes)
+        check_upgrade(verified.manifest, self.tree.link("current"), self.tree.state()["failed"])
+        return verified
+
+    def apply(self, bundle: Path) -> str:
+        """Install, switch and health-check; returns the version now running."""
+        self.recover()
+        try:
+            verified = self.check(bundle)
+        except BundleError as exc:
+            self.tree.record(self._event("refused", None, str(exc)))
+            raise
+        manifest = verified.manifest
+        version, current = manifest.version, self.tree.link("current")
+        previous = self.tree.link("previous")
+        self._step("staging", version, current, previous)
+        staging = self.tree.staging(version)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(exist_ok=True)
+        if version == previous:  # reinstalling the release before: it is built afresh
+            self.tree.set_link("previous", None)
+        self.tree.remove_release(version)
+        try:
+            extract(verified, staging)
+            self._step("installing", version, current, previous)
+            self._install(version, staging, manifest.system_dependencies)
+            self._step("checking", version, current, previous)
+            self._check_config(version)
+            if current is not None and not manifest.reversible_migration:
+                self._check_queue_schema(current, version)
+        except (BundleError, UpdateFailed) as exc:
+            self._discard(version)
+            self.tree.record(self._event("failed", version, str(exc)))
+            self.tree.clear_journal()
+            raise UpdateFailed(f"{version} not installed: {exc}") from None
+        write_durably(self.tree.release(version) / "manifest.json", manifest.to_bytes())
+        needed = self._healthy_devices()
+        self._step("switching", version, current, previous)
+        if current is not None:
+            self.tree.set_link("previous", current)
+        self.tree.set_link("current", version)
+        _kill_point("switched")
+        self._step("health", version, current, previous)
+        reason = self.service.restart(self.health_timeout_s) or \
+            self.service.wait_healthy(needed, self.health_timeout_s)
+        _kill_point("gated")  # the new agent is running, the gate judged, nothing recorded yet
+        if reason is not None and current is not None:
+            self._rollback(version, current, previous, reason, mark_failed=True)
+            raise UpdateFailed(f"{version} failed its health gate and was rolled back to {current}: {reason}")
+        self._commit(version, current, reason)
+        return version
+
+    def _step(self, step: str, version: str, came_from: str | None, previous: str | None,
+              **more: Any) -> None:
+        self.tree.write_journal(step=step, version=version, came_from=came_from, previous=previous, **more)
+        log.info("update to %s: %s", version, step)
+        _kill_point(step)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop(KILL_ENV, None)  # the injected crash is the updater's, not pip's or the agent's
+        return env
+
+    def _install(self, version: str, staging: Path, system_dependencies: bool) -> None:
+        venv = self.tree.release(version) / "venv"
+        venv.parent.mkdir(mode=0o755)
+        # Built in place: a virtual environment's paths are absolute, it cannot be moved.
+        create = [self.python, "-m", "venv", *(["--system-site-packages"] if system_dependencies else []),
+                  str(venv)]
+        done = subprocess.run(create, capture_output=True, text=True, env=self._env())
+        if done.returncode != 0:
+            raise UpdateFailed(f"cannot create the virtual environment: {_tail(done)}")
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+               "--disable-pip-version-check", "--no-cache-dir", "--find-links", str(staging / "wheels"),
+               "--require-hashes", "-r", str(staging / LOCK), *(["--no-deps"] if system_dependencies else [])]
+        done = subprocess.run(pip, capture_output=True, text=True, env=self._env())
+        if done.returncode != 0:
+            raise UpdateFailed(f"pip install failed: {_tail(done)}")
+
+    def _check_config(self, version: str) -> None:
+        """The new release's own config check, against this kiosk's config and files."""
+        check = [str(self.tree.python(version)), "-m", "cli", "check-config", str(self.config_path)]
+        done = subprocess.run(check, capture_output=True, text=True, env=self._env(),
+                              cwd=self.tree.release(version))  # not a folder with its own cli/
+        if done.returncode != 0:
+            raise UpdateFailed(f"its config check refuses this kiosk's config: {_tail(done)}")
+
+    def _queue_schema(self, version: str) -> str:
+        """The queue schema a release writes, asked of the release itself (never opened here:
+        the running agent holds the queue)."""
+        ask = "from agent.transport.durable_queue import SCHEMA_VERSION; print(SCHEMA_VERSION)"
+        done = subprocess.run([str(self.tree.python(version)), "-c", ask], capture_output=True, text=True,
+                              env=self._env(), cwd=self.tree.release(version))
+        if done.returncode != 0:
+            raise UpdateFailed(f"cannot read the queue schema of {version}: {_tail(done)}")
+        return done.stdout.strip()
+
+    def _check_queue_schema(self, current: str, version: str) -> None:
+        # The running release refuses a queue in another schema: after a migration it could
+        # not take over again, so a rollback would lose the queue. Only a bundle that declares
+        # its migration reversible may change it.
+        old, new = self._queue_schema(current), self._queue_schema(version)
+        if old != new:
+            raise UpdateFailed(f"it moves the queue from schema {old} to {new}, which {current} cannot read "
+                               "back after a rollback; the bundle does not declare the migration reversible")
+
+    def _healthy_devices(self) -> set[str]:
+        health = self.service.health()
+        return health.healthy_devices() if health.active == "active" else set()
+
+    def _discard(self, version: str) -> None:
+        if version not in (self.tree.link("current"), self.tree.link("previous")):
+            self.tree.remove_release(version)
+        shutil.rmtree(self.tree.staging(version), ignore_errors=True)
+
+    def _rollback(self, version: str, came_from: str, previous: str | None, reason: str,
+                  mark_failed: bool) -> None:
+        self._step("rollback", version, came_from, previous, reason=reason, mark_failed=mark_failed)
+        self.tree.set_link("current", came_from)
+        self.tree.set_link("previous", previous if previous != version else None)
+        log.error("update to %s rolled back to %s: %s", version, came_from, reason)
+        self._restart_if_running()
+        self.tree.record(self._event("rolled back", version, reason, came_from),
+                         (version, reason) if mark_failed else None)
+        self._discard(version)
+        self.tree.clear_journal()
+
+    def _commit(self, version: str, came_from: str | None, warning: str | None) -> None:
+        self._step("commit", version, came_from, None)
+        self.tree.record(self._event("installed", version, warning or "healthy", came_from))
+        removed = self.tree.prune()
+        if removed:
+            log.info("pruned releases %s", ", ".join(removed))
+        self.tree.clear_journal()
+
+    def _restart_if_running(self) -> None:
+        # At boot the recovery runs before the agent's unit starts: nothing to restart then,
+        # and waiting on a unit ordered after us would deadlock.
+        if self.service.health().active in ("active", "activating", "failed", "reloading"):
+            reason = self.service.restart(self.health_timeout_s)
+            if reason:
+                log.error("restarting the agent after the rollback: %s", reason)
+
+    @staticmethod
+    def _event(what: str, version: str | None, detail: str, came_from: str | None = None) -> dict[str, Any]:
+        return {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": what, "version": version,
+                "from": came_from, "detail": detail[:500]}
+
+    # --- recovery -------------------------------------------------------------------------
+
+    def recover(self) -> str | None:
+        """Finish or undo what a crash interrupted; returns what was done, if anything."""
+        journal = self.tree.read_journal()
+        done = None
+        if journal is not None:
+            step, version = journal.get("step"), str(journal.get("version", ""))
+            came_from, previous = journal.get("came_from"), journal.get("previous")
+            if step in PRE_SWITCH or came_from is None:
+                if step not in PRE_SWITCH and came_from is None:
+                    self.tree.clear_journal()  # a first install: nothing to go back to
+                    return f"kept {version}: interrupted while installing with no release before it"
+                self._discard(version)
+                self.tree.record(self._event("interrupted", version, f"interrupted while {step}; discarded"))
+                self.tree.clear_journal()
+                done = f"discarded the half-installed {version}"
+            elif step == "commit":
+                self._commit(version, came_from, None)
+                done = f"committed {version}"
+            else:
+                reason = journal.get("reason") or f"interrupted during the {step} step (power cut or crash)"
+                self._rollback(version, came_from, previous, reason, bool(journal.get("mark_failed")))
+                done = f"rolled back from {version} to {came_from}"
+        if self.tree.link("current") is None and self.tree.link("previous") is not None:
+            self.tree.set_link("current", self.tree.link("previous"))
+            done = "current was broken; switched to the previous release"
+        for version in self.tree.installed():
+            if not self.tree.complete(version) and version not in (self.tree.link("current"),):
+                self.tree.remove_release(version)
+        if done:
+            log.warning("update recovery: %s", done)
+        return done
+
+
+def status_json(tree: Tree) -> str:
+    return json.dumps(tree.status(), indent=1)
