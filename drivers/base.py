@@ -25,11 +25,16 @@ from drivers.errors import ImplausibleResolution
 #: 19794-4 and ANSI/NIST-ITL Type-14 records need a real one (0 ppi would reach a record as
 #: "0" or "00.00" and a matcher would misjudge every ridge distance).
 FINGER_PPI = range(250, 1001)
+#: Pixels each way an iris image may have. Iris images carry no resolution (SBI devices report
+#: none; ISO/IEC 19794-6 has no field for one), so their size is what is bounded: a device
+#: claiming a 0 x 0 or 60,000-pixel eye is broken or hostile.
+IRIS_SIDE = range(16, 4097)
 
 
 class Modality(enum.StrEnum):
     FINGER = "finger"
     FACE = "face"
+    IRIS = "iris"
 
 
 class DriverConfig(BaseModel):
@@ -68,7 +73,8 @@ class Health:
 class CaptureRequest:
     """What the agent asks of a device for one capture."""
 
-    #: ANSI/NIST finger position 0..10 (0 = unknown); 0 for a face.
+    #: ANSI/NIST finger position 0..10 (0 = unknown); 0 for a face; for an iris the eye label
+    #: (17.003: 0 undefined, 1 right, 2 left).
     position: int = 0
     timeout_s: float | None = None  # None: the driver config's capture_timeout_s
     #: Fingers of a slap recorded as exceptions (amputated, unable to print): devices that take
@@ -104,6 +110,10 @@ class CapturedImage:
                 f"a finger image at position {self.position} declares {self.ppi} ppi; finger "
                 f"images must carry the scanner's native resolution, {FINGER_PPI.start}.."
                 f"{FINGER_PPI.stop - 1} ppi (check the driver's ppi setting)")
+        if self.modality is Modality.IRIS and (self.width not in IRIS_SIDE or self.height not in IRIS_SIDE):
+            raise ImplausibleResolution(
+                f"an iris image of {self.width} x {self.height} pixels; iris images are "
+                f"{IRIS_SIDE.start}..{IRIS_SIDE.stop - 1} pixels each way")
 
 
 @dataclass(frozen=True)

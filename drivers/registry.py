@@ -41,6 +41,7 @@ DRIVERS: Mapping[str, DriverEntry] = MappingProxyType({
     "gt521f": DriverEntry("drivers.gt521f:Gt521fDriver", "serial"),
     "sbi": DriverEntry("drivers.sbi:SbiDriver", "local-service"),
     "sbi-face": DriverEntry("drivers.sbi:SbiFaceDriver", "local-service"),
+    "sbi-iris": DriverEntry("drivers.sbi_iris:SbiIrisDriver", "local-service"),
     "libfprint": DriverEntry("drivers.libfprint:LibfprintDriver", "libfprint"),
     "uru4000": DriverEntry("drivers.uru4000:Uru4000Driver", "usb", {
         (0x05BA, 0x000A): "U.are.U 4000B/4500",

@@ -50,7 +50,9 @@ SLAP_GAP_PX = 40
 #: Error codes (specification, "Error Codes") that may pass by themselves.
 TRANSIENT_CODES = {"104": "cannot reach its management server", "110": "not ready", "111": "busy"}
 #: Error codes the person at the kiosk can fix.
-RETRY_CODES = {"101": "no finger or face detected", "105": "image orientation error"}
+RETRY_CODES = {"101": "no finger, face or eye detected", "105": "image orientation error"}
+RETRY_HINTS = {"Finger": "place the fingers flat on the glass", "Face": "look at the camera",
+               "Iris": "look into the iris camera with both eyes wide open"}
 MB = 1024 * 1024
 #: Sessions whose hash chain is kept (the oldest forgotten first): far more than are ever open.
 MAX_CHAINS = 256
@@ -192,11 +194,12 @@ class SbiDriver(Driver):
 
     def probe(self) -> DeviceInfo:
         endpoint, found = self._discover()
-        self._endpoint = endpoint
+        # Side-effect free: probing an open device leaves it open on the endpoint it had.
+        opened, self._endpoint = self._endpoint, endpoint
         try:
             return self._device_info(self._info(endpoint, found))
         finally:
-            self._endpoint = None
+            self._endpoint = opened
 
     def open(self) -> DeviceInfo:
         endpoint, found = self._discover()
@@ -278,9 +281,7 @@ class SbiDriver(Driver):
             return
         info = str(error.get("errorInfo", ""))[:200] if isinstance(error, dict) else ""
         if code in RETRY_CODES:
-            hint = ("place the fingers flat on the glass" if self.bio_type == "Finger"
-                    else "look at the camera")
-            raise CaptureRetry(RETRY_CODES[code], hint)
+            raise CaptureRetry(RETRY_CODES[code], RETRY_HINTS[self.bio_type])
         if code in TRANSIENT_CODES or code.startswith("5"):
             what = TRANSIENT_CODES.get(code, "error")
             raise TransientDeviceError(f"SBI device {what} (code {code}: {info})")
@@ -302,7 +303,7 @@ class SbiDriver(Driver):
             raise DeviceUntrusted("SBI capture refused: its transaction or purpose is not the one requested "
                                   "(a replayed or foreign capture)")
         if data.get("bioType") != bio["type"] or (
-                bio["type"] == "Finger" and data.get("bioSubType") not in bio["bioSubType"]):
+                bio["bioSubType"] and data.get("bioSubType") not in bio["bioSubType"]):
             raise SbiProtocolError(f"SBI capture holds {data.get('bioType')} {data.get('bioSubType')}, "
                                    "which was not requested")
         score = data.get("qualityScore")

@@ -1,7 +1,8 @@
 """The ISO records inside an SBI capture's ``bioValue``, read just far enough to get the image.
 
-MOSIP devices send fingers as ISO/IEC 19794-4:2011 records (JPEG 2000 lossless at 500 ppi)
-and faces as ISO/IEC 19794-5:2011 records. The drivers may not use the agent's record code
+MOSIP devices send fingers as ISO/IEC 19794-4:2011 records (JPEG 2000 lossless at 500 ppi),
+faces as ISO/IEC 19794-5:2011 records and irises as ISO/IEC 19794-6:2011 records (JPEG 2000
+lossless). The drivers may not use the agent's record code
 (tests/test_layout.py), and a driver needs only the image, its resolution and its size, so
 this reader is small and strict: every length must agree with the bytes that are there.
 """
@@ -28,6 +29,20 @@ MAX_SIDE = 4096
 JPEG_SOI = b"\xff\xd8\xff"
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 J2K_SOC = b"\xff\x4f\xff\x51"
+
+
+IIR_ID, IIR_2011 = b"IIR\x00", b"020\x00"
+#: 19794-6:2011 representation, from the representation number to the image data length.
+_IRIS_IMAGE = struct.Struct(">HBBBBHHBHHH6HI")
+#: Grey image formats of 19794-6:2011 Table 4 this reader decodes: mono JPEG, JPEG 2000, PNG.
+IRIS_DECODABLE = {6: "jpeg", 10: "jp2", 14: "png"}
+EYE_LABELS = (0, 1, 2)  # undefined, right, left
+
+
+@dataclass(frozen=True)
+class IrisEye:
+    eye: int
+    gray: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -96,3 +111,42 @@ def face_image(data: bytes) -> bytes:
     if not starts:
         raise ValueError("face record holds no JPEG or JPEG 2000 image")
     return data[min(starts):]
+
+
+def read_iris(data: bytes) -> list[IrisEye]:
+    """The eye images of an ISO/IEC 19794-6:2011 record, each checked against its header."""
+    if len(data) < _GENERAL.size:
+        raise ValueError("iris record shorter than its general header")
+    fmt, version, length, count, certified, eyes = _GENERAL.unpack_from(data)
+    if (fmt, version) != (IIR_ID, IIR_2011):
+        raise ValueError("not an ISO/IEC 19794-6:2011 iris record")
+    if length != len(data) or not 1 <= count <= 2 or certified or eyes > 2:
+        raise ValueError("iris record length, representation count, eye count or certification flag is wrong")
+    found, pos = [], _GENERAL.size
+    for _ in range(count):
+        if pos + 4 > len(data):
+            raise ValueError("iris representation runs past the record")
+        (size,) = struct.unpack_from(">I", data, pos)
+        end, cur = pos + size, pos + 4 + _DATE_DEVICE
+        if cur >= len(data) or end > len(data):
+            raise ValueError("iris representation length runs past the record")
+        cur += 1 + data[cur] * 5  # quality blocks: the device's score travels in qualityScore
+        if cur + _IRIS_IMAGE.size > end:
+            raise ValueError("iris representation header runs past its length")
+        (_n, eye, _kind, image_format, _props, width, height, depth, _range, _roll, _unc, *_centre,
+         image_length) = _IRIS_IMAGE.unpack_from(data, cur)
+        cur += _IRIS_IMAGE.size
+        if eye not in EYE_LABELS or depth != 8 or image_format not in IRIS_DECODABLE:
+            raise ValueError(f"iris image of eye label {eye}, bit depth {depth}, format {image_format} "
+                             "is not an 8-bit grey image the kiosk reads")
+        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE) or cur + image_length != end:
+            raise ValueError("iris image size or data length is not usable")
+        gray = decode(data[cur:end])
+        if gray.shape != (height, width):
+            raise ValueError(f"iris image is {gray.shape[1]}x{gray.shape[0]}, the record says "
+                             f"{width}x{height}")
+        found.append(IrisEye(eye, gray))
+        pos = end
+    if pos != len(data):
+        raise ValueError("bytes after the last iris representation")
+    return found

@@ -8,6 +8,7 @@ Records (field numbers and choices in docs/formats.md):
 - Type-14: one per captured finger (position, resolution, compression, quality, image), and
   one without an image per finger that could not be captured, carrying the AMP exception.
 - Type-10: the face, a JPEG, with the subject acquisition profile the capture earned.
+- Type-17: one per captured iris (eye label, size, compression, the device's score, image).
 
 Text is 7-bit ASCII where it can be; otherwise the transaction declares UTF-8 in 1.015 DCS
 (character set index 3) and carries the text as UTF-8 (docs/formats.md, "Character set").
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from agent.formats.positions import FINGERS, SLAP_POSITIONS, position_problem
+from agent.formats.positions import EYE_LABELS, FINGERS, SLAP_POSITIONS, position_problem
 
 if TYPE_CHECKING:
     from agent.config import FormatsConfig
@@ -44,7 +45,9 @@ NQM_NOT_COMPUTED = "254"
 FQM_VENDOR = "0000"
 FQM_PRODUCT = "1"
 PPI_PER_PPMM = 25.4
-#: HLL/VLL of Type-14 and Type-10 records: 2 to 5 digits (ANSI/NIST-ITL 1-2011).
+#: 17.011 CGA of the iris image formats the kiosk writes (lossless only: the standard's Table 15).
+IRIS_CGA = {"png": "PNG", "jp2l": "JP2L"}
+#: HLL/VLL of Type-14, Type-10 and Type-17 records: 2 to 5 digits (ANSI/NIST-ITL 1-2011).
 IMAGE_PIXELS = range(10, 100_000)
 
 
@@ -93,6 +96,16 @@ class FaceImage:
 
 
 @dataclass(frozen=True)
+class IrisImage:
+    eye: int  # 17.003 ELR: 0 undefined, 1 right, 2 left (agent/formats/positions.py)
+    image: bytes
+    format: Literal["png", "jp2l"]
+    width: int
+    height: int
+    quality: int | None = None  # 0..100, the device's score (MOSIP SBI qualityScore)
+
+
+@dataclass(frozen=True)
 class RegistrationRecord:
     id: str
     applicant_ref: str
@@ -103,6 +116,7 @@ class RegistrationRecord:
     fingers: Sequence[FingerImage] = ()
     exceptions: Sequence[FingerException] = ()
     face: FaceImage | None = None
+    irises: Sequence[IrisImage] = ()
 
 
 @dataclass(frozen=True)
@@ -176,13 +190,28 @@ def _check(registration: RegistrationRecord) -> None:
             raise ValueError(f"finger {f.position}: WSQ is written at 500 ppi only, not {f.ppi}")
         if f.quality is not None and not 0 <= f.quality <= 100:
             raise ValueError(f"finger {f.position}: quality {f.quality} is not 0..100")
+    _check_irises(registration.irises)
     sizes = [(f"finger {f.position}", f.width, f.height) for f in registration.fingers]
+    sizes += [(f"iris {i.eye}", i.width, i.height) for i in registration.irises]
     if registration.face is not None:
         sizes.append(("face", registration.face.width, registration.face.height))
     for what, width, height in sizes:  # from the capture header, which takes any integer
         if width not in IMAGE_PIXELS or height not in IMAGE_PIXELS:
             raise ValueError(f"{what}: image size {width} x {height} is not {IMAGE_PIXELS.start}.."
                              f"{IMAGE_PIXELS.stop - 1} pixels each way")
+
+
+def _check_irises(irises: Sequence[IrisImage]) -> None:
+    eyes = [i.eye for i in irises]
+    if len(eyes) != len(set(eyes)):
+        raise ValueError(f"an eye appears twice: {sorted(eyes)}")
+    for iris in irises:
+        if iris.eye not in EYE_LABELS:
+            raise ValueError(f"eye label {iris.eye!r} is not one of {sorted(EYE_LABELS)}")
+        if iris.format not in IRIS_CGA:
+            raise ValueError(f"iris {iris.eye}: format {iris.format!r} is not one of {sorted(IRIS_CGA)}")
+        if iris.quality is not None and not 0 <= iris.quality <= 100:
+            raise ValueError(f"iris {iris.eye}: quality {iris.quality} is not 0..100")
 
 
 def build_transaction(registration: RegistrationRecord, options: TransactionOptions | None = None) -> bytes:
@@ -229,6 +258,10 @@ def build_transaction(registration: RegistrationRecord, options: TransactionOpti
         idc += 1
     if registration.face is not None:
         msg += _type10(registration.face, idc, opts.originating_agency, date)
+        idc += 1
+    for iris in sorted(registration.irises, key=lambda i: i.eye):
+        msg += _type17(iris, idc, opts.originating_agency, date)
+        idc += 1
     return msg.NIST
 
 
@@ -290,6 +323,30 @@ def _type10(face: FaceImage, idc: int, agency: str, date: str) -> object:
     r += Field(10, 13, str(subject_acquisition_profile(face)))  # SAP
     r += Field(10, 20, "F")  # POS: full face frontal
     r += BinaryField(10, 999, face.jpeg)
+    return r
+
+
+def _type17(iris: IrisImage, idc: int, agency: str, date: str) -> object:
+    from nistitl import AsciiRecord, BinaryField, Field
+
+    r = AsciiRecord(17)
+    r.IDC = idc
+    r += Field(17, 3, str(iris.eye))  # ELR: eye label
+    r += Field(17, 4, agency)  # SRC
+    r += Field(17, 5, date)  # ICD: iris capture date
+    r += Field(17, 6, str(iris.width))  # HLL
+    r += Field(17, 7, str(iris.height))  # VLL
+    # SLC 0 with THPS = TVPS = 1: no resolution, square pixels. SBI iris devices report none.
+    r += Field(17, 8, "0")  # SLC
+    r += Field(17, 9, "1")  # THPS
+    r += Field(17, 10, "1")  # TVPS
+    r += Field(17, 11, IRIS_CGA[iris.format])  # CGA
+    r += Field(17, 12, "8")  # BPX
+    r += Field(17, 13, "GRAY")  # CSP: near-infrared grey
+    if iris.quality is not None:
+        # IQS: quality value, algorithm vendor (hex; 0000 none registered), product code.
+        r += Field(17, 24, [[str(iris.quality), FQM_VENDOR, FQM_PRODUCT]])
+    r += BinaryField(17, 999, iris.image)
     return r
 
 

@@ -31,6 +31,12 @@ FINGER_NAMES = {
 SLAPS: dict[int, tuple[int, ...]] = {13: (2, 3, 4, 5), 14: (7, 8, 9, 10), 15: (1, 6)}
 SLAP_NAMES = {13: "right four fingers", 14: "left four fingers", 15: "both thumbs"}
 
+#: Eye labels of ANSI/NIST-ITL 17.003 ELR and ISO/IEC 19794-6 (the same codes in both): an iris
+#: capture's position is its eye label.
+EYE_UNDEFINED, RIGHT_EYE, LEFT_EYE = 0, 1, 2
+EYE_LABELS = {EYE_UNDEFINED: "eye undefined", RIGHT_EYE: "right eye", LEFT_EYE: "left eye"}
+EYES = frozenset({RIGHT_EYE, LEFT_EYE})
+
 #: One finger: what an exception (a missing finger) names.
 FINGERS = frozenset(FINGER_NAMES)
 SLAP_POSITIONS = frozenset(SLAPS)

@@ -15,16 +15,22 @@ class RegistrationConfig(Section):
     """Registration sessions (agent/registration/service.py, docs/local-api.md)."""
 
     #: "ten-flat": ten fingers one by one; "slaps-442": right four, left four, both thumbs.
-    plan: Literal["ten-flat", "slaps-442"] = "ten-flat"
+    #: Either with "-iris" ("ten-flat-iris", "slaps-442-iris") also takes the right and the left
+    #: iris after the face, from ``iris_device`` (an SBI iris device: drivers/sbi_iris.py).
+    plan: Literal["ten-flat", "slaps-442", "ten-flat-iris", "slaps-442-iris"] = "ten-flat"
     #: Take the face too, after the fingers.
     face: bool = True
     #: The [devices.NAME] that takes fingers (a slap scanner for "slaps-442") and the face.
     finger_device: str = "finger"
     face_device: str = "camera"
+    iris_device: str = "iris"
     #: A finger capture passes at this score (agent/quality/finger.py, 0..100) or above.
     finger_min_quality: int = Field(40, ge=0, le=100)
     #: A face passes when every face check passes and its score is at least this.
     face_min_quality: int = Field(50, ge=0, le=100)
+    #: An iris passes at this device score (the SBI device's qualityScore, 0..100) or above;
+    #: the kiosk has no iris quality measure of its own.
+    iris_min_quality: int = Field(40, ge=0, le=100)
     #: Attempts per item; the best is kept, flagged force_captured, when none passes.
     max_attempts: int = Field(3, ge=1, le=10)
     #: Sessions are kept here (no images: those go to the queue, sealed, as they are taken).

@@ -4,7 +4,9 @@ Fingers: the finger quality score (agent/quality/finger.py) against
 ``registration.finger_min_quality``; slaps also by counting the fingers on the glass
 (agent/quality/slap.py). Faces: the ICAO checks (agent/quality/face.py), or the camera's
 own when it judged the frame itself, and ``registration.face_min_quality``; a face also
-gets its ISO token image. Each judgement is a ``Verdict`` for the shared attempt loop
+gets its ISO token image. Irises: the device's own score (MOSIP SBI ``qualityScore``; the
+kiosk has no iris measure) against ``registration.iris_min_quality``, and the score the kiosk
+asked the device for. Each judgement is a ``Verdict`` for the shared attempt loop
 (agent/capture/attempts.py), which keeps the best.
 """
 
@@ -47,6 +49,8 @@ class Judge:
     def judge(self, item: PlanItem, image: CapturedImage, expected_fingers: int) -> Verdict[Judgement]:
         if item.modality is Modality.FACE:
             judgement = self._face(image)
+        elif item.modality is Modality.IRIS:
+            judgement = _iris(image, self.reg.iris_min_quality)
         else:
             judgement = self._finger(item, image, expected_fingers)
         report = judgement.report
@@ -134,6 +138,25 @@ class Judge:
             return self._face_assessor.assess(frame)
 
 
+_DEVICE_HINTS = {Modality.FINGER: "place the fingers flat on the glass",
+                 Modality.FACE: "look straight at the camera",
+                 Modality.IRIS: "look into the iris camera with both eyes wide open"}
+
+
+def _iris(image: CapturedImage, threshold: int) -> Judgement:
+    """An iris by its device's score alone: without one, nothing says it is usable, so it fails."""
+    if image.width <= 0 or image.height <= 0 or not image.image:
+        raise RegistrationError("device", "the iris device returned no image")
+    score = image.quality
+    checks = [Check("registration_min_quality", score, f">= {threshold}",
+                    score is not None and score >= threshold, _DEVICE_HINTS[Modality.IRIS],
+                    "the iris device's own score" if score is not None
+                    else "the device reported no score"),
+              *_device_checks(image)]
+    return Judgement(QualityReport("iris", score or 0, tuple(checks),
+                                   str(image.quality_detail.get("assessor", "device"))))
+
+
 def _device_checks(image: CapturedImage) -> list[Check]:
     """The device's own score, for devices that report one (MOSIP SBI ``qualityScore``): it joins
     the kiosk's checks, judged against the score the kiosk asked the device for."""
@@ -142,8 +165,7 @@ def _device_checks(image: CapturedImage) -> list[Check]:
         return []
     requested = int(detail.get("requested_score", 0))
     return [Check("device_quality", image.quality, f">= {requested}", image.quality >= requested,
-                  "place the fingers flat on the glass" if image.modality is Modality.FINGER
-                  else "look straight at the camera",
+                  _DEVICE_HINTS[image.modality],
                   f"the device's score (SBI qualityScore; a slap's is its fingers' average): "
                   f"{detail.get('device_scores')}")]
 

@@ -18,6 +18,7 @@ from agent.registration.bodies import (
     SingleCapture,
     StartSession,
 )
+from drivers import Modality
 
 #: The request bodies' schemas come from the models the API validates them with.
 BODIES = {m.__name__: m.model_json_schema() for m in (StartSession, CaptureItem, AddException, Cancel,
@@ -356,7 +357,7 @@ def spec() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "key": {"type": "string"},
-                        "modality": {"enum": ["finger", "face"]},
+                        "modality": {"enum": [m.value for m in Modality]},
                         "position": {"type": "integer"},
                         "fingers": {"type": "array", "items": integer},
                         "device": string,

@@ -99,7 +99,8 @@ class RegistrationService:
         items = self._plan()
         for device in {i.device for i in items}:
             if device not in self.workers:
-                setting = "face_device" if device == self.reg.face_device else "finger_device"
+                setting = next(s for s in ("face_device", "iris_device", "finger_device")
+                               if getattr(self.reg, s) == device or s == "finger_device")
                 raise RegistrationError(
                     "invalid",
                     f"registration.{setting} is {device!r}, which is not a "
@@ -304,7 +305,7 @@ class RegistrationService:
     def _plan(self, state: SessionState | None = None) -> list[PlanItem]:
         plan = state.plan if state else self.reg.plan
         face = state.face if state else self.reg.face
-        return plan_items(plan, face, self.reg.finger_device, self.reg.face_device)
+        return plan_items(plan, face, self.reg.finger_device, self.reg.face_device, self.reg.iris_device)
 
     def _item(self, state: SessionState, item_key: str | None) -> PlanItem:
         """The plan item ``item_key`` names, or the next pending one."""

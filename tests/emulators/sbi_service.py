@@ -1,9 +1,12 @@
 """An SBI (MOSIP Device Service, spec 0.9.5) device service, written from the specification: a
 real HTTP server on 127.0.0.1 answering MOSIPDISC, MOSIPDINFO, RCAPTURE and STREAM as a
-registration slap scanner or face camera does, with scripted faults.
+registration slap scanner, face camera or iris camera (subtype Double) does, with scripted
+faults.
 
 Fingers are ISO/IEC 19794-4:2011 records holding JPEG 2000 lossless images (the kiosk's own
-writers make them); faces are ISO/IEC 19794-5:2011 records holding a JPEG. The face record's
+writers make them); faces are ISO/IEC 19794-5:2011 records holding a JPEG; irises are ISO/IEC
+19794-6:2011 records holding JPEG 2000 lossless images of synthetic eyes (concentric rings
+with noise, made here: tests/emulators/sbi_iris.py). The face record's
 fields between its headers and the image are zero-filled: the adapter under test reads only
 the headers and the image. The hash chain is computed here from the specification's words,
 independently of the adapter's code, so a wrong rule on either side fails the tests.
@@ -11,7 +14,8 @@ independently of the adapter's code, so a wrong rule on either side fails the te
 Faults, one per RCAPTURE call, then "ok": "busy" (error 111), "not-ready" (110), "no-finger"
 (101), "timeout" (no answer until the service stops or ``hang_s``), "bad-signature" (one byte
 of the data block's signature changed), "alg-none" (an unsigned data block claiming alg none),
-"broken-chain" (a hash that does not continue the request's previousHash). ``slow_stream``
+"broken-chain" (a hash that does not continue the request's previousHash), "wrong-eye" (an
+iris record labelled with the other eye than its bioSubType). ``slow_stream``
 makes STREAM send its headers and then no frame.
 """
 
@@ -35,6 +39,7 @@ from agent.formats.iso19794_4_2011 import write_record_2011
 from agent.formats.jp2 import encode_jp2_lossless
 from drivers.fingerprint_synth import synthesize
 from drivers.sim_camera import draw_face
+from tests.emulators.sbi_iris import IRIS_SCORES, SUB_TYPES, iris_record
 from tests.emulators.sbi_pki import DevicePki, tamper, unsigned
 
 SUBTYPES = {"Right Thumb": 1, "Right IndexFinger": 2, "Right MiddleFinger": 3, "Right RingFinger": 4,
@@ -100,13 +105,13 @@ class SbiService:
 
     def digital_id(self) -> dict[str, Any]:
         return {"serialNo": self.serial, "make": "Emulated", "model": f"SBI {self.bio_type}",
-                "type": self.bio_type, "deviceSubType": "Slap" if self.bio_type == "Finger" else "Full face",
+                "type": self.bio_type, "deviceSubType": SUB_TYPES[self.bio_type],
                 "deviceProvider": "Test Device Provider", "deviceProviderId": "TDP",
                 "dateTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     def _common(self) -> dict[str, Any]:
         return {"deviceId": "1", "deviceStatus": "Ready", "certification": "L0", "serviceVersion": SPEC,
-                "deviceSubId": ["1", "2", "3"] if self.bio_type == "Finger" else ["0"],
+                "deviceSubId": ["1", "2", "3"] if self.bio_type in ("Finger", "Iris") else ["0"],
                 "callbackId": f"http://127.0.0.1:{self.port}/", "deviceCode": self.serial,
                 "specVersion": [SPEC], "purpose": "Registration"}
 
@@ -164,6 +169,9 @@ class SbiService:
             if self.bio_type == "Finger":
                 score = 60 + SUBTYPES[subtype]
                 iso = self.finger_record(SUBTYPES[subtype], score)
+            elif self.bio_type == "Iris":
+                score = IRIS_SCORES[subtype]
+                iso = iris_record(subtype, score, wrong_eye=fault == "wrong-eye")
             else:
                 score, iso = 88, self.face_record()
             data = {"digitalId": self.pki.sign(self.digital_id()), "bioType": self.bio_type,
