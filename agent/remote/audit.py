@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -57,6 +58,9 @@ def mask_secrets(value: Any) -> Any:
                 for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v) for v in value]
+    if isinstance(value, str) and "@" in value:
+        # A URL's user:password (update.apply refuses such URLs, but the audit records them).
+        return re.sub(r"(://)[^/?#@]*@", r"\1**********@", value)
     return value
 
 

@@ -3,6 +3,8 @@
 ``kiosk-agent remote KIOSK_ID COMMAND [KEY=VALUE ...] --config OPERATOR.toml`` signs a
 command with the operator's key, publishes it, waits for the one reply and prints it.
 ``kiosk-agent remote --list`` lists kiosks from their retained status and telemetry.
+``kiosk-agent remote rollout BUNDLE_URL --sha256 H ...`` updates kiosks in batches
+(agent/remote/rollout.py; ``rollout`` is therefore not a usable kiosk id here).
 Exit codes: 0 the command succeeded, 1 it failed or no reply came in time, 2 bad usage.
 """
 
@@ -64,7 +66,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("command_name", nargs="?", metavar="COMMAND",
                    help="ping, status, config.get, config.set, devices.list, devices.rescan, "
                         "devices.test, capture, queue.stats, queue.retry, queue.purge, log.level, "
-                        "diagnostics, restart")
+                        "diagnostics, restart, update.apply")
     p.add_argument("args", nargs="*", metavar="KEY=VALUE",
                    help="arguments; values are read as JSON when they parse (30, true, \"x\"), "
                         "otherwise as text")
@@ -73,6 +75,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--list", action="store_true", help="list kiosks, online or offline, last seen")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (30)")
     p.add_argument("--json", action="store_true", help="print the reply (or the list) as JSON")
+    r = p.add_argument_group("rollout", "kiosk-agent remote rollout BUNDLE_URL --sha256 HEX (--kiosks "
+                                        "K1,K2 | --all-online): update.apply to batches of kiosks, each "
+                                        "batch waiting for its outcomes (--timeout per batch)")
+    r.add_argument("--sha256", metavar="HEX", help="the bundle file's SHA-256, pinned in every command")
+    r.add_argument("--kiosks", metavar="K1,K2,...", help="the kiosks to update, in this order")
+    r.add_argument("--all-online", action="store_true", help="every kiosk whose status says online")
+    r.add_argument("--batch", type=int, default=1, metavar="N", help="kiosks per batch (1)")
+    r.add_argument("--max-failures", type=int, default=0, metavar="K",
+                   help="stop before the next batch once more than K kiosks failed (0)")
     p.set_defaults(func=cmd_remote)
 
 
@@ -93,6 +104,10 @@ def cmd_remote(args: argparse.Namespace) -> int:
     config = load_operator_config(Path(args.config))
     if args.list:
         return _list(config, args)
+    if args.kiosk_id == "rollout":
+        from agent.remote.rollout import run_rollout
+
+        return run_rollout(config, args)
     if not args.kiosk_id or not args.command_name:
         print("error: give KIOSK_ID and COMMAND, or --list", file=sys.stderr)
         return EXIT_USAGE

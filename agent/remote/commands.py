@@ -38,6 +38,7 @@ from agent.remote.settable import broker_move_problems, out_of_bounds
 from agent.runtime import Restarting, Runtime
 from agent.transport.durable_queue import QueueError
 from agent.transport.telemetry import snapshot
+from agent.update.fetch import UpdateApplyArgs, update_apply
 from drivers import CaptureRetry, DriverError
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class ConfigSetArgs(Args):
 class Spec:
     role: Literal["viewer", "operator", "admin"]
     lane: Literal["quick", "slow"]
-    args: type[Args]
+    args: type[BaseModel]
     run: Callable[[Runtime, Any], dict[str, Any]]
     summary: str
 
@@ -302,10 +303,13 @@ COMMANDS: dict[str, Spec] = {
     "config.set": Spec("admin", "slow", ConfigSetArgs, config_set,
                        "change settings; rolled back when the broker cannot be reached"),
     "restart": Spec("admin", "slow", NoArgs, restart, "reload the config file and restart the agent"),
+    "update.apply": Spec("admin", "slow", UpdateApplyArgs, update_apply,
+                         "fetch a release bundle (HTTPS, allow-listed host, pinned SHA-256) and hand it "
+                         "to the updater"),
 }
 
 
-def parse_args(spec: Spec, raw: dict[str, Any]) -> Args:
+def parse_args(spec: Spec, raw: dict[str, Any]) -> BaseModel:
     try:
         return spec.args.model_validate(raw)
     except ValidationError as exc:

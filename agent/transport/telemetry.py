@@ -25,6 +25,8 @@ from agent.runtime import Runtime
 from agent.transport.central_hints import CentralHints
 from agent.transport.events import EventBus
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
+from agent.update.outcome import announce
+from agent.update.spool import spool_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,8 @@ class TelemetryPublisher:
 
     def publish_now(self, link: MqttLink) -> None:
         payload = snapshot(self.runtime, self._rate())
+        # The privileged updater's last outcome, announced once as an event (it cannot emit one).
+        payload["update"] = announce(spool_dir(self.runtime.config.state_dir), self.events.emit)
         if self.hints is not None:
             payload["central_hint"] = self.hints.state()  # e.g. "not_enrolled"; None: nothing said
         link.publish(self.runtime.topics.telemetry, json.dumps(payload, default=str).encode(), qos=1,

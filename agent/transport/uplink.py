@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -74,6 +75,8 @@ class Uplink:
         self._announced_day = ""
         self._dirty = False
         self._persisted_at = 0.0
+        # ``used`` is also charged from the remote worker thread (update downloads).
+        self._lock = threading.Lock()
         self._load()
 
     @classmethod
@@ -102,7 +105,8 @@ class Uplink:
                 return False
             self._tokens -= nbytes
         self.held, self.throttled = None, False
-        self.used += nbytes
+        with self._lock:
+            self.used += nbytes
         self.sent_bytes += nbytes
         self._dirty = True
         if self.budget and self.used >= self.budget:
@@ -110,6 +114,27 @@ class Uplink:
         else:
             self._persist_if_due()
         return True
+
+    def charge(self, nbytes: int) -> bool:
+        """Count ``nbytes`` downloaded outside the capture path (an update bundle) against
+        today's budget; False, with nothing counted, when they would exceed it. Windows and
+        the cap do not apply: an operator chose to send it now."""
+        with self._lock:
+            self._roll_day(self.clock())
+            if self.budget and self.used + nbytes > self.budget:
+                return False
+            self.used += nbytes
+            self._dirty = True
+        self._persist_if_due()
+        return True
+
+    def remaining(self) -> int | None:
+        """Bytes left in today's budget; None when there is no budget."""
+        if not self.budget:
+            return None
+        with self._lock:
+            self._roll_day(self.clock())
+            return max(0, self.budget - self.used)
 
     def _refill(self) -> None:
         now = self.monotonic()

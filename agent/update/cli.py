@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import sys
+import time
+import uuid
 from pathlib import Path
 
 from agent.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers, config_arg, load
@@ -141,9 +143,14 @@ def _apply_pending(args: argparse.Namespace, spool: Path) -> int:
             if bundle is None:
                 print("nothing pending")
                 return EXIT_OK
-            result = {"ok": True, "version": updater.apply(bundle)}
+            version = updater.apply(bundle)
+            result = {"ok": True, "version": version, "outcome": "committed", "reason": "healthy"}
     except (PermanentError, OSError) as exc:
-        result = {"ok": False, "error": str(exc)}
+        rolled_back = isinstance(exc, UpdateFailed) and exc.rolled_back
+        result = {"ok": False, "error": str(exc), "version": getattr(exc, "version", None),
+                  "outcome": "rolled_back" if rolled_back else "refused", "reason": str(exc)}
+    # The id lets the agent announce each outcome exactly once (agent/update/outcome.py).
+    result.update(id=uuid.uuid4().hex, at=time.time())
     write_result(spool, result)
     return _report(args, result)
 

@@ -22,6 +22,8 @@ from agent.update.bundle import BundleError
 from agent.update.layout import Tree, fsync_dir, write_durably
 
 PENDING_BUNDLE, PENDING, RESULT = "pending.bundle", "pending.json", "result.json"
+#: Where a remote ``update.apply`` downloads to before the hash is checked.
+DOWNLOAD = ".download.bundle"
 
 
 def spool_dir(state_dir: Path) -> Path:
@@ -35,6 +37,17 @@ def request(spool: Path, bundle: Path) -> None:
     shutil.copyfile(bundle, tmp)
     os.replace(tmp, spool / PENDING_BUNDLE)
     write_durably(spool / PENDING, json.dumps({"requested_at": time.time()}).encode())
+
+
+def hand_over(spool: Path, downloaded: Path) -> bool:
+    """Move a checked download (in ``spool``) into place for the updater; False when a
+    request is already waiting (it is not replaced under the updater's feet)."""
+    if (spool / PENDING).exists():
+        return False
+    (spool / RESULT).unlink(missing_ok=True)
+    os.replace(downloaded, spool / PENDING_BUNDLE)
+    write_durably(spool / PENDING, json.dumps({"requested_at": time.time(), "remote": True}).encode())
+    return True
 
 
 def take(spool: Path, tree: Tree, max_bytes: int) -> Path | None:

@@ -41,6 +41,12 @@ PRE_SWITCH = ("staging", "installing", "checking")
 class UpdateFailed(PermanentError):
     """The update did not happen (or was rolled back); the kiosk runs what it ran before."""
 
+    def __init__(self, message: str, version: str | None = None, rolled_back: bool = False) -> None:
+        super().__init__(message)
+        #: For the outcome the agent announces (agent/update/outcome.py).
+        self.version = version
+        self.rolled_back = rolled_back
+
 
 def _kill_point(step: str) -> None:
     if os.environ.get(KILL_ENV) == step:
@@ -115,7 +121,7 @@ class Updater:
             self._discard(version)
             self.tree.record(self._event("failed", version, str(exc)))
             self.tree.clear_journal()
-            raise UpdateFailed(f"{version} not installed: {exc}") from None
+            raise UpdateFailed(f"{version} not installed: {exc}", version) from None
         write_durably(self.tree.release(version) / "manifest.json", manifest.to_bytes())
         needed = self._healthy_devices()
         self._step("switching", version, current, previous)
@@ -129,7 +135,8 @@ class Updater:
         _kill_point("gated")  # the new agent is running, the gate judged, nothing recorded yet
         if reason is not None and current is not None:
             self._rollback(version, current, previous, reason, mark_failed=True)
-            raise UpdateFailed(f"{version} failed its health gate and was rolled back to {current}: {reason}")
+            raise UpdateFailed(f"{version} failed its health gate and was rolled back to {current}: {reason}",
+                               version, rolled_back=True)
         self._commit(version, current, reason)
         return version
 

@@ -18,7 +18,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +118,7 @@ class Kiosk:
     unit: Path
     env: dict[str, str]
     systemctl: Path
+    port: int = 0  # the broker's
 
     def update(self, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
         env = dict(self.env)
@@ -152,7 +155,9 @@ def kiosk(tmp_path: Path, broker, deps_site: Path, bundles: Bundles) -> Iterator
     config = write_config(tmp_path, broker.port, kiosk_id="kiosk-u1", mode="on-demand")
     with config.open("a") as f:
         f.write(f'\n[update]\nrelease_keys = ["{bundles.key}.pub"]\nhealth_timeout_s = 45\n'
-                f'root = "{root}"\n')
+                f'root = "{root}"\n'
+                # The updater's outcome is announced on a telemetry turn: soon, in tests.
+                '[telemetry]\ninterval_s = 0.5\n')
     (unit / "exec.json").write_text(json.dumps({
         "argv": [str(root / "current" / "venv" / "bin" / "python"), "-m", "cli", "run",
                  "--config", str(config)],
@@ -162,8 +167,45 @@ def kiosk(tmp_path: Path, broker, deps_site: Path, bundles: Bundles) -> Iterator
     systemctl.chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(deps_site), "STANDIN_UNIT_DIR": str(unit)}
     env.pop("KIOSK_AGENT_CONFIG", None)
-    k = Kiosk(root, config, unit, env, systemctl)
+    k = Kiosk(root, config, unit, env, systemctl, broker.port)
     try:
         yield k
     finally:
         subprocess.run([str(systemctl), "stop", "x"], env=env, timeout=60)
+
+
+class EventWatcher:
+    """An operator's view of the kiosk's events and telemetry topics, on the real broker."""
+
+    def __init__(self, kiosk: Kiosk) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self._lock = threading.Lock()
+        self._seen: list[tuple[str, dict]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", kiosk.port)
+        self.client.subscribe([("kiosk/kiosk-u1/events", 1), ("kiosk/kiosk-u1/telemetry", 1)])
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            self._seen.append((message.topic.rsplit("/", 1)[-1], json.loads(message.payload)))
+
+    def seen(self, leaf: str) -> list[dict]:
+        with self._lock:
+            return [body for topic, body in self._seen if topic == leaf]
+
+    def wait(self, predicate: Callable[[dict], bool], leaf: str = "events", timeout_s: float = 30) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            matches = [body for body in self.seen(leaf) if predicate(body)]
+            if matches:
+                return matches[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no matching message on {leaf} within {timeout_s} s")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from agent.update.updater import KILL_POINTS
-from tests.agent.update.kiosks import Bundles, Kiosk
+from tests.agent.update.kiosks import Bundles, EventWatcher, Kiosk
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -93,9 +93,24 @@ def test_upgrade_refusals_rollback_and_pruning(kiosk: Kiosk, bundles: Bundles, t
     assert not (spool / "pending.json").exists()  # refused requests do not restart the updater forever
     assert kiosk.running_version() == "1.1.0"
 
-    # A release that installs and passes its config check but never becomes ready.
-    done = kiosk.update("apply", str(bundles["bad"]))
-    assert done.returncode == 1 and "health gate" in done.stderr and "rolled back to 1.1.0" in done.stderr
+    # A release that installs and passes its config check but never becomes ready, handed over
+    # as the agent (or its update.apply command) does: the operators get one event saying why.
+    events = EventWatcher(kiosk)
+    try:
+        done = via_updater(kiosk, bundles["bad"])
+        assert done.returncode == 1 and "health gate" in done.stderr and "rolled back to 1.1.0" in done.stderr
+
+        def rolled_back(e: dict) -> bool:
+            return e.get("event") == "update_result" and e.get("outcome") == "rolled_back"
+        told = events.wait(rolled_back)
+        assert told["version"] == "1.2.0" and "health gate" in told["reason"], told
+        telemetry = events.wait(lambda e: (e.get("update") or {}).get("outcome") == "rolled_back",
+                                "telemetry")
+        assert telemetry["version"] == "1.1.0"
+        time.sleep(1.5)  # three more telemetry turns: no second event
+        assert sum(map(rolled_back, events.seen("events"))) == 1
+    finally:
+        events.close()
     status = kiosk.status()
     assert status["current"] == "1.1.0" and status["previous"] == "1.0.0"
     assert "1.2.0" in status["failed"] and "1.2.0" not in status["installed"]
