@@ -5,7 +5,7 @@ Layout beside the captures (receiver/store.py)::
 
     <output_dir>/<kiosk_id>/registrations/<registration id>.manifest.json
     <output_dir>/<kiosk_id>/registrations/<registration id>.an2          (complete ones)
-    <output_dir>/<kiosk_id>/registrations/<registration id>.fir / .fac   (ISO/IEC 19794-4 / -5)
+    <output_dir>/<kiosk_id>/registrations/<registration id>.fir / .fac / .iir   (ISO/IEC 19794-4 / -5 / -6)
     <output_dir>/<kiosk_id>/registrations/<registration id>.complete.json (written last)
     <output_dir>/<kiosk_id>/registrations/<registration id>.error.json    (while assembly fails)
 
@@ -17,7 +17,10 @@ finish a registration exactly once. When assembling fails with every part presen
 
 Every id here (the registration's and each capture's it lists) passes receiver/paths.py
 before it names a file, so a manifest can neither write outside its kiosk's folder nor pull
-another kiosk's capture into its transaction.
+another kiosk's capture into its transaction. Nor another registration's: a listed capture
+whose own header names another registration (or none) fails assembly (ForeignCapture), so
+one kiosk cannot list the same captures in any number of manifests. Everything else assembly
+reads is checked when the manifest arrives (receiver/manifest_rules.py).
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ from agent.formats.ansi_nist import (
     TransactionOptions,
     build_transaction,
 )
+from agent.formats.iris import iris_images, iris_record
 from agent.transport.protocol import ProtocolError
+from receiver.manifest_rules import HostileManifest, check_fields
 from receiver.paths import check_item_id, item_path
-from receiver.store import EXTENSIONS, CaptureStore, Outcome, write_durably
+from receiver.storage.base import Outcome, Store
+from receiver.store import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +58,10 @@ log = logging.getLogger(__name__)
 MAX_REGISTRATION_CAPTURES = 64
 
 
-class HostileManifest(ProtocolError):
-    """A signed registration manifest no kiosk makes (too many captures, an id twice):
-    refused as a security event, not as a kiosk's mistake."""
+class ForeignCapture(ValueError):
+    """A capture the manifest lists names another registration (or none) in its own header:
+    a kiosk lists only its session's captures, so a manifest reusing another's is forged data.
+    A ValueError, so reported ``bad-data``; never retried (receiver/retries.py)."""
 
 
 def parse_manifest(data: bytes, item_id: str, kiosk_id: str) -> dict[str, Any]:
@@ -88,11 +95,12 @@ def parse_manifest(data: bytes, item_id: str, kiosk_id: str) -> dict[str, Any]:
     if len(exceptions) > MAX_REGISTRATION_CAPTURES:
         raise HostileManifest(f"registration manifest lists {len(exceptions)} exceptions; at most "
                               f"{MAX_REGISTRATION_CAPTURES} are accepted", item_id)
+    check_fields(manifest, item_id)  # what assembly reads: refused now, not failed on every retry
     return manifest
 
 
 class RegistrationAssembler:
-    def __init__(self, captures: CaptureStore, options: TransactionOptions | None = None) -> None:
+    def __init__(self, captures: Store, options: TransactionOptions | None = None) -> None:
         self.captures = captures
         self.options = options or TransactionOptions()
         self.completed = 0
@@ -115,6 +123,13 @@ class RegistrationAssembler:
         same = hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
         return "duplicate" if same else "conflict"
 
+    def foreign_part(self, kiosk_id: str, manifest: dict[str, Any]) -> bool:
+        """A capture ``manifest`` lists is stored here and its own header names another
+        registration. Read in list order, stopping at the first such one. (One that names none
+        is not refused here, but fails assembly: try_complete.)"""
+        return any(part is not None and _registration(part[0]) not in (None, manifest["id"])
+                   for part in (self._load(kiosk_id, entry["id"]) for entry in manifest["captures"]))
+
     @staticmethod
     def registration_of(record: CaptureRecord) -> str | None:
         """The registration a capture belongs to (its id checked), or None."""
@@ -136,10 +151,11 @@ class RegistrationAssembler:
     # --- assembly that failed ---------------------------------------------------------------
 
     def record_failure(self, kiosk_id: str, registration_id: str, error: str, attempts: int,
-                       retry_in_s: float) -> None:
-        """Leave a record that this registration is incomplete because assembling it failed."""
+                       retry_in_s: float | None) -> None:
+        """Leave a record that this registration is incomplete because assembling it failed
+        (``retry_in_s`` None: not retried in this run, its data cannot be built)."""
         record = {"id": registration_id, "state": "incomplete", "kiosk_id": kiosk_id, "error": error,
-                  "attempts": attempts, "retry_in_s": round(retry_in_s, 1),
+                  "attempts": attempts, "retry_in_s": None if retry_in_s is None else round(retry_in_s, 1),
                   "failed_at": datetime.now().astimezone().isoformat(timespec="seconds")}
         write_durably(self.path(kiosk_id, registration_id, ".error.json"),
                       json.dumps(record, indent=2).encode(), replace=True)
@@ -172,7 +188,14 @@ class RegistrationAssembler:
                 manifest.get("reason"),
             )
             return False
-        parts = {c["id"]: self._load(kiosk_id, c["id"]) for c in manifest["captures"]}
+        parts = {}
+        for entry in manifest["captures"]:
+            part = parts[entry["id"]] = self._load(kiosk_id, entry["id"])
+            # Checked as each is read, so a manifest reusing another registration's captures
+            # costs one read, not the whole list's: any number of them could list the same ones.
+            if part is not None and _registration(part[0]) != registration_id:
+                raise ForeignCapture(f"a capture listed by registration {registration_id} belongs "
+                                     "to another registration")
         missing = sorted(cid for cid, part in parts.items() if part is None)
         if missing:
             log.debug(
@@ -188,6 +211,12 @@ class RegistrationAssembler:
         fac = self._face_record(manifest, parts, record.created_at)
         if fac is not None:
             write_durably(folder / f"{registration_id}.fac", fac, replace=True)
+        iir = iris_record(record.irises, record.created_at)
+        if iir is not None:
+            write_durably(folder / f"{registration_id}.iir", iir, replace=True)
+        # Into the outbox before the record that ends assembly: a stop in between repeats the
+        # hand-off on the next attempt, which the outbox refuses as already there.
+        self.captures.publish_registration(kiosk_id, registration_id, folder / f"{registration_id}.an2")
         summary = {
             "id": registration_id,
             "state": "complete",
@@ -245,12 +274,7 @@ class RegistrationAssembler:
         return None
 
     def _load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:
-        meta_path = item_path(self.captures.folder(kiosk_id), capture_id, ".json", "capture id")
-        if not meta_path.exists():
-            return None
-        meta = json.loads(meta_path.read_bytes())
-        image = (meta_path.parent / f"{capture_id}.{EXTENSIONS[meta['image_format']]}").read_bytes()
-        return meta, image
+        return self.captures.load(kiosk_id, capture_id)
 
     @staticmethod
     def _record(
@@ -280,15 +304,22 @@ class RegistrationAssembler:
         created = datetime.fromisoformat(manifest["created_at"].replace("Z", "+00:00"))
         return RegistrationRecord(
             id=manifest["id"],
-            applicant_ref=manifest.get("applicant_ref", ""),
+            applicant_ref=manifest.get("applicant_ref") or "",
             operator_id=manifest.get("operator_id") or "",
             kiosk_id=manifest["kiosk_id"],
-            site=manifest.get("site", ""),
+            site=manifest.get("site") or "",
             created_at=created,
             fingers=fingers,
             exceptions=[
-                FingerException(e["position"], e["code"], e.get("reason", ""))
+                FingerException(e["position"], e["code"], e.get("reason") or "")
                 for e in manifest.get("exceptions", [])
             ],
             face=face,
+            irises=iris_images(manifest["captures"], parts),
         )
+
+
+def _registration(meta: dict[str, Any]) -> Any:
+    """The registration id a stored capture's own (signed) header names, or None."""
+    registration = meta.get("registration")
+    return registration.get("id") if isinstance(registration, dict) else None

@@ -43,6 +43,26 @@ class ReceiverConfig(Section):
     #: A registration whose manifest is here but parts are missing is reported ``incomplete``
     #: to its kiosk once it has waited this long (parts in flight are not news).
     incomplete_after_s: float = Field(600.0, gt=0)
+    #: Registrations a kiosk may have that cannot finish (waiting for parts, or failed for
+    #: their data); beyond it the kiosk's new manifests are refused (receiver/unfinished.py).
+    max_unfinished_registrations: int = Field(20, ge=1)
+    #: Assembly retries and "incomplete" reports per turn of the receiver's loop take at most
+    #: this long; the rest wait for the next turn, after the messages that came meanwhile.
+    assembly_tick_budget_ms: float = Field(50.0, gt=0, le=1000)
+    #: Registration statuses signed in answer to queries per second, all kiosks together
+    #: (each ~0.5 ms); over it queries are dropped and counted (receiver/query_budget.py).
+    query_answers_per_s: int = Field(512, ge=1)
+
+    #: Where captures are kept: "files" (under output_dir: the demo and small sites) or a
+    #: libpq URI, "postgresql://user@host/db" (many receivers, one database). Keep the
+    #: password out of it: libpq reads PGPASSWORD or ~/.pgpass (docs/deployment.md).
+    store: str = Field("files", pattern=r"^(files|postgres(ql)?://.*)$")
+    #: Group commit (PostgreSQL store): what arrives within this many milliseconds is filed
+    #: in one transaction, at most group_commit_max messages / group_commit_max_bytes bytes;
+    #: its receipts are sent once that transaction has committed.
+    group_commit_ms: float = Field(5.0, ge=0, le=1000)
+    group_commit_max: int = Field(256, ge=1, le=10000)
+    group_commit_max_bytes: int = Field(32 << 20, ge=1 << 16)
 
     @model_validator(mode="after")
     def _receipt_key_beside_central_key(self) -> ReceiverConfig:

@@ -9,6 +9,13 @@ schedule lives in memory; the ``.error.json`` record beside the registration
 (receiver/assembly.py) is what survives a restart, and the receiver schedules those again
 when it starts. Every outcome goes to the status reporter (receiver/status.py), which tells
 the kiosk: complete, failed (each failure, with a reason code), or incomplete.
+
+A failure of the registration's own data (``bad-data``, ``encoding``: a capture listed by
+another registration's manifest, a field the transaction cannot hold) is not retried in this
+run: the same bytes fail the same way, and retrying them let one kiosk keep the receiver busy
+(receiver/unfinished.py caps how many a kiosk may have). Retries run from the receiver's loop
+within ``receiver.assembly_tick_budget_ms`` per turn; what is left waits for the next turn, so
+a wave of retries never holds back the messages (other kiosks' receipts) between turns.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent.guard import log_and_continue
 from receiver.assembly import RegistrationAssembler
-from receiver.status import StatusReporter
+from receiver.status import StatusReporter, reason_code
+from receiver.unfinished import Unfinished
 from receiver.warnings_limit import LimitedWarnings
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,11 @@ class AssemblyRetries:
         self._pending[key] = _Pending(attempts, self.clock() + delay)
         return attempts, delay
 
+    def gave_up(self, key: Key) -> int:
+        """A failed attempt that is not retried: the attempts it makes, and no schedule."""
+        entry = self._pending.pop(key, None)
+        return entry.attempts + 1 if entry else 1
+
     def schedule(self, key: Key) -> None:
         """Retry soon a failure found on disk (after a restart): first attempt of this run."""
         self._pending.setdefault(key, _Pending(0, self.clock()))
@@ -72,6 +86,8 @@ class AssemblyRetries:
 
 #: Registrations whose assembly a duplicate part has already run in this receiver run.
 CHECKS_KEPT = 100_000
+#: Failures of the registration's own data: the same bytes fail the same way, not retried.
+NOT_RETRIED = frozenset({"bad-data", "encoding"})
 
 
 class RegistrationFinisher:
@@ -81,9 +97,12 @@ class RegistrationFinisher:
     ``reporter`` tells the kiosk each outcome."""
 
     def __init__(self, assembler: RegistrationAssembler, first_s: float, max_s: float,
-                 count: Callable[[str], None], reporter: StatusReporter | None = None) -> None:
+                 count: Callable[[str], None], reporter: StatusReporter | None = None,
+                 max_unfinished: int = 20, tick_budget_s: float = 0.05) -> None:
         self.assembler = assembler
         self.retries = AssemblyRetries(first_s, max_s)
+        self.unfinished = Unfinished(max_unfinished)
+        self.tick_budget_s = tick_budget_s
         self.count = count
         self.reporter = reporter
         # Many registrations failing at once (a full disk) must not flood the journal.
@@ -92,6 +111,20 @@ class RegistrationFinisher:
         self._lock = threading.Lock()  # parts arrive on the MQTT thread; tests call in too
         for key in assembler.failures():
             self.retries.schedule(key)  # failed before a restart: nothing else would retry them
+
+    def refusal(self, kiosk_id: str, manifest: dict[str, Any]) -> tuple[str, str] | None:
+        """Why a parsed manifest new here must be refused before it is stored: (security event
+        kind, reason), or None. A resend of a stored one is answered as before (duplicate)."""
+        registration_id = manifest["id"]
+        if self.assembler.path(kiosk_id, registration_id, ".manifest.json").exists():
+            return None
+        if self.unfinished.full(kiosk_id, registration_id):
+            return "too-many-unfinished", (f"the kiosk has {self.unfinished.limit} registrations that cannot "
+                                           "finish; no more are accepted until some do")
+        if self.assembler.foreign_part(kiosk_id, manifest):
+            # Parts already here meet their manifest now; later ones meet it in assembly.
+            return "foreign-capture", "a capture it lists belongs to another registration"
+        return None
 
     def part_arrived(self, kiosk_id: str, registration_id: str, outcome: str) -> None:
         """A part of the registration (a capture or its manifest) was answered ``outcome``.
@@ -114,10 +147,15 @@ class RegistrationFinisher:
         self.assemble(kiosk_id, registration_id)
 
     def tick(self) -> None:
+        """Due retries and "incomplete" reports, for at most tick_budget_s (one attempt may
+        overrun it); the rest stay due for the next turn of the loop."""
+        deadline = time.monotonic() + self.tick_budget_s
         for kiosk_id, registration_id in self.retries.due():
+            if time.monotonic() >= deadline:
+                break
             self.assemble(kiosk_id, registration_id)
         if self.reporter is not None:
-            self.reporter.tick()
+            self.reporter.tick(deadline)
 
     def assemble(self, kiosk_id: str, registration_id: str) -> None:
         key = (kiosk_id, registration_id)
@@ -128,6 +166,9 @@ class RegistrationFinisher:
             # and retried; the receipt of the part that triggered it never depends on it.
             self._failed(key, exc)
             return
+        with log_and_continue(log, "cannot read the state of registration %s", registration_id):
+            self.unfinished.note(kiosk_id, registration_id,
+                                 self.assembler.status(kiosk_id, registration_id) == "waiting")
         failed = self.retries.settled(key)
         if failed is not None:
             with log_and_continue(log, "cannot remove the failure record of registration %s",
@@ -142,19 +183,25 @@ class RegistrationFinisher:
 
     def _failed(self, key: Key, exc: Exception) -> None:
         kiosk_id, registration_id = key
-        attempts, delay = self.retries.failed(key)
+        code = reason_code(exc)
+        delay: float | None = None
+        if code in NOT_RETRIED:
+            attempts = self.retries.gave_up(key)
+        else:
+            attempts, delay = self.retries.failed(key)
+        self.unfinished.note(kiosk_id, registration_id, code != "storage")
         self.count("assembly_failures")
         with log_and_continue(log, "cannot record the failed assembly of registration %s", registration_id):
             # The error's own text stays in the central store's record: it may quote a name.
             self.assembler.record_failure(kiosk_id, registration_id, f"{type(exc).__name__}: {exc}",
                                           attempts, delay)
-        code = "unreported"
         if self.reporter is not None:
             with log_and_continue(log, "cannot report the failed assembly of registration %s",
                                   registration_id):
-                code = self.reporter.failed(kiosk_id, registration_id, exc, attempts, delay)
+                self.reporter.failed(kiosk_id, registration_id, exc, attempts, delay)
         self.warnings.warn(kiosk_id, "assembly-failed", "registration %s from kiosk %s is incomplete: "
-                           "assembling it failed (attempt %d, %s, %s); retrying in %.0f s; details in "
-                           "its .error.json", registration_id, kiosk_id, attempts, type(exc).__name__, code,
-                           delay, level=logging.ERROR)
+                           "assembling it failed (attempt %d, %s, %s); %s; details in its .error.json",
+                           registration_id, kiosk_id, attempts, type(exc).__name__, code,
+                           "not retried (its data cannot be built)" if delay is None else
+                           f"retrying in {delay:.0f} s", level=logging.ERROR)
         log.debug("assembly of registration %s failed", registration_id, exc_info=exc)

@@ -1,9 +1,11 @@
 """The reference receiver: the central side's end of the protocol.
 
 It subscribes to every kiosk's captures (through an MQTT 5 shared subscription, so several
-receivers split a fleet's load), verifies each envelope, files it in a CaptureStore and only
-then publishes the receipt that lets the kiosk delete its copy. A capture seen twice is
-stored once and receipted again. It is the executable contract for the matching service.
+receivers split a fleet's load), verifies each envelope, files it in the configured store
+(receiver/storage/: files, or PostgreSQL with group commit) and only once that is durable
+(receiver/group_commit.py) publishes the receipt that lets the kiosk delete its copy. A
+capture seen twice is stored once and receipted again. It is the executable contract for
+the matching service.
 
 Captures too large for one message arrive in chunks on ``<prefix>/<kiosk>/chunks``: the
 receiver answers each manifest with the chunks it already holds (``chunk-status``), keeps
@@ -16,8 +18,10 @@ Storage is the receiver's to defend: a capture is filed under the kiosk whose en
 verified it, every id passes receiver/paths.py before it names a file, nothing stored is
 overwritten, and what is refused for those reasons is answered ``rejected`` and counted
 and logged as a security event. Chunks are kept only for enrolled kiosks and within a
-per-kiosk quota; a registration whose assembly fails is retried from the loop (``tick``). Where
-each registration stands goes back to its kiosk, signed (receiver/status.py), also on its query.
+per-kiosk quota. A registration manifest assembly could not build is refused on arrival
+(receiver/manifest_rules.py), and so is one over the kiosk's cap (receiver/unfinished.py); a
+failed assembly is retried from the loop (``tick``) within a time budget. Where each
+registration stands goes back to its kiosk, signed (receiver/status.py), also on its query.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import paho.mqtt.client as mqtt
 
@@ -40,39 +44,18 @@ from agent.transport.receipts import Receipt
 from receiver.assembly import HostileManifest, RegistrationAssembler, parse_manifest
 from receiver.chunks import ChunkAssembly, OverQuota, Transfer
 from receiver.config import ReceiverServiceConfig
+from receiver.counters import ReceiverCounters
+from receiver.group_commit import GroupCommit, GroupCommitLimits
 from receiver.paths import UnsafeName, check_item_id
+from receiver.query_budget import QueryBudget
 from receiver.receipting import Receipts
 from receiver.retries import RegistrationFinisher
 from receiver.status import StatusReporter
-from receiver.store import CaptureStore
+from receiver.storage import StoreUnavailable, open_store
 from receiver.warnings_limit import LimitedWarnings, OncePerInterval, PerSecondBudget
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class ReceiverCounters:
-    stored: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    unreadable: int = 0
-    #: Envelopes whose signature did not verify (forged, tampered, unknown kiosk): no receipt.
-    unauthenticated: int = 0
-    #: Chunked transfers: manifests seen, chunks stored, chunks that failed their hash
-    #: (re-requested, never stored), chunks received twice, items reassembled.
-    manifests: int = 0
-    chunks_received: int = 0
-    chunks_corrupt: int = 0
-    chunks_duplicate: int = 0
-    reassembled: int = 0
-    #: Refused as hostile (warning logged): an id that cannot name a file, content that
-    #: differs from what is stored under the same id, chunks from a kiosk not enrolled.
-    security_events: int = 0
-    #: Chunk manifests and chunks refused because the kiosk's chunk quota is full.
-    over_quota: int = 0
-    #: Registration assemblies that failed (each retried), and registrations that then succeeded.
-    assembly_failures: int = 0
-    assembly_recovered: int = 0
 
 #: An unknown kiosk makes the receiver re-read the enrolled keys, at most this often.
 KEY_RELOAD_INTERVAL_S = 10.0
@@ -85,8 +68,6 @@ STATUS_INTERVAL_S = 1.0
 #: At most this many "unknown" answers a second per kiosk (fresh transfer ids are free; a
 #: genuine kiosk runs one transfer at a time) and this many transfers remembered.
 UNKNOWN_PER_KIOSK_PER_S = 10
-#: Registration queries answered per kiosk and second (a kiosk asks on connect and every few minutes).
-QUERIES_PER_KIOSK_PER_S = 2
 STATUS_GATE_KEYS = 4096
 
 
@@ -94,7 +75,9 @@ class Receiver:
     def __init__(self, config: ReceiverServiceConfig) -> None:
         rc = config.receiver
         self.config = config
-        self.store = CaptureStore(rc.output_dir)
+        self.store = open_store(rc.store, rc.output_dir, rc.name)
+        self.batch = GroupCommit(self.store, GroupCommitLimits(rc.group_commit_ms / 1000, rc.group_commit_max,
+                                                               rc.group_commit_max_bytes))
         self.chunks = ChunkAssembly(rc.output_dir, rc.chunk_quota_bytes)
         self.chunks.sweep()
         self.chunks.rebuild()
@@ -120,10 +103,15 @@ class Receiver:
         self._lock = threading.Lock()  # counters are read by other threads (demo, tests)
         self.reporter = StatusReporter(self.registrations, self.receipts.signer, self.topics.prefix,
                                        rc.incomplete_after_s)
-        self._query_budget = PerSecondBudget(QUERIES_PER_KIOSK_PER_S)
+        self._query_budget = QueryBudget(rc.query_answers_per_s)
         self.finisher = RegistrationFinisher(self.registrations, rc.assembly_retry_s, rc.assembly_retry_max_s,
-                                             self._count, self.reporter)
-        self.link = MqttLink(config.mqtt, self, client_id=config.client_id(), name=f"receiver-{rc.name}")
+                                             self._count, self.reporter, rc.max_unfinished_registrations,
+                                             rc.assembly_tick_budget_ms / 1000)
+        # A committed batch releases up to group_commit_max receipts at once: a smaller paho
+        # in-flight window would trickle them out at one broker round trip per window.
+        mqtt_config = config.mqtt.model_copy(update={"inflight_window": min(1000, max(
+            config.mqtt.inflight_window, rc.group_commit_max if self.store.batched else 0))})
+        self.link = MqttLink(mqtt_config, self, client_id=config.client_id(), name=f"receiver-{rc.name}")
         self.reporter.publish = self.link.publish
 
     def start(self) -> None:
@@ -131,6 +119,7 @@ class Receiver:
 
     def stop(self) -> None:
         self.link.stop()
+        self.store.close()  # an open batch was never receipted: rolled back, sent again
 
     def shared(self, topic: str) -> str:
         """``topic`` as this receiver subscribes to it: shared with its group under MQTT 5."""
@@ -144,21 +133,20 @@ class Receiver:
         log.info("receiver %s subscribed to %s, storing under %s", self.config.receiver.name,
                  self.shared(self.topics.captures), self.store.root)
 
-    def on_disconnected(self, link: MqttLink) -> None:
-        pass  # nothing to reset: every message is handled to the end when it arrives
-
-    def on_puback(self, link: MqttLink, mid: int) -> None:
-        pass  # receipts are fire-and-forget at QoS 1; a lost one is replaced on redelivery
-
-    def on_stopping(self, link: MqttLink) -> None:
-        pass
+    # Nothing to reset on a disconnect (every message is handled to the end when it arrives);
+    # receipts are fire-and-forget at QoS 1 (a lost one is replaced on redelivery).
+    def on_disconnected(self, link: MqttLink) -> None: ...
+    def on_puback(self, link: MqttLink, mid: int) -> None: ...
+    def on_stopping(self, link: MqttLink) -> None: ...
 
     def tick(self, link: MqttLink) -> bool:
         self.finisher.tick()
         if time.monotonic() - self._swept_at >= SWEEP_INTERVAL_S:
             self._swept_at = time.monotonic()
             self.chunks.sweep()
-        return False
+        if self.batch.due() or not self.batch.pending:
+            self.batch.commit()  # with nothing held: what a retry or a query left open
+        return self.batch.pending > 0  # the loop polls without waiting while a batch is open
 
     def on_message(self, link: MqttLink, message: mqtt.MQTTMessage) -> None:
         try:
@@ -181,18 +169,25 @@ class Receiver:
             self.warnings.warn(kiosk_id, "unreadable", "ignored a message on kiosk %s's captures topic: %s",
                                kiosk_id, exc, level=logging.ERROR)
             return
-        receipt = self._handle(kiosk_id, sealed)
+        try:
+            receipt = self._handle(kiosk_id, sealed)
+        except StoreUnavailable as exc:
+            self.warnings.warn("", "store-unavailable", "capture not stored, no receipt: %s", exc,
+                               level=logging.ERROR)
+            return
         if receipt is not None:
             # Names the bytes received and the kiosk's send: only that send's capture goes.
-            self.receipts.send(link, kiosk_id, replace(receipt, sha256=hashlib.sha256(sealed).hexdigest(),
-                                                       nonce=nonce))
+            receipt = replace(receipt, sha256=hashlib.sha256(sealed).hexdigest(), nonce=nonce)
+            self.batch.after_commit(len(sealed), lambda: self.receipts.send(link, kiosk_id, receipt))
 
     def _on_query(self, kiosk_id: str, payload: bytes) -> None:
-        # Unsigned (anyone may ask): answered for enrolled kiosks, a few times a second at most.
-        if not self._enrolled(kiosk_id) or not self._query_budget.allow(kiosk_id):
+        # Unsigned (anyone may ask): answered for enrolled kiosks, ids on record only, within
+        # a budget of signatures (receiver/query_budget.py).
+        if not self._enrolled(kiosk_id):
             return
         try:
-            self.reporter.answer(kiosk_id, payload)
+            if self.reporter.answer(kiosk_id, payload, self._query_budget.take)[1]:
+                self._count("queries_dropped")
         except ProtocolError as exc:
             self._count("unreadable")
             self.warnings.warn(kiosk_id, "unreadable-query", "ignored a registration query for kiosk %s: %s",
@@ -216,6 +211,9 @@ class Receiver:
                 raise ProtocolError("neither a chunk manifest nor a chunk (bad magic)")
         except UnsafeName as exc:
             self._security_event(kiosk_id, "unsafe-name", f"chunked transfer refused: {exc}")
+        except StoreUnavailable as exc:
+            self.warnings.warn("", "store-unavailable", "chunked capture not stored, no receipt: %s", exc,
+                               level=logging.ERROR)
         except OverQuota as exc:
             # No status: the kiosk sends nothing more and asks again after its receipt timeout.
             self._count("over_quota")
@@ -319,6 +317,8 @@ class Receiver:
             self.chunks.discard(transfer)
             return
         receipt = replace(receipt, sha256=transfer.sha256, nonce=self.receipts.nonce_of(transfer))
+        if not self.batch.commit():
+            return  # not durable: no done record; the kiosk's next manifest completes it again
         self.chunks.finish(transfer, receipt.record())
         with self._lock:
             self.counters.reassembled += 1
@@ -387,6 +387,11 @@ class Receiver:
         name = self.config.receiver.name
         try:
             manifest = parse_manifest(inner, item_id, kiosk_id)
+            refusal = self.finisher.refusal(kiosk_id, manifest)  # over the kiosk's cap, foreign parts
+            if refusal is not None:
+                if refusal[0] == "too-many-unfinished":
+                    self._count("manifests_over_cap")
+                return self._refuse(kiosk_id, item_id, refusal[1], refusal[0])
             outcome = self.registrations.store_manifest(kiosk_id, manifest)
         except UnsafeName as exc:
             return self._refuse(kiosk_id, item_id, str(exc))
@@ -417,6 +422,7 @@ class Receiver:
 
     def _security_event(self, kiosk_id: str, kind: str, reason: str) -> None:
         self._count("security_events")
+        self.store.security_event(kiosk_id, kind, reason)
         self.warnings.warn(kiosk_id, kind, "security event: kiosk %s: %s", kiosk_id, reason)
 
     def _enrolled(self, kiosk_id: str) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cliutil import EXIT_FAILED, EXIT_OK
+from agent.remote.output import printable
 
 
 def registrations(output_dir: Path) -> list[dict[str, Any]]:
@@ -55,15 +56,19 @@ def print_status(output_dir: Path, as_json: bool) -> int:
         print(f"{len(entries)} registrations under {output_dir}: "
               + ", ".join(f"{counts[s]} {s}" for s in ("complete", "incomplete", "failed", "cancelled")))
         for e in open_ones:
-            print(f"  {e['kiosk_id']} {e['id']} {e['state']}: {_detail(e)}")
+            print(f"  {printable(e['kiosk_id'])} {printable(e['id'])} {e['state']}: {_detail(e)}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
 def _detail(entry: dict[str, Any]) -> str:
+    # Every value through printable(): the files hold what kiosks sent (an item name from a
+    # manifest stored before items were checked on arrival), and an escape sequence or a bidi
+    # override printed raw would act on the operator's terminal or disguise the line.
     reason = entry.get("reason") or {}
     if entry["state"] == "failed":
-        return (f"{reason.get('code', '?')}: {reason.get('message', '')} (attempt {reason.get('attempts')}, "
-                f"next {reason.get('retry_at', '?')})")
-    if entry.get("missing"):
-        return "missing " + ", ".join(f"{m['item']} ({m['id']})" for m in entry["missing"])
+        return printable(f"{reason.get('code', '?')}: {reason.get('message', '')} (attempt "
+                         f"{reason.get('attempts')}, next {reason.get('retry_at', '?')})")
+    if entry.get("missing") and isinstance(entry["missing"], list):
+        return "missing " + ", ".join(printable(f"{m.get('item')} ({m.get('id')})") if isinstance(m, dict)
+                                      else "?" for m in entry["missing"])
     return "parts missing (not yet reported to the kiosk)"

@@ -12,6 +12,9 @@ the caller refuses: answering ``duplicate`` would make a kiosk delete a capture 
 never stored.
 
 Chunked transfers in progress live under ``<output_dir>/.chunks/`` (receiver/chunks.py).
+Finished registrations are linked into the outbox spool ``<output_dir>/.outbox/<kiosk_id>/``
+(one ``<registration id>.an2`` each, exactly once): what a matching service picks up.
+This is the file implementation of receiver/storage/base.Store.
 """
 
 from __future__ import annotations
@@ -21,18 +24,24 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from agent.capture.record import CaptureRecord
 from agent.security.private_files import fsync_dir
 from receiver.paths import item_path, kiosk_folder
+from receiver.storage.base import Outcome
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "wsq": "wsq", "jp2l": "jp2"}
+#: The spool of finished transactions; a dot keeps it apart from every kiosk id's folder.
+OUTBOX = ".outbox"
 
-Outcome = Literal["stored", "duplicate", "conflict"]
+__all__ = ["EXTENSIONS", "OUTBOX", "CaptureStore", "Outcome", "make_dirs", "write_durably"]
 
 
 class CaptureStore:
+    #: Durable when store() returns: nothing to commit.
+    batched = False
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         make_dirs(self.root)
@@ -65,6 +74,42 @@ class CaptureStore:
 
     def count(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.json"))
+
+    def load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:
+        meta_path = item_path(self.folder(kiosk_id), capture_id, ".json", "capture id")
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_bytes())
+        image = (meta_path.parent / f"{capture_id}.{EXTENSIONS[meta['image_format']]}").read_bytes()
+        return meta, image
+
+    def has(self, kiosk_id: str, capture_id: str) -> bool:
+        return item_path(self.folder(kiosk_id), capture_id, ".json", "capture id").exists()
+
+    def publish_registration(self, kiosk_id: str, registration_id: str, transaction: Path) -> bool:
+        # link(): the file appears whole, and a second call (a retry, another receiver) fails
+        # instead of handing the matching service the same registration twice.
+        spool = kiosk_folder(self.root / OUTBOX, kiosk_id)
+        make_dirs(spool)
+        target = item_path(spool, registration_id, ".an2", "registration id")
+        try:
+            os.link(transaction, target)
+        except FileExistsError:
+            return False
+        fsync_dir(spool)
+        return True
+
+    def security_event(self, kiosk_id: str, kind: str, reason: str) -> None:
+        pass  # the file store keeps them in the log only (receiver/service.py logs each)
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _stored_image_sha(meta_path: Path) -> str | None:

@@ -1,9 +1,6 @@
 """End to end with irises: a "slaps-442-iris" registration taken over the local API from three
 emulated SBI services (slap scanner, camera, Double iris camera), delivered to the reference
-receiver, whose transaction holds a Type-17 record per eye and whose .iir record both eyes.
-
-Skipped until the receiver files irises (receiver/manifest_rules.py knows the iris items and
-receiver/assembly.py calls agent/formats/iris.py): that change is the lead's to apply."""
+receiver, whose transaction holds a Type-17 record per eye and whose .iir record both eyes."""
 
 from __future__ import annotations
 
@@ -12,12 +9,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from agent.daemon import Agent
 from agent.formats.iso19794_6 import read_record
 from devtools.broker import MosquittoBroker
-from receiver import manifest_rules
 from receiver.service import Receiver
 from tests.agent.formats import an2_reader
 from tests.emulators.sbi_iris import eye_image
@@ -26,9 +21,6 @@ from tests.emulators.sbi_service import SbiService
 from tests.support.config import agent_config, receiver_config
 from tests.support.local_api import Api, local_api_section
 from tests.support.waiting import wait_until
-
-pytestmark = pytest.mark.skipif("iris-right" not in manifest_rules.ITEMS,
-                                reason="the receiver does not file irises yet (receiver/assembly.py)")
 
 
 def test_an_iris_registration_runs_end_to_end_through_sbi(tmp_path: Path, broker: MosquittoBroker) -> None:

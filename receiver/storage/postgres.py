@@ -1,0 +1,165 @@
+"""Captures in PostgreSQL: the store many receivers share (receiver.store = "postgresql://...").
+
+One row per capture, keyed (verified kiosk id, capture id), image bytes in the row, so
+the one transaction that files a capture is all there is to make durable. The store is
+*batched*: the receiver files everything that arrives within ``receiver.group_commit_ms``
+in one open transaction and commits once (receiver/group_commit.py publishes the receipts
+after that). ``INSERT ... ON CONFLICT DO NOTHING`` makes the first writer win, across
+receivers too; a row already there with the same image SHA-256 is a duplicate, with
+another a conflict (refused by the caller, never receipted as a duplicate). A second
+receiver inserting the same key waits on the first one's open transaction, at most a
+group-commit window, and then sees its row.
+
+Every value reaches SQL as a bound parameter; ids are checked by receiver/paths.py first
+all the same, so both stores refuse the same names. The DSN is never logged (it may hold a
+password). File-side state (chunked transfers, registration records, their status) stays
+under ``output_dir``; the finished transaction goes to the ``outbox`` table with a NOTIFY.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from agent.capture.record import CaptureRecord
+from receiver.paths import check_item_id, kiosk_folder
+from receiver.storage.base import Outcome, StoreUnavailable
+from receiver.storage.migrate import migrate
+from receiver.store import make_dirs
+
+log = logging.getLogger(__name__)
+
+#: The channel a matching service LISTENs on; the payload is the registration id.
+NOTIFY_CHANNEL = "registration_complete"
+
+
+class PostgresStore:
+    batched = True
+
+    def __init__(self, dsn: str, root: Path, receiver_name: str) -> None:
+        self.root = Path(root)
+        make_dirs(self.root)
+        self.name = receiver_name
+        self._dsn = dsn
+        self._conn: psycopg.Connection | None = None
+        self._rolled_back = False
+        with self._connect(autocommit=True) as conn:
+            migrate(conn)
+
+    def _connect(self, *, autocommit: bool) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self._dsn, autocommit=autocommit, connect_timeout=10,
+                                   application_name=f"kiosk-agent-receiver {self.name}"[:63])
+        except psycopg.Error as exc:
+            # psycopg's message names host and database, never the password.
+            raise StoreUnavailable(f"cannot connect to the capture database: {exc}") from None
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        """The connection of the open batch (a transaction starts with its first statement)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect(autocommit=False)
+        return self._conn
+
+    def folder(self, kiosk_id: str) -> Path:
+        return kiosk_folder(self.root, kiosk_id)
+
+    def _run(self, query: str, params: tuple[Any, ...]) -> psycopg.Cursor:
+        try:
+            return self.conn.execute(query, params)
+        except psycopg.Error as exc:
+            self.rollback()
+            raise StoreUnavailable(f"capture database: {type(exc).__name__}: {exc}") from None
+
+    def _key(self, kiosk_id: str, capture_id: str) -> tuple[str, str]:
+        """The row key; UnsafeName for ids the file store could not name a file with either."""
+        self.folder(kiosk_id)
+        return kiosk_id, check_item_id(capture_id, "capture id")
+
+    def store(self, kiosk_id: str, record: CaptureRecord) -> Outcome:
+        self._key(kiosk_id, record.id)
+        registration = (record.registration or {}).get("id")
+        inserted = self._run(
+            "INSERT INTO captures (kiosk_id, capture_id, image_sha256, image_format, registration_id,"
+            " metadata, image, stored_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (kiosk_id, capture_id) DO NOTHING RETURNING 1",
+            (kiosk_id, record.id, record.image_sha256, record.image_format,
+             registration if isinstance(registration, str) else None,
+             json.dumps(record.metadata(), sort_keys=True), record.image, self.name)).fetchone()
+        if inserted is not None:
+            return "stored"
+        row = self._run("SELECT image_sha256 FROM captures WHERE kiosk_id = %s AND capture_id = %s",
+                        (kiosk_id, record.id)).fetchone()
+        return "duplicate" if row is not None and row[0] == record.image_sha256 else "conflict"
+
+    def load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:
+        row = self._run("SELECT metadata, image FROM captures WHERE kiosk_id = %s AND capture_id = %s",
+                        self._key(kiosk_id, capture_id)).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def has(self, kiosk_id: str, capture_id: str) -> bool:
+        return self._run("SELECT 1 FROM captures WHERE kiosk_id = %s AND capture_id = %s",
+                         self._key(kiosk_id, capture_id)).fetchone() is not None
+
+    def count(self) -> int:
+        row = self._run("SELECT count(*) FROM captures", ()).fetchone()
+        return int(row[0]) if row else 0
+
+    def publish_registration(self, kiosk_id: str, registration_id: str, transaction: Path) -> bool:
+        # In the open batch, committed at once: the assembler writes the record that ends
+        # assembly (.complete.json) next, and nothing retries a completed registration, so
+        # the row must be durable first. Committing early is always safe (receipts only
+        # wait for a commit); the NOTIFY is delivered with it.
+        added = self._run(
+            "INSERT INTO outbox (kiosk_id, registration_id, transaction, created_by) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (kiosk_id, registration_id) DO NOTHING RETURNING id",
+            (*self._key(kiosk_id, registration_id), transaction.read_bytes(), self.name)).fetchone()
+        if added is not None:
+            self._run("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, registration_id))
+        self.commit()
+        return added is not None
+
+    def security_event(self, kiosk_id: str, kind: str, reason: str) -> None:
+        # In the open batch: one more row, no connection of its own (anyone on the broker can
+        # cause these, so each must stay cheap). Text columns cannot hold NUL.
+        try:
+            self._run("INSERT INTO security_events (kiosk_id, kind, reason, receiver)"
+                      " VALUES (%s, %s, %s, %s)",
+                      (kiosk_id[:200].replace("\0", ""), kind[:64], reason[:1000].replace("\0", ""),
+                       self.name))
+        except StoreUnavailable as exc:
+            log.warning("security event not recorded in the database: %s", exc)
+
+    def commit(self) -> None:
+        if self._rolled_back:
+            # A statement failed since the last commit and took the batch's earlier work with
+            # it: what came after must not be receipted as if the whole batch were durable.
+            self._rolled_back = False
+            raise StoreUnavailable("the batch was rolled back after a database error")
+        if self._conn is None or self._conn.closed:
+            return
+        try:
+            self._conn.commit()
+        except psycopg.Error as exc:
+            self.rollback()
+            self._rolled_back = False
+            raise StoreUnavailable(f"capture database commit failed: {type(exc).__name__}: {exc}") from None
+
+    def rollback(self) -> None:
+        self._rolled_back = True
+        if self._conn is None:
+            return
+        try:
+            self._conn.rollback()
+        except psycopg.Error:
+            self._conn.close()  # broken: the next statement reconnects
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self.rollback()
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,138 @@
+"""Group commit and the outbox, with real receivers on a real mosquitto and PostgreSQL:
+receipts leave only after COMMIT, a failed commit receipts nothing, two receivers of one
+share group keep one row per capture, and each finished registration reaches the outbox
+(table + NOTIFY, or the file store's spool folder) exactly once."""
+
+from __future__ import annotations
+
+import select
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+
+from agent.capture.ids import uuid7
+from devtools.broker import MosquittoBroker
+from receiver.service import Receiver
+from receiver.store import OUTBOX
+from tests.support.hostile import (
+    KIOSK_A,
+    finger_captures,
+    record,
+    registration_manifest,
+    rig,
+    sealed_capture,
+    sealed_manifest,
+)
+from tests.support.waiting import wait_until
+
+
+def count(dsn: str, query: str = "SELECT count(*) FROM captures") -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+
+
+def test_receipts_follow_the_commit_and_batches_group(tmp_path: Path, broker: MosquittoBroker,
+                                                       pg_dsn: str) -> None:
+    with rig(tmp_path, broker, store=pg_dsn, group_commit_ms=400.0) as r:
+        records = [record(KIOSK_A) for _ in range(30)]
+        for rec in records:
+            r.send(KIOSK_A, sealed_capture(r.sealers[KIOSK_A], rec))
+        # Inside the window: handled, held, not yet committed, so not receipted.
+        wait_until(lambda: r.receiver.batch.pending > 0, what="a batch open")
+        assert count(pg_dsn) == 0 and r.wire.receipts == []
+        statuses = [r.wire.receipt(rec.id)["status"] for rec in records]
+        assert statuses == ["stored"] * 30 and count(pg_dsn) == 30
+        assert 1 <= r.receiver.batch.commits < 30, "one transaction per window, not per message"
+
+
+def test_a_failed_commit_receipts_nothing_and_the_resend_is_stored(tmp_path: Path, broker: MosquittoBroker,
+                                                                   pg_dsn: str) -> None:
+    with rig(tmp_path, broker, store=pg_dsn, group_commit_ms=800.0) as r:
+        first = [record(KIOSK_A) for _ in range(5)]
+        for rec in first:
+            r.send(KIOSK_A, sealed_capture(r.sealers[KIOSK_A], rec))
+        wait_until(lambda: r.receiver.batch.pending == 5, what="the batch held")
+        # A real failure: the server ends the receiver's session with the batch open.
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                          "current_database() AND application_name LIKE 'kiosk-agent-receiver%%'")
+        wait_until(lambda: r.receiver.batch.failures >= 1 and r.receiver.batch.pending == 0,
+                   what="the failed commit noticed")
+        time.sleep(0.3)
+        assert r.wire.receipts == [] and count(pg_dsn) == 0
+        for rec in first:  # what the kiosk does after its receipt timeout
+            r.send(KIOSK_A, sealed_capture(r.sealers[KIOSK_A], rec))
+        assert [r.wire.receipt(rec.id)["status"] for rec in first] == ["stored"] * 5
+    assert count(pg_dsn) == 5
+
+
+def test_two_receivers_in_one_group_keep_one_row_per_capture(tmp_path: Path, broker: MosquittoBroker,
+                                                             pg_dsn: str) -> None:
+    with rig(tmp_path, broker, store=pg_dsn, group_commit_ms=20.0) as r:
+        second = r.config.model_copy(update={"receiver": r.config.receiver.model_copy(
+            update={"name": "r2", "output_dir": tmp_path / "out2"})})
+        other = Receiver(second)
+        other.start()
+        try:
+            wait_until(lambda: other.link.subscribed, what="second receiver subscribed")
+            records = [record(KIOSK_A) for _ in range(40)]
+            for rec in records:  # every capture twice: a resend lands on either receiver
+                payload = sealed_capture(r.sealers[KIOSK_A], rec)
+                r.send(KIOSK_A, payload)
+                r.send(KIOSK_A, payload)
+            wait_until(lambda: all(len(r.wire.receipts_for(rec.id)) == 2 for rec in records),
+                       what="two receipts per capture")
+        finally:
+            other.stop()
+    outcomes = Counter(x["status"] for rec in records for x in r.wire.receipts_for(rec.id))
+    assert outcomes == {"stored": 40, "duplicate": 40}
+    assert count(pg_dsn) == 40
+    # mosquitto alternates a share group's messages, so each copy pair was split between the
+    # two, the second often arriving while the first one's batch was still open.
+    assert all(c.stored + c.duplicates >= 20 for c in (r.receiver.counters, other.counters))
+
+
+def send_registration(r, registration_id: str) -> None:  # type: ignore[no-untyped-def]
+    parts = finger_captures(KIOSK_A, [2, 3])
+    manifest = registration_manifest(KIOSK_A, registration_id, [])
+    manifest["captures"] = registration_manifest(KIOSK_A, registration_id, parts)["captures"]
+    for part in parts:
+        part = part.__class__(**{**part.__dict__, "registration": {"id": registration_id}})
+        r.send(KIOSK_A, sealed_capture(r.sealers[KIOSK_A], part))
+    r.send(KIOSK_A, sealed_manifest(r.sealers[KIOSK_A], KIOSK_A, manifest, seq=9))
+    r.wire.receipt(registration_id)
+
+
+def test_a_finished_registration_reaches_the_outbox_once_with_a_notify(
+        tmp_path: Path, broker: MosquittoBroker, pg_dsn: str) -> None:
+    registration_id = uuid7()
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        with rig(tmp_path, broker, store=pg_dsn) as r:
+            listener.execute("LISTEN registration_complete")
+            for _ in range(2):  # the second time: every part and the manifest resent
+                send_registration(r, registration_id)
+                r.settle()
+            wait_until(lambda: count(pg_dsn, "SELECT count(*) FROM outbox") == 1, what="the outbox row")
+            time.sleep(0.3)
+        select.select([listener.fileno()], [], [], 2.0)
+        notes = [n.payload for n in listener.notifies(timeout=0.5)]
+        an2 = listener.execute("SELECT kiosk_id, registration_id, transaction FROM outbox").fetchall()
+    assert notes == [registration_id], "one NOTIFY, carrying the registration id"
+    assert len(an2) == 1 and an2[0][:2] == (KIOSK_A, registration_id)
+    written = (r.out / KIOSK_A / "registrations" / f"{registration_id}.an2").read_bytes()
+    assert bytes(an2[0][2]) == written, "the row holds the transaction the receiver built"
+
+
+def test_the_file_store_spools_each_finished_registration_once(tmp_path: Path,
+                                                               broker: MosquittoBroker) -> None:
+    registration_id = uuid7()
+    with rig(tmp_path, broker) as r:
+        for _ in range(2):
+            send_registration(r, registration_id)
+            r.settle()
+    spool = r.out / OUTBOX / KIOSK_A
+    assert [p.name for p in spool.iterdir()] == [f"{registration_id}.an2"]
+    assert (spool / f"{registration_id}.an2").read_bytes() == (
+        r.out / KIOSK_A / "registrations" / f"{registration_id}.an2").read_bytes()
