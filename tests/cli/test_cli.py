@@ -14,7 +14,9 @@ from tests.support.paths import ROOT
 
 COMMANDS = [["run"], ["demo"], ["receiver"], ["check-config"], ["config-schema"], ["queue"],
             ["queue", "stats"], ["keys"], ["keys", "init"], ["keys", "show"], ["keys", "enrol"],
-            ["devices"], ["devices", "scan"], ["capture"], ["quality"], ["remote"]]
+            ["devices"], ["devices", "scan"], ["capture"], ["quality"], ["remote"], ["update"],
+            ["update", "build"], ["update", "release-key"], ["update", "apply"], ["update", "status"],
+            ["update", "recover"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
