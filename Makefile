@@ -69,9 +69,10 @@ mosquitto:
 	@sh scripts/ensure-package.sh "command -v mosquitto || test -x /usr/sbin/mosquitto" mosquitto \
 	  "the tests start their own brokers"
 
-# The central store's tests (tests/central/) need a PostgreSQL server on 127.0.0.1:5432 that
-# lets user postgres in without a password (Debian's pg_hba.conf asks for one: the script
-# says what to change); each test makes and drops a database of its own.
+# The central store's tests (tests/central/) need a PostgreSQL server that lets user postgres
+# in without a password on 127.0.0.1: the machine's own on port 5432 where it does, else (as
+# Debian's asks for a password) a loopback-only test cluster the script makes on port 54329,
+# leaving the machine's own pg_hba.conf alone; each test makes and drops a database of its own.
 postgres:
 	@sh scripts/ensure-package.sh "command -v pg_lsclusters" postgresql "the central store's tests (tests/central)"
 	@sh scripts/start-postgres.sh

@@ -1,36 +1,55 @@
 #!/bin/sh
-# start-postgres.sh: make sure a PostgreSQL cluster answers on 127.0.0.1:5432 for the tests
-# (tests/support/postgres.py). Starts an installed cluster that is down; says what to do when
-# that needs root or the server refuses user postgres without a password.
+# start-postgres.sh: make sure a PostgreSQL server answers user postgres without a password on
+# 127.0.0.1 for the tests (tests/support/postgres.py): the machine's own cluster on port 5432
+# when it lets postgres in, else a test cluster of our own on 127.0.0.1:54329.
+#
+# Debian's own cluster asks for a password over TCP; rather than weaken its pg_hba.conf, the
+# tests get a separate cluster ("kiosk-agent-test") that listens on loopback only, trusts
+# user postgres there, and holds nothing but throwaway test databases.
 set -eu
-ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+TEST_PORT=54329
+TEST_NAME=kiosk-agent-test
 usable() {
-    PGCONNECT_TIMEOUT=5 psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && exit 0
-    echo "PostgreSQL on 127.0.0.1:5432 does not let user postgres in without a password. On a test" \
-         "machine add 'host all postgres 127.0.0.1/32 trust' at the top of pg_hba.conf (pg_lsclusters" \
-         "shows the cluster; /etc/postgresql/VERSION/main/pg_hba.conf on Debian) and reload" \
-         "(sudo pg_ctlcluster VERSION main reload), or put the password in ~/.pgpass." >&2
-    exit 1
+    PGCONNECT_TIMEOUT=5 psql -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1
 }
-if ready; then
-    usable
-fi
-cluster=$(pg_lsclusters --no-header 2>/dev/null | awk '$3 == 5432 { print $1 " " $2; exit }')
-if [ -z "$cluster" ]; then
-    echo "no PostgreSQL cluster on port 5432: run 'sudo pg_createcluster --start 15 main' (or your version)" >&2
-    exit 1
-fi
-if [ "$(id -u)" = 0 ]; then
-    echo "starting PostgreSQL cluster $cluster"
+wait_usable() {
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        usable "$1" && return 0
+        sleep 1
+    done
+    return 1
+}
+usable 5432 && exit 0
+main=$(pg_lsclusters --no-header 2>/dev/null | awk '$3 == 5432 && $4 == "down" { print $1 " " $2; exit }')
+if [ -n "$main" ] && [ "$(id -u)" = 0 ]; then
+    echo "starting PostgreSQL cluster $main"
     # shellcheck disable=SC2086  # "version name", two words on purpose
-    pg_ctlcluster $cluster start
-else
-    echo "PostgreSQL cluster $cluster is stopped: run 'sudo pg_ctlcluster $cluster start'" >&2
+    pg_ctlcluster $main start || true
+    wait_usable 5432 && exit 0
+fi
+usable "$TEST_PORT" && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "PostgreSQL on 127.0.0.1:5432 does not let user postgres in without a password (or is" \
+         "not running), and making the tests' own cluster needs root: run 'sudo make postgres'," \
+         "or let postgres in (a 'host all postgres 127.0.0.1/32 trust' line in pg_hba.conf, or" \
+         "~/.pgpass)." >&2
     exit 1
 fi
-for _ in 1 2 3 4 5 6 7 8 9 10; do
-    ready && usable
-    sleep 1
-done
-echo "PostgreSQL cluster $cluster did not come up: see /var/log/postgresql/" >&2
+test_cluster=$(pg_lsclusters --no-header 2>/dev/null | awk -v n="$TEST_NAME" '$2 == n { print $1 " " $2; exit }')
+if [ -z "$test_cluster" ]; then
+    version=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$version" ]; then
+        echo "no PostgreSQL server is installed: run 'sudo apt-get install postgresql'" >&2
+        exit 1
+    fi
+    echo "creating the tests' PostgreSQL cluster $version/$TEST_NAME on 127.0.0.1:$TEST_PORT"
+    pg_createcluster "$version" "$TEST_NAME" -p "$TEST_PORT" -o listen_addresses=localhost \
+        -- --auth-local=peer --auth-host=trust >/dev/null
+    test_cluster="$version $TEST_NAME"
+fi
+echo "starting PostgreSQL cluster $test_cluster"
+# shellcheck disable=SC2086
+pg_ctlcluster $test_cluster start 2>/dev/null || true
+wait_usable "$TEST_PORT" && exit 0
+echo "PostgreSQL cluster $test_cluster did not come up on 127.0.0.1:$TEST_PORT: see /var/log/postgresql/" >&2
 exit 1

@@ -1,4 +1,5 @@
-"""A throwaway database on the test machine's PostgreSQL (127.0.0.1:5432, user postgres).
+"""A throwaway database on the test machine's PostgreSQL (127.0.0.1:5432, user postgres, or
+the test cluster on 127.0.0.1:54329 that `make postgres` makes where 5432 wants a password).
 
 Each test gets a database of its own with a random name, dropped afterwards; `make postgres`
 installs and starts the server where it is missing or stopped.
@@ -13,17 +14,27 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-HOW_TO = ("PostgreSQL is not answering at 127.0.0.1:5432 (user postgres, trust or ~/.pgpass): "
-          "run `make postgres` (Debian: sudo apt-get install postgresql; "
-          "sudo pg_ctlcluster 15 main start)")
+#: The machine's own server first; else the loopback-only test cluster that
+#: scripts/start-postgres.sh makes where the machine's server asks user postgres for a password
+#: (Debian's default): it holds nothing but these throwaway databases.
+SERVERS = ("postgresql://postgres@127.0.0.1:5432", "postgresql://postgres@127.0.0.1:54329")
+HOW_TO = ("PostgreSQL is not answering at 127.0.0.1:5432 or the test cluster at 127.0.0.1:54329 "
+          "(user postgres, trust or ~/.pgpass): run `make postgres` (Debian: sudo apt-get install "
+          "postgresql)")
+_server: list[str] = []
 
 
 def _admin() -> psycopg.Connection:
-    try:
-        return psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"{HOW_TO}\n{exc}")
+    errors = []
+    for server in _server or SERVERS:
+        try:
+            admin = psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            errors.append(f"{server}: {exc}")
+            continue
+        _server[:] = [server]
+        return admin
+    pytest.fail(HOW_TO + "\n" + "\n".join(errors))
 
 
 @contextmanager
@@ -33,7 +44,7 @@ def scratch_database() -> Iterator[str]:
     with _admin() as admin:
         admin.execute(f'CREATE DATABASE "{name}"')  # a name made here, not input
     try:
-        yield f"{SERVER}/{name}"
+        yield f"{_server[0]}/{name}"
     finally:
         with _admin() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
