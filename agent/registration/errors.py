@@ -21,7 +21,8 @@ TRANSIENT_CODES = frozenset({"busy", "retry", "device"})
 
 class RegistrationError(AgentError):
     """``code``: not_found, invalid, busy, closed, incomplete, conflict (the session's state does
-    not allow it), retry, device, device_failed."""
+    not allow it), retry, device, device_failed, blocked (an enrolment rule refuses new sessions: detail
+    ``rules`` lists each with what to do)."""
 
     def __init__(self, code: str, message: str, **detail: Any) -> None:
         super().__init__(message, transient=code in TRANSIENT_CODES)

@@ -55,6 +55,8 @@ STATUS = {
     "closed": 409,
     "conflict": 409,
     "incomplete": 409,
+    # An enrolment rule (agent/registration/gates.py) holds: the answer names each rule.
+    "blocked": 409,
     "retry": 422,
     "device": 503,
     "unavailable": 503,

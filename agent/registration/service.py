@@ -37,6 +37,7 @@ from agent.registration.config import RegistrationConfig
 from agent.registration.erasure import erase_delivered
 from agent.registration.errors import RegistrationError
 from agent.registration.feed import SessionFeed
+from agent.registration.gates import Gates
 from agent.registration.judging import Judge
 from agent.registration.keeping import Keeper
 from agent.registration.manifest import build_manifest, iso_time, queue_manifest
@@ -79,6 +80,8 @@ class RegistrationService:
         #: One complete or cancel at a time: a retried complete racing the first must find the
         #: session completed, not queue a second manifest.
         self._closing = threading.Lock()
+        #: Rules that refuse new sessions (agent/registration/gates.py); components add theirs.
+        self.gates = Gates()
 
     def close(self) -> None:
         self.store.close()
@@ -96,6 +99,14 @@ class RegistrationService:
         for name, value in (("applicant_ref", applicant_ref), ("operator_id", operator_id)):
             if not isinstance(value, str) or not value.strip() or len(value) > 128:
                 raise RegistrationError("invalid", f"{name} must be 1-128 characters")
+        refusals = self.gates.refusals()
+        if refusals:
+            raise RegistrationError(
+                "blocked",
+                "new registrations are stopped on this kiosk: "
+                + "; ".join(f"{r.message} ({r.action})" for r in refusals),
+                rules=[r.as_dict() for r in refusals],
+            )
         items = self._plan()
         for device in {i.device for i in items}:
             if device not in self.workers:
