@@ -1,4 +1,9 @@
-"""Face image quality on the kiosk: ICAO 9303 / ISO/IEC 19794-5 checks with OpenCV only.
+"""Face image quality on the kiosk: ICAO 9303 / ISO/IEC 19794-5 checks.
+
+Where mediapipe's face mesh runs (agent/quality/landmarks.py), the face, its eyes and the
+checks on pose, eyes, mouth, gaze, glare, lighting and distance come from its landmarks;
+elsewhere OpenCV's Haar cascades find the face and eyes and those checks are not made. The
+report's ``extra["path"]`` says which ran ("landmarks" or "haar") and, for "haar", why.
 
 ``FaceAssessor.assess(frame)`` finds the face, measures every check and returns a
 ``QualityReport`` (agent/quality/report.py); the camera driver runs it on each frame and keeps the
@@ -9,11 +14,13 @@ JPEG and its quality detail, so the token's bytes need not travel in the record.
 Checks that need the face are reported only when exactly one face is found: with none or
 two, their values would describe nobody in particular, and the one thing to fix is the
 face count. Thresholds: ``FaceQualityConfig`` (agent/config.py); the values, their sources
-and the calibration are in docs/face-quality.md.
+and the calibration are in docs/face-quality.md. The pixel measures behind the focus, glare,
+eye and lighting checks are in agent/quality/face_photometry.py.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +31,31 @@ import numpy as np
 
 from agent.quality.config import FaceQualityConfig, QualityConfig
 from agent.quality.face_detect import Face, FaceDetector, make_detector
+from agent.quality.face_photometry import eye_contrast, eye_glare, lighting_imbalance, sharpness, skin_region
+from agent.quality.landmarks import (
+    FaceMesh,
+    LandmarksUnavailable,
+    eye_aspect_ratio,
+    eye_centres,
+    face_box,
+    face_height,
+    gaze_offset,
+    head_pose,
+    load_face_mesh,
+    mouth_opening,
+    smile,
+)
 from agent.quality.report import BadImage, Check, QualityReport, load_image
 
 # The camera driver cuts tokens too: one copy, in drivers/, still importable from here.
 from drivers.face_image import encode_jpeg, token_image
 
 ASSESSOR = "kiosk-agent face quality (OpenCV; ICAO 9303 / ISO 19794-5 geometry)"
+ASSESSOR_LANDMARKS = ("kiosk-agent face quality (mediapipe face mesh and OpenCV; "
+                      "ICAO 9303 / ISO 19794-5 geometry, pose, eyes, expression)")
 
-#: The face region's width is scaled down to this before the Laplacian, so a close-up (which
-#: is softer per pixel) and a face further away are judged alike. Smaller faces are not
-#: scaled up: that would blur them and fail sharpness for a reason that is really distance.
-SHARPNESS_WIDTH_PX = 96
+log = logging.getLogger(__name__)
+
 #: ISO/IEC 19794-5 token image geometry, in units of its width W.
 TOKEN_EYE_Y = 0.6
 TOKEN_EYE_X = (0.375, 0.625)
@@ -60,26 +81,101 @@ class Assessment:
 class FaceAssessor:
     """Runs the face checks on frames; holds the detector, so build one and reuse it."""
 
-    def __init__(self, cfg: FaceQualityConfig | None = None, detector: FaceDetector | None = None) -> None:
+    def __init__(self, cfg: FaceQualityConfig | None = None, detector: FaceDetector | None = None,
+                 mesh: FaceMesh | None = None) -> None:
         self.cfg = cfg or FaceQualityConfig()
         self.detector = detector or make_detector(self.cfg)
+        self._mesh = mesh
+        #: Why the landmarks do not run (None: not tried yet, or running).
+        self.landmarks_unavailable: str | None = None
+        if self.cfg.landmarks == "off" and mesh is None:
+            self.landmarks_unavailable = 'quality.face.landmarks = "off"'
+        elif self.cfg.landmarks == "mediapipe" and mesh is None:
+            # Required: fail now (the camera's open()), naming the setting, not at a capture.
+            try:
+                self._mesh = load_face_mesh()
+            except LandmarksUnavailable as exc:
+                raise LandmarksUnavailable(f'{exc} (quality.face.landmarks = "mediapipe" needs it)') from None
+
+    @property
+    def mesh(self) -> FaceMesh | None:
+        """The face mesh, loaded on first use ("auto"): mediapipe costs memory, so an agent
+        that never judges a face never loads it. None where it cannot run."""
+        if self._mesh is None and self.landmarks_unavailable is None:
+            try:
+                self._mesh = load_face_mesh()
+            except LandmarksUnavailable as exc:
+                self.landmarks_unavailable = str(exc)
+                log.warning("face checks without landmarks (Haar cascades only): %s", exc)
+        return self._mesh
 
     def assess(self, bgr: np.ndarray) -> Assessment:
         if bgr.ndim == 2:
             grey, bgr = bgr, cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
         else:
             grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        mesh = self.mesh
+        if mesh is not None:
+            return self._assess_landmarks(mesh, bgr, grey)
+        path = {"path": "haar", "landmarks_unavailable": self.landmarks_unavailable}
         faces = self.detector.detect(grey, bgr)
         count = self._count_check(len(faces), grey)
         if len(faces) != 1:
-            return Assessment(_report([count], {"faces": len(faces)}), None)
+            return Assessment(_report([count], {"faces": len(faces), **path}), None)
         face = faces[0]
         scored = [count, *self._geometry(face, grey.shape), *self._exposure(face, grey),
                   self._sharpness(face, grey), self._background(face, grey)]
-        left, right, measured = face.eye_points()
-        extra = {"faces": 1, "face_box": list(face.box),
-                 "eyes": [list(map(_r1, left)), list(map(_r1, right))], "eyes_measured": measured}
-        return Assessment(_report(scored, extra), face)
+        return Assessment(_report(scored, {**_face_extra(face), **path}), face)
+
+    def _assess_landmarks(self, mesh: FaceMesh, bgr: np.ndarray, grey: np.ndarray) -> Assessment:
+        found = mesh.find(bgr)
+        count = self._count_check(len(found), grey)
+        path = {"path": "landmarks", "landmarks": f"mediapipe {mesh.version} face mesh"}
+        if len(found) != 1:
+            return Assessment(_report([count], {"faces": len(found), **path}, ASSESSOR_LANDMARKS), None)
+        points = found[0]
+        face = Face(face_box(points), eye_centres(points), points)
+        scored = [count, *self._geometry(face, grey.shape), *self._exposure(face, grey),
+                  self._sharpness(face, grey), self._background(face, grey),
+                  *self._landmark_checks(points, grey)]
+        return Assessment(_report(scored, {**_face_extra(face), **path}, ASSESSOR_LANDMARKS), face)
+
+    def _landmark_checks(self, points: np.ndarray, grey: np.ndarray) -> list[Scored]:
+        cfg = self.cfg
+        height, width = grey.shape
+        pose = head_pose(points, (width, height))
+        yaw, pitch = (pose.yaw, pose.pitch) if pose is not None else (None, None)
+        if pitch is not None and pitch > 0:
+            nod = "lower your chin a little"
+        else:
+            nod = "raise your chin a little"
+        gaze = gaze_offset(points)
+        return [
+            _at_most("yaw", None if yaw is None else abs(yaw), cfg.max_yaw_deg,
+                     f"|yaw| <= {cfg.max_yaw_deg:g} deg", "turn your face to the camera",
+                     shown=None if yaw is None else _r1(yaw)),
+            _at_most("pitch", None if pitch is None else abs(pitch), cfg.max_pitch_deg,
+                     f"|pitch| <= {cfg.max_pitch_deg:g} deg", nod,
+                     shown=None if pitch is None else _r1(pitch)),
+            _at_least("eyes_open", eye_aspect_ratio(points), cfg.min_eye_aspect_ratio,
+                      f">= {cfg.min_eye_aspect_ratio:g}", "keep your eyes open"),
+            _at_most("mouth_closed", mouth_opening(points), cfg.max_mouth_opening,
+                     f"<= {cfg.max_mouth_opening:g}", "close your mouth"),
+            _at_most("expression", smile(points), cfg.max_smile, f"<= {cfg.max_smile:g}",
+                     "a neutral expression, please: no smile"),
+            _at_most("gaze", abs(gaze), cfg.max_gaze_offset, f"|offset| <= {cfg.max_gaze_offset:g}",
+                     "look straight into the camera", shown=_round(gaze)),
+            _at_least("eyes_visible", eye_contrast(points, grey), cfg.min_eye_contrast,
+                      f">= {cfg.min_eye_contrast:g}",
+                      "nothing in front of the eyes: take off dark glasses, move hair or hands away"),
+            _at_most("eye_glare", eye_glare(points, grey, cfg.bright_level), cfg.max_eye_glare_share,
+                     f"<= {cfg.max_eye_glare_share:g} at >= {cfg.bright_level}",
+                     "glare on the eyes: tilt the glasses down a little, or take them off"),
+            _at_most("lighting_balance", lighting_imbalance(points, grey), cfg.max_lighting_imbalance,
+                     f"<= {cfg.max_lighting_imbalance:g}", "light the face evenly (one side is in shadow)"),
+            _range("face_scale", face_height(points) / height, cfg.face_scale_min, cfg.face_scale_max,
+                   "move closer", "move back a little"),
+        ]
 
     def _count_check(self, count: int, grey: np.ndarray) -> Scored:
         hint = ""
@@ -119,7 +215,7 @@ class FaceAssessor:
 
     def _exposure(self, face: Face, grey: np.ndarray) -> list[Scored]:
         cfg = self.cfg
-        skin = _skin_region(face, grey)
+        skin = skin_region(face, grey)
         dark = float(np.count_nonzero(skin <= cfg.dark_level)) / skin.size
         bright = float(np.count_nonzero(skin >= cfg.bright_level)) / skin.size
         return [
@@ -133,7 +229,7 @@ class FaceAssessor:
         ]
 
     def _sharpness(self, face: Face, grey: np.ndarray) -> Scored:
-        return _at_least("sharpness", sharpness(_skin_region(face, grey)), self.cfg.min_sharpness,
+        return _at_least("sharpness", sharpness(skin_region(face, grey)), self.cfg.min_sharpness,
                          f">= {self.cfg.min_sharpness:g}", "hold still")
 
     def _background(self, face: Face, grey: np.ndarray) -> Scored:
@@ -142,25 +238,10 @@ class FaceAssessor:
                         "stand in front of a plain background")
 
 
-def sharpness(region: np.ndarray) -> float:
-    """Variance of the Laplacian over the variance of the grey levels (contrast-free).
-
-    Dividing by the grey variance makes the measure blind to exposure: a dark face is
-    reported by the exposure checks, not as blurred as well.
-    """
-    if region.shape[1] > SHARPNESS_WIDTH_PX:
-        scale = SHARPNESS_WIDTH_PX / region.shape[1]
-        region = cv2.resize(region, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    variance = float(region.var())
-    if variance < 1e-6:
-        return 0.0
-    return float(cv2.Laplacian(region, cv2.CV_32F).var()) / variance
-
-
-def _skin_region(face: Face, grey: np.ndarray) -> np.ndarray:
-    """Forehead to chin, cheek to cheek: the part of the box that is face, not hair."""
-    x, y, w, h = face.box
-    return grey[y + int(0.20 * h):y + int(0.90 * h), x + int(0.20 * w):x + int(0.80 * w)]
+def _face_extra(face: Face) -> dict[str, Any]:
+    left, right, measured = face.eye_points()
+    return {"faces": 1, "face_box": list(face.box),
+            "eyes": [list(map(_r1, left)), list(map(_r1, right))], "eyes_measured": measured}
 
 
 def background_gradient(face: Face, grey: np.ndarray) -> float | None:
@@ -244,9 +325,9 @@ def _clip(value: float) -> float:
 # --- the score ----------------------------------------------------------------------------
 
 
-def _report(scored: list[Scored], extra: dict[str, Any]) -> QualityReport:
+def _report(scored: list[Scored], extra: dict[str, Any], assessor: str = ASSESSOR) -> QualityReport:
     checks = tuple(check for check, _ in scored)
-    return QualityReport("face", score(scored), checks, ASSESSOR, extra)
+    return QualityReport("face", score(scored), checks, assessor, extra)
 
 
 def score(scored: list[Scored]) -> int:
@@ -305,7 +386,7 @@ def assess_file(path: Path, config: QualityConfig | None) -> QualityReport:
         raise BadImage(f"{path}: {frame.shape[1]} x {frame.shape[0]} pixels is too small for a face")
     try:
         assessor = FaceAssessor(cfg)
-    except (FileNotFoundError, RuntimeError) as exc:  # no YuNet model, no Haar cascades
+    except (FileNotFoundError, RuntimeError) as exc:  # no YuNet model, no Haar cascades, no mesh
         raise BadImage(str(exc)) from None
     assessment = assessor.assess(frame)
     report = assessment.report

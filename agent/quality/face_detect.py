@@ -1,10 +1,11 @@
 """Finding a face and its eyes in a frame: OpenCV's Haar cascades, or YuNet when a model is
-configured. agent/quality/face.py judges what these find."""
+configured. agent/quality/face.py judges what these find; where mediapipe's face mesh runs
+(agent/quality/landmarks.py) it finds the face itself, and these are the fallback."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,9 @@ class Face:
     box: tuple[int, int, int, int]
     #: Eye centres (image-left first) in frame pixels; None when the detector found no pair.
     eyes: tuple[tuple[float, float], tuple[float, float]] | None = None
+    #: The face mesh's points (agent/quality/landmarks.py), (478, 2) frame pixels; None on the
+    #: Haar and YuNet paths.
+    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def eye_points(self) -> tuple[tuple[float, float], tuple[float, float], bool]:
         """The eye centres and whether they were measured (False: estimated from the box)."""

@@ -14,8 +14,11 @@ built-in assessor measures what NFIQ 2 measures, in simpler ways, on 32 x 32 pix
   dominant ridge wave rather than spread out as noise or smudge.
 
 NFIQ 2's actionable gates come first: an empty or too-low-contrast image, a uniform image,
-too little foreground. A certified assessor replaces this one through ``quality.finger.assessor``
-(``FingerAssessor`` below); the report's ``assessor`` string always says which one measured.
+too little foreground. Once they pass, the ridge flow must look like a finger's
+(agent/quality/ridge_flow.py: smooth but curving, a finger's ridge period in millimetres, a
+few singular points); a texture that fails scores 0, however clean its ridges. A certified
+assessor replaces this one through ``quality.finger.assessor`` (``FingerAssessor`` below);
+the report's ``assessor`` string always says which one measured.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import numpy as np
 from agent.quality.config import FingerQualityConfig, QualityConfig
 from agent.quality.plugins import resolve_factory
 from agent.quality.report import BadImage, Check, QualityReport, load_image
+from agent.quality.ridge_flow import MIN_FLOW_BLOCKS, RidgeFlow, measure_flow, period_mm, tensor_sums
 
-ASSESSOR = "kiosk-agent finger quality 1 (not NFIQ 2)"
+#: Version 2: the ridge-flow checks (agent/quality/ridge_flow.py) can fail a print and zero its score.
+ASSESSOR = "kiosk-agent finger quality 2 (not NFIQ 2)"
 #: NFIQ 2 works at 500 ppi; images at other resolutions are resampled to it first.
 WORK_PPI = 500
 BLOCK = 32
@@ -46,6 +51,10 @@ HINT_PRESS = "press the finger flat and firmly"
 HINT_CLEAN = "clean the glass"
 HINT_MOISTURE = "dry or moisten the finger"
 HINT_PLACE = "place the whole finger on the glass"
+#: The ridges do not flow like a finger's (a grating, a photo, a printout, an object).
+HINT_NOT_A_PRINT = "no fingerprint pattern found: place the fingertip itself flat on the glass"
+#: The flow is broken up: dirt, a dry or worn finger, a scratched glass.
+HINT_BROKEN = "clean the glass and the finger, then press gently without sliding"
 
 
 @runtime_checkable
@@ -68,6 +77,11 @@ class Measurements:
     ridge_frequency_in_band: float  # 0..1 share of foreground blocks
     ridge_period_px: float  # median, at 500 ppi
     clarity: float  # 0..1
+    #: Interquartile mean of the blocks' periods, at 500 ppi: finer than the median, which
+    #: can only take the few values 32 / (an FFT bin's radius).
+    ridge_period_mean_px: float = 0.0
+    #: The structure of the ridge flow (agent/quality/ridge_flow.py); None without foreground.
+    flow: RidgeFlow | None = None
 
 
 def _to_work_resolution(gray: np.ndarray, ppi: int) -> np.ndarray:
@@ -143,6 +157,7 @@ def measure(gray: np.ndarray, ppi: int, *, foreground_min_std: float = 10.0,
     fraction = n_fg / max(1, rows * cols)
     if n_fg == 0:
         return Measurements(mean, std, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    fg_all = fg
 
     raw_fg = _blocks(work)[fg]
     lo, hi = np.percentile(raw_fg, [5, 95])
@@ -154,9 +169,10 @@ def measure(gray: np.ndarray, ppi: int, *, foreground_min_std: float = 10.0,
 
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
-    gxx = _blocks(gx * gx).sum(axis=(2, 3))[fg]
-    gyy = _blocks(gy * gy).sum(axis=(2, 3))[fg]
-    gxy = _blocks(gx * gy).sum(axis=(2, 3))[fg]
+    # The structure tensor summed over the ridge-flow blocks (half a block), and over whole
+    # blocks from those: the gradient products are formed once for both.
+    fine = [tensor_sums(p[:rows * BLOCK, :cols * BLOCK]) for p in (gx * gx, gy * gy, gx * gy)]
+    gxx, gyy, gxy = (_sum_2x2(f)[fg] for f in fine)
     coherence = np.sqrt((gxx - gyy) ** 2 + 4 * gxy ** 2) / (gxx + gyy + 1e-9)
 
     period, concentrated = _spectral_features(_blocks(work)[fg])
@@ -165,8 +181,19 @@ def measure(gray: np.ndarray, ppi: int, *, foreground_min_std: float = 10.0,
         mean=mean, std=std, foreground_px=n_fg * BLOCK * BLOCK, foreground_fraction=fraction,
         contrast=float(hi - lo), orientation_certainty=float(coherence.mean()),
         ridge_frequency_in_band=float(in_band.mean()), ridge_period_px=float(np.median(period)),
-        clarity=float(concentrated.mean()),
+        clarity=float(concentrated.mean()), ridge_period_mean_px=_interquartile_mean(period),
+        flow=measure_flow(*fine, fg_all),
     )
+
+
+def _sum_2x2(a: np.ndarray) -> np.ndarray:
+    return a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
+
+
+def _interquartile_mean(values: np.ndarray) -> float:
+    lo, hi = np.percentile(values, [25, 75])
+    middle = values[(values >= lo) & (values <= hi)]
+    return float(middle.mean()) if middle.size else float(np.median(values))
 
 
 def _ramp(value: float, low: float, high: float) -> float:
@@ -232,15 +259,60 @@ class BuiltinFingerAssessor:
                 checks.append(Check(name, None, f">= {minimum:g}", False, "", "not measured: no finger"))
             else:
                 checks.append(Check(name, round(value, 3), f">= {minimum:g}", value >= minimum, hint, note))
-        total = 0 if no_finger else score(m)
+        flow_checks = _flow_checks(m, c, measured=all(g.passed for g in gates))
+        checks += flow_checks
+        not_a_print = all(g.passed for g in gates) and not all(fc.passed for fc in flow_checks)
+        # A texture that is not a print scores 0, as an empty glass does: its ridges may be
+        # perfect, but there is no finger to match.
+        total = 0 if no_finger or not_a_print else score(m)
         checks.append(Check("score", total, f">= {c.min_score}", total >= c.min_score,
                             _worst_hint(checks), "0..100, not NFIQ 2"))
         gates_passed = all(g.passed for g in gates)
+        flow = m.flow
         return QualityReport(
             modality="finger", score=total, checks=tuple(checks), assessor=ASSESSOR,
             extra={"ppi": ppi, "foreground_fraction": round(m.foreground_fraction, 3),
-                   "ridge_period_px": round(m.ridge_period_px, 2), "gates_passed": gates_passed},
+                   "ridge_period_px": round(m.ridge_period_px, 2), "gates_passed": gates_passed,
+                   "looks_like_a_print": not not_a_print,
+                   **({"cores": flow.cores, "deltas": flow.deltas} if flow is not None else {})},
         )
+
+
+def _flow_checks(m: Measurements, c: FingerQualityConfig, *, measured: bool) -> list[Check]:
+    """Does the texture flow like a finger's ridges (agent/quality/ridge_flow.py)? Judged only
+    once the gates pass: on a fingertip alone a loop looks like an arch, and the gates' hint
+    is the one to give."""
+    period = period_mm(m.ridge_period_mean_px)
+    lo_mm, hi_mm = c.ridge_period_min_mm, c.ridge_period_max_mm
+    rules = [
+        ("orientation_spread", f">= {c.min_orientation_spread:g}", HINT_NOT_A_PRINT,
+         "1 - length of the mean doubled-angle ridge direction; 0 for a grating"),
+        ("orientation_jump_deg", f"<= {c.max_orientation_jump_deg:g}", HINT_BROKEN,
+         "mean angle between neighbouring 16 px blocks' ridge directions"),
+        ("singular_points", f"<= {c.max_singular_points} cores and deltas each per finger",
+         HINT_BROKEN, ""),
+        ("ridge_period_mm", f"{lo_mm:g}..{hi_mm:g}", HINT_NOT_A_PRINT,
+         f"interquartile mean of the blocks' ridge periods ({m.ridge_period_mean_px:.1f} px at 500 ppi)"),
+    ]
+    flow = m.flow
+    if not measured or flow is None:
+        return [Check(name, None, rule, False, "", "not measured: the gates above failed")
+                for name, rule, _, _ in rules]
+    if flow.blocks < MIN_FLOW_BLOCKS:
+        # Enough foreground, but in scraps: no stretch of ridges to follow, so not a finger.
+        return [Check(name, None, rule, False, HINT_NOT_A_PRINT,
+                      "not measured: no connected area of ridges to follow") for name, rule, _, _ in rules]
+    allowed = c.max_singular_points * flow.finger_areas
+    values_passed = [
+        (round(flow.orientation_spread, 3), flow.orientation_spread >= c.min_orientation_spread, ""),
+        (round(flow.orientation_jump_deg, 1), flow.orientation_jump_deg <= c.max_orientation_jump_deg, ""),
+        (flow.cores + flow.deltas, flow.cores <= allowed and flow.deltas <= allowed,
+         f"{flow.cores} cores, {flow.deltas} deltas; {flow.finger_areas} finger(s) of foreground"),
+        (round(period, 3), lo_mm <= period <= hi_mm, ""),
+    ]
+    return [Check(name, value, rule, passed, hint, extra_note or note)
+            for (name, rule, hint, note), (value, passed, extra_note)
+            in zip(rules, values_passed, strict=True)]
 
 
 def _worst_hint(checks: list[Check]) -> str:

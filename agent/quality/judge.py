@@ -24,6 +24,9 @@ def face_judge(cfg: FaceQualityConfig) -> FaceJudge:
         assessor = FaceAssessor(cfg)
     except (FileNotFoundError, RuntimeError) as exc:
         raise PermanentDeviceError(str(exc)) from None
+    # The face mesh loads here, as the camera opens, rather than within the first capture's
+    # time budget (about a second); where it cannot run, the judge uses the Haar cascades.
+    assessor.mesh  # noqa: B018
 
     def judge(frame: np.ndarray) -> FaceVerdict:
         return verdict(assessor.assess(frame))

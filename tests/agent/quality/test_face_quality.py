@@ -1,5 +1,8 @@
 """Face quality checks on a real photograph (scikit-image's astronaut) and images derived
-from it, each of which must fail exactly the check it was made to fail."""
+from it, each of which must fail exactly the check it was made to fail: on both paths, the
+Haar cascades (the fallback where mediapipe cannot run) and the face mesh's landmarks. The
+landmark checks of their own are in test_face_landmarks.py; she smiles, so the landmark path
+here relaxes the two expression thresholds (tests/support/faces.py SMILE_ALLOWED)."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from agent.quality.face_detect import Face, HaarDetector
 from agent.quality.report import BadImage
 from drivers.sim_camera import draw_face
 from tests.support.faces import (
+    SMILE_ALLOWED,
     blurred,
     busy_background,
     no_face,
@@ -36,10 +40,19 @@ from tests.support.faces import (
     two_faces,
 )
 
+HAAR_CHECKS = ["face_count", "eye_distance", "horizontal_centre", "eye_line_height", "roll",
+               "luminance", "dark_pixels", "bright_pixels", "sharpness", "background"]
+LANDMARK_CHECKS = ["yaw", "pitch", "eyes_open", "mouth_closed", "expression", "gaze", "eyes_visible",
+                   "eye_glare", "lighting_balance", "face_scale"]
+#: The config a test writes for the command line: the astronaut's smile allowed (see above).
+SMILE_TOML = "".join(f"{key} = {value}\n" for key, value in SMILE_ALLOWED.items())
 
-@pytest.fixture(scope="module")
-def assessor() -> FaceAssessor:
-    return FaceAssessor()
+
+@pytest.fixture(scope="module", params=["haar", "landmarks"])
+def assessor(request: pytest.FixtureRequest) -> FaceAssessor:
+    if request.param == "haar":
+        return FaceAssessor(FaceQualityConfig(landmarks="off"))
+    return FaceAssessor(FaceQualityConfig(landmarks="mediapipe", **SMILE_ALLOWED))
 
 
 def failed(report) -> set[str]:  # type: ignore[no-untyped-def]
@@ -51,8 +64,8 @@ def test_the_portrait_passes_every_check(assessor: FaceAssessor) -> None:
     report = result.report
     assert failed(report) == set(), report.as_dict()
     names = [c.name for c in report.checks]
-    assert names == ["face_count", "eye_distance", "horizontal_centre", "eye_line_height", "roll",
-                     "luminance", "dark_pixels", "bright_pixels", "sharpness", "background"]
+    path = report.extra["path"]
+    assert names == (HAAR_CHECKS if path == "haar" else HAAR_CHECKS + LANDMARK_CHECKS)
     values = {c.name: c.value for c in report.checks}
     assert 95 <= values["eye_distance"] <= 110
     assert abs(values["horizontal_centre"] - 0.5) < 0.02
@@ -96,13 +109,13 @@ def test_no_face_in_the_dark_asks_for_light(assessor: FaceAssessor) -> None:
 
 
 def test_every_threshold_comes_from_the_config() -> None:
-    strict = FaceAssessor(FaceQualityConfig(min_eye_distance_px=120, max_roll_deg=1.0))
+    strict = FaceAssessor(FaceQualityConfig(min_eye_distance_px=120, max_roll_deg=1.0, **SMILE_ALLOWED))
     report = strict.assess(portrait()).report
     assert failed(report) == {"eye_distance", "roll"}
     by_name = {c.name: c for c in report.checks}
     assert by_name["eye_distance"].threshold == ">= 120 px"
     assert by_name["roll"].hint == "keep your head level"
-    lenient = FaceAssessor(FaceQualityConfig(min_eye_distance_px=40))
+    lenient = FaceAssessor(FaceQualityConfig(min_eye_distance_px=40, **SMILE_ALLOWED))
     assert failed(lenient.assess(too_small()).report) == set()
 
 
@@ -113,7 +126,7 @@ def test_eyes_not_found_are_estimated_and_marked(assessor: FaceAssessor) -> None
         def _eyes(self, grey, box):  # type: ignore[no-untyped-def]
             return None
 
-    report = FaceAssessor(detector=NoEyes()).assess(portrait()).report
+    report = FaceAssessor(FaceQualityConfig(landmarks="off"), detector=NoEyes()).assess(portrait()).report
     by_name = {c.name: c for c in report.checks}
     assert "estimated from the face box" in by_name["eye_distance"].note
     assert by_name["eye_distance"].passed  # the estimate is close to the measured 102 px
@@ -195,9 +208,11 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     cv2.imwrite(str(good), portrait())
     cv2.imwrite(str(bad), blurred())
     junk.write_text("hello")
-    assert cli.main(["quality", str(good), "--modality", "face"]) == 0
+    config = tmp_path / "agent.toml"
+    config.write_text('[kiosk]\nid = "k1"\n[mqtt]\nallow_plaintext = true\n\n[quality.face]\n' + SMILE_TOML)
+    assert cli.main(["quality", str(good), "--modality", "face", "--config", str(config)]) == 0
     assert "PASS" in capsys.readouterr().out
-    assert cli.main(["quality", str(bad), "--modality", "face", "--json"]) == 1
+    assert cli.main(["quality", str(bad), "--modality", "face", "--config", str(config), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in report["checks"] if not c["passed"]] == ["sharpness"]
     assert report["hints"] == ["hold still"] and report["extra"]["token"]["width"] >= 240
@@ -211,7 +226,7 @@ def test_cli_takes_thresholds_from_the_config_file(tmp_path: Path,
     cv2.imwrite(str(good), portrait())
     config = tmp_path / "agent.toml"
     config.write_text('[kiosk]\nid = "k1"\n[mqtt]\nallow_plaintext = true\n\n'
-                      '[quality.face]\nmin_eye_distance_px = 150\n')
+                      '[quality.face]\nmin_eye_distance_px = 150\n' + SMILE_TOML)
     assert cli.main(["quality", str(good), "--modality", "face", "--config", str(config), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in report["checks"] if not c["passed"]] == ["eye_distance"]
@@ -223,7 +238,7 @@ def test_cli_takes_thresholds_from_the_config_file(tmp_path: Path,
 
 def test_cli_as_a_process(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
-    cv2.imwrite(str(good), portrait())
+    cv2.imwrite(str(good), draw_face(640, 480, np.random.default_rng(3)))  # no smile: default thresholds
     command = [sys.executable, "-m", "agent", "quality", str(good), "--modality", "face", "--json"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
