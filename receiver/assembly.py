@@ -1,31 +1,29 @@
 """The central side of registrations: a registration is complete only when its manifest and
 every capture it lists have arrived; then its ANSI/NIST-ITL transaction is written.
 
-Layout beside the captures (receiver/store.py)::
+Where manifests, their state and the files built are kept is the store's
+(RegistrationRecords: files beside the file store's captures,
+receiver/storage/file_registrations.py, or tables beside PostgreSQL's,
+receiver/storage/pg_registrations.py). This module decides; the records keep.
 
-    <output_dir>/<kiosk_id>/registrations/<registration id>.manifest.json
-    <output_dir>/<kiosk_id>/registrations/<registration id>.an2          (complete ones)
-    <output_dir>/<kiosk_id>/registrations/<registration id>.fir / .fac / .iir   (ISO/IEC 19794-4 / -5 / -6)
-    <output_dir>/<kiosk_id>/registrations/<registration id>.complete.json (written last)
-    <output_dir>/<kiosk_id>/registrations/<registration id>.error.json    (while assembly fails)
-
-Parts arrive in any order (resends after an outage reorder them), so completeness is
-checked when the manifest arrives and again whenever one of its captures does. Every file is
-written durably and the last one with ``link()``, so two receivers sharing the directory
-finish a registration exactly once. When assembling fails with every part present, the
-``.error.json`` record says so until a retry (receiver/retries.py) succeeds.
+Parts arrive in any order (resends after an outage reorder them), and with several receivers
+at different receivers at once, so completeness is checked when the manifest arrives and
+again whenever one of its captures does, each check under the records' lock on the
+registration: the check that finds the last part sees every part committed before it, and
+the registration is completed, and handed to the outbox, exactly once. When assembling fails
+with every part present, the records say so until a retry (receiver/retries.py) succeeds.
 
 Every id here (the registration's and each capture's it lists) passes receiver/paths.py
-before it names a file, so a manifest can neither write outside its kiosk's folder nor pull
-another kiosk's capture into its transaction. Nor another registration's: a listed capture
-whose own header names another registration (or none) fails assembly (ForeignCapture), so
-one kiosk cannot list the same captures in any number of manifests. Everything else assembly
-reads is checked when the manifest arrives (receiver/manifest_rules.py).
+before it names a file or a row, so a manifest can neither write outside its kiosk's folder
+nor pull another kiosk's capture into its transaction. Nor another registration's: a listed
+capture whose own header names another registration (or none) fails assembly
+(ForeignCapture), so one kiosk cannot list the same captures in any number of manifests.
+Everything else assembly reads is checked when the manifest arrives
+(receiver/manifest_rules.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -46,8 +44,8 @@ from agent.formats.iris import iris_images, iris_record
 from agent.transport.protocol import ProtocolError
 from receiver.manifest_rules import HostileManifest, check_fields
 from receiver.paths import check_item_id, item_path
-from receiver.storage.base import Outcome, Store
-from receiver.store import write_durably
+from receiver.storage import registration_records
+from receiver.storage.base import Outcome, State, Store
 
 log = logging.getLogger(__name__)
 
@@ -102,33 +100,38 @@ def parse_manifest(data: bytes, item_id: str, kiosk_id: str) -> dict[str, Any]:
 class RegistrationAssembler:
     def __init__(self, captures: Store, options: TransactionOptions | None = None) -> None:
         self.captures = captures
+        self.records = registration_records(captures)
         self.options = options or TransactionOptions()
         self.completed = 0
 
     def folder(self, kiosk_id: str) -> Path:
+        """The kiosk's registrations folder (the file records' layout)."""
         return self.captures.folder(kiosk_id) / "registrations"
 
     def path(self, kiosk_id: str, registration_id: str, suffix: str) -> Path:
-        """A registration's file; UnsafeName for a hostile kiosk or registration id."""
+        """A registration's file (the file records' layout); UnsafeName for a hostile id."""
         return item_path(self.folder(kiosk_id), registration_id, suffix, "registration id")
+
+    def _checked(self, kiosk_id: str, registration_id: str) -> None:
+        self.captures.folder(kiosk_id)  # UnsafeName for a kiosk id no store may use
+        check_item_id(registration_id, "registration id")
 
     def store_manifest(self, kiosk_id: str, manifest: dict[str, Any]) -> Outcome:
         """File a manifest under the verified kiosk; the same id with other content is a
         conflict (never overwritten, never a duplicate)."""
-        path = self.path(kiosk_id, manifest["id"], ".manifest.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        if write_durably(path, data, replace=False):
-            return "stored"
-        same = hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
-        return "duplicate" if same else "conflict"
+        self._checked(kiosk_id, manifest["id"])
+        return self.records.put_manifest(kiosk_id, manifest)
+
+    def has_manifest(self, kiosk_id: str, registration_id: str) -> bool:
+        self._checked(kiosk_id, registration_id)
+        return self.records.get(kiosk_id, registration_id) is not None
 
     def foreign_part(self, kiosk_id: str, manifest: dict[str, Any]) -> bool:
         """A capture ``manifest`` lists is stored here and its own header names another
-        registration. Read in list order, stopping at the first such one. (One that names none
-        is not refused here, but fails assembly: try_complete.)"""
-        return any(part is not None and _registration(part[0]) not in (None, manifest["id"])
-                   for part in (self._load(kiosk_id, entry["id"]) for entry in manifest["captures"]))
+        registration. (One that names none is not refused here, but fails assembly:
+        try_complete.)"""
+        present = self.records.present(kiosk_id, [e["id"] for e in manifest["captures"]], manifest["id"])
+        return any(owner not in (None, manifest["id"]) for owner in present.values())
 
     @staticmethod
     def registration_of(record: CaptureRecord) -> str | None:
@@ -137,50 +140,42 @@ class RegistrationAssembler:
             return None
         return check_item_id(record.registration.get("id"), "registration id")
 
-    def status(self, kiosk_id: str, registration_id: str) -> str:
+    def status(self, kiosk_id: str, registration_id: str) -> State:
         """ "complete", "cancelled", "failed" (assembly failed; retried), "waiting" (manifest
         here, captures missing) or "unknown"."""
-        if self.path(kiosk_id, registration_id, ".complete.json").exists():
-            return "complete"
-        if self.path(kiosk_id, registration_id, ".cancelled.json").exists():
-            return "cancelled"
-        if self.path(kiosk_id, registration_id, ".error.json").exists():
-            return "failed"
-        return "waiting" if self.path(kiosk_id, registration_id, ".manifest.json").exists() else "unknown"
+        self._checked(kiosk_id, registration_id)
+        found = self.records.get(kiosk_id, registration_id)
+        return "unknown" if found is None else found[1]
 
     # --- assembly that failed ---------------------------------------------------------------
 
     def record_failure(self, kiosk_id: str, registration_id: str, error: str, attempts: int,
-                       retry_in_s: float | None) -> None:
+                       retry_in_s: float | None, code: str = "internal") -> None:
         """Leave a record that this registration is incomplete because assembling it failed
         (``retry_in_s`` None: not retried in this run, its data cannot be built)."""
-        record = {"id": registration_id, "state": "incomplete", "kiosk_id": kiosk_id, "error": error,
-                  "attempts": attempts, "retry_in_s": None if retry_in_s is None else round(retry_in_s, 1),
-                  "failed_at": datetime.now().astimezone().isoformat(timespec="seconds")}
-        write_durably(self.path(kiosk_id, registration_id, ".error.json"),
-                      json.dumps(record, indent=2).encode(), replace=True)
+        self._checked(kiosk_id, registration_id)
+        self.records.record_failure(kiosk_id, registration_id, code, error, attempts, retry_in_s)
 
     def clear_failure(self, kiosk_id: str, registration_id: str) -> None:
-        self.path(kiosk_id, registration_id, ".error.json").unlink(missing_ok=True)
+        self._checked(kiosk_id, registration_id)
+        self.records.clear_failure(kiosk_id, registration_id)
 
     def failures(self) -> Iterator[tuple[str, str]]:
-        """(kiosk id, registration id) of every failure record on disk (read at start)."""
-        for path in self.captures.root.glob("*/registrations/*.error.json"):
-            yield path.parent.parent.name, path.name.removesuffix(".error.json")
+        """(kiosk id, registration id) of every failure on record (read at start)."""
+        return self.records.failures()
 
     # --- assembly ------------------------------------------------------------------------------
 
     def try_complete(self, kiosk_id: str, registration_id: str) -> bool:
-        manifest_path = self.path(kiosk_id, registration_id, ".manifest.json")
-        if not manifest_path.exists() or self.status(kiosk_id, registration_id) in ("complete", "cancelled"):
+        self._checked(kiosk_id, registration_id)
+        self.records.lock(kiosk_id, registration_id)  # then every part committed before is seen
+        found = self.records.get(kiosk_id, registration_id)
+        if found is None or found[1] in ("complete", "cancelled"):
             return False
-        folder = manifest_path.parent
-        manifest = json.loads(manifest_path.read_bytes())
+        manifest = found[0]
         if manifest["state"] == "cancelled":
             summary = {"id": registration_id, "state": "cancelled", "reason": manifest.get("reason")}
-            write_durably(
-                folder / f"{registration_id}.cancelled.json", json.dumps(summary).encode(), replace=False
-            )
+            self.records.cancel(kiosk_id, registration_id, summary)
             log.info(
                 "registration %s from %s was cancelled at the kiosk: %s",
                 registration_id,
@@ -188,35 +183,37 @@ class RegistrationAssembler:
                 manifest.get("reason"),
             )
             return False
-        parts = {}
-        for entry in manifest["captures"]:
-            part = parts[entry["id"]] = self._load(kiosk_id, entry["id"])
-            # Checked as each is read, so a manifest reusing another registration's captures
-            # costs one read, not the whole list's: any number of them could list the same ones.
-            if part is not None and _registration(part[0]) != registration_id:
-                raise ForeignCapture(f"a capture listed by registration {registration_id} belongs "
-                                     "to another registration")
-        missing = sorted(cid for cid, part in parts.items() if part is None)
-        if missing:
-            log.debug(
-                "registration %s waits for %d of %d captures", registration_id, len(missing), len(parts)
-            )
+        listed = [entry["id"] for entry in manifest["captures"]]
+        # Which parts are here, and whose they say they are, before any image is read.
+        present = self.records.present(kiosk_id, listed, registration_id)
+        if any(owner != registration_id for owner in present.values()):
+            raise ForeignCapture(f"a capture listed by registration {registration_id} belongs "
+                                 "to another registration")
+        if len(present) < len(listed):
+            log.debug("registration %s waits for %d of %d captures", registration_id,
+                      len(listed) - len(present), len(listed))
             return False
-        record = self._record(manifest, parts)  # type: ignore[arg-type]
+        parts = {}
+        for capture_id in listed:
+            part = self._load(kiosk_id, capture_id)
+            if part is None:
+                raise FileNotFoundError(f"capture {capture_id} of registration {registration_id} "
+                                        "vanished while it was assembled")
+            parts[capture_id] = part
+        record = self._record(manifest, parts)
         transaction = build_transaction(record, self.options)
-        write_durably(folder / f"{registration_id}.an2", transaction, replace=True)
-        fir = self._finger_record(record, self.options.iso_edition)
-        if fir is not None:
-            write_durably(folder / f"{registration_id}.fir", fir, replace=True)
-        fac = self._face_record(manifest, parts, record.created_at)
-        if fac is not None:
-            write_durably(folder / f"{registration_id}.fac", fac, replace=True)
-        iir = iris_record(record.irises, record.created_at)
-        if iir is not None:
-            write_durably(folder / f"{registration_id}.iir", iir, replace=True)
-        # Into the outbox before the record that ends assembly: a stop in between repeats the
-        # hand-off on the next attempt, which the outbox refuses as already there.
-        self.captures.publish_registration(kiosk_id, registration_id, folder / f"{registration_id}.an2")
+
+        def outputs() -> Iterator[tuple[str, bytes]]:
+            # Built as the records take them: a file store that cannot write the transaction
+            # fails before the ISO records are built.
+            yield ".an2", transaction
+            for suffix, build in ((".fir", lambda: self._finger_record(record, self.options.iso_edition)),
+                                  (".fac", lambda: self._face_record(manifest, parts, record.created_at)),
+                                  (".iir", lambda: iris_record(record.irises, record.created_at))):
+                data = build()
+                if data is not None:
+                    yield suffix, data
+
         summary = {
             "id": registration_id,
             "state": "complete",
@@ -228,9 +225,7 @@ class RegistrationAssembler:
             "transaction_bytes": len(transaction),
             "force_captured": [c["item"] for c in manifest["captures"] if c.get("force_captured")],
         }
-        if write_durably(
-            folder / f"{registration_id}.complete.json", json.dumps(summary, indent=2).encode(), replace=False
-        ):
+        if self.records.complete(kiosk_id, registration_id, outputs(), summary):
             self.completed += 1
             log.info(
                 "registration %s from %s complete: %d captures, %d exceptions, transaction %d bytes",
@@ -318,8 +313,3 @@ class RegistrationAssembler:
             irises=iris_images(manifest["captures"], parts),
         )
 
-
-def _registration(meta: dict[str, Any]) -> Any:
-    """The registration id a stored capture's own (signed) header names, or None."""
-    registration = meta.get("registration")
-    return registration.get("id") if isinstance(registration, dict) else None

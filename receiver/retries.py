@@ -101,7 +101,8 @@ class RegistrationFinisher:
                  max_unfinished: int = 20, tick_budget_s: float = 0.05) -> None:
         self.assembler = assembler
         self.retries = AssemblyRetries(first_s, max_s)
-        self.unfinished = Unfinished(max_unfinished)
+        # Shared records (PostgreSQL) count the cap in the database, across receivers.
+        self.unfinished = Unfinished(max_unfinished, assembler.records if assembler.records.shared else None)
         self.tick_budget_s = tick_budget_s
         self.count = count
         self.reporter = reporter
@@ -116,7 +117,7 @@ class RegistrationFinisher:
         """Why a parsed manifest new here must be refused before it is stored: (security event
         kind, reason), or None. A resend of a stored one is answered as before (duplicate)."""
         registration_id = manifest["id"]
-        if self.assembler.path(kiosk_id, registration_id, ".manifest.json").exists():
+        if self.assembler.has_manifest(kiosk_id, registration_id):
             return None
         if self.unfinished.full(kiosk_id, registration_id):
             return "too-many-unfinished", (f"the kiosk has {self.unfinished.limit} registrations that cannot "
@@ -194,7 +195,7 @@ class RegistrationFinisher:
         with log_and_continue(log, "cannot record the failed assembly of registration %s", registration_id):
             # The error's own text stays in the central store's record: it may quote a name.
             self.assembler.record_failure(kiosk_id, registration_id, f"{type(exc).__name__}: {exc}",
-                                          attempts, delay)
+                                          attempts, delay, code)
         if self.reporter is not None:
             with log_and_continue(log, "cannot report the failed assembly of registration %s",
                                   registration_id):

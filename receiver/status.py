@@ -19,26 +19,30 @@ which state each registration is in:
 
 Each status is published QoS 1 on ``<prefix>/<kiosk>/registration-status`` when the state
 changes, and again whenever the kiosk asks (``…/registration-query``, on its connect and
-then periodically: a kiosk that was offline learns it then). The latest is kept beside the
-registration as ``<id>.status.json`` for operators (``kiosk-agent receiver status``).
+then periodically: a kiosk that was offline learns it then). The latest is kept with the
+registration's records for operators: ``<id>.status.json`` beside it with the file store
+(``kiosk-agent receiver status``), the ``status`` column of ``registrations`` with
+PostgreSQL (docs/central-store.md).
+
+Which registrations have waited too long is remembered in memory with the file store; with
+PostgreSQL any receiver finds them in ``registrations`` (``FOR UPDATE SKIP LOCKED``, so two
+receivers never report the same one), so none is forgotten when the receiver that took its
+manifest stops.
 
 ``seq`` orders a registration's statuses: microseconds of the receiver's clock, above the
-last issued by this receiver and above the one in the status file (written by whichever
-receiver of a share group spoke last), so a kiosk can refuse a replayed or stale one.
+last issued by this receiver and above the one kept (by whichever receiver of a share group
+spoke last), so a kiosk can refuse a replayed or stale one.
 
 Runs on the receiver's MQTT thread.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from agent.capture.ids import is_item_id
@@ -53,7 +57,6 @@ from agent.transport.receipts import (
 )
 from receiver.assembly import RegistrationAssembler
 from receiver.paths import UnsafeName
-from receiver.store import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,10 @@ REASONS = {
 }
 #: Registrations waiting for parts remembered at most (oldest forgotten; a query still answers).
 MAX_WAITING = 100_000
+#: Shared records: "incomplete" reports looked up at most this many at a time, and at most
+#: this often (the loop turns hundreds of times a second while captures flow).
+INCOMPLETE_PER_TICK = 64
+INCOMPLETE_LOOKUP_S = 1.0
 
 
 def reason_code(exc: BaseException) -> str:
@@ -98,6 +105,7 @@ class StatusReporter:
         self.sent = 0
         self._waiting: OrderedDict[Key, float] = OrderedDict()
         self._last_seq = 0
+        self._next_lookup = 0.0
 
     # --- what the finisher tells us -----------------------------------------------------
 
@@ -106,6 +114,8 @@ class StatusReporter:
         key = (kiosk_id, registration_id)
         state = self.assembler.status(kiosk_id, registration_id)
         if state == "waiting":
+            if self.assembler.records.shared:
+                return  # the records know since when: tick() finds it there
             if key not in self._waiting:
                 self._waiting[key] = time.monotonic()
                 while len(self._waiting) > MAX_WAITING:
@@ -128,6 +138,18 @@ class StatusReporter:
     def tick(self, deadline: float = float("inf")) -> None:
         """Registrations that have waited for parts too long: said to be incomplete, once;
         until ``deadline`` (time.monotonic()), the rest on a later turn."""
+        if self.assembler.records.shared:
+            now = time.monotonic()
+            if now < self._next_lookup:
+                return
+            self._next_lookup = now + min(INCOMPLETE_LOOKUP_S, self.incomplete_after_s)
+            for key in self.assembler.records.due_incomplete(self.incomplete_after_s, INCOMPLETE_PER_TICK):
+                if time.monotonic() >= deadline:
+                    break
+                status = self.current(*key)
+                if status.state == "incomplete":
+                    self.report(key[0], status)
+            return
         if not self._waiting:
             return
         now = time.monotonic()
@@ -151,9 +173,11 @@ class StatusReporter:
         whether the budget cut the query short). ProtocolError for a query that cannot be read."""
         answered = 0
         ids = parse_registration_query(query)
-        folder = self.assembler.folder(kiosk_id)  # resolved once per query, not per id
-        for registration_id in ids:
-            if not is_item_id(registration_id) or not on_record(folder, registration_id):
+        self.assembler.folder(kiosk_id)  # UnsafeName (a ProtocolError) for a name no store may use
+        checked = [rid for rid in ids if is_item_id(rid)]
+        known = self.assembler.records.on_record(kiosk_id, checked) if checked else set()  # one look-up
+        for registration_id in checked:
+            if registration_id not in known:
                 continue
             try:
                 status = self.current(kiosk_id, registration_id)  # every path checked again
@@ -186,10 +210,15 @@ class StatusReporter:
         return RegistrationStatus(registration_id, state, 0)  # cancelled, unknown
 
     def _missing(self, kiosk_id: str, registration_id: str) -> tuple[MissingPart, ...]:
-        manifest = json.loads(self.assembler.path(kiosk_id, registration_id, ".manifest.json").read_bytes())
+        found = self.assembler.records.get(kiosk_id, registration_id)
+        if found is None:
+            return ()
+        manifest = found[0]
+        present = self.assembler.records.present(kiosk_id, [e["id"] for e in manifest["captures"]],
+                                                 registration_id)
         missing = []
         for entry in manifest["captures"]:  # checked ids, at most 64 (receiver/assembly.py)
-            if not self.assembler.captures.has(kiosk_id, entry["id"]):
+            if entry["id"] not in present:
                 item, position = entry.get("item"), entry.get("position")
                 # Escaped: a manifest stored before items were checked on arrival
                 # (receiver/manifest_rules.py) may name one with terminal escapes or bidi
@@ -200,23 +229,15 @@ class StatusReporter:
         return tuple(missing)
 
     def _files(self, kiosk_id: str, registration_id: str) -> tuple[dict[str, Any], ...]:
-        files = []
-        for suffix in (".an2", ".fir", ".fac"):  # the transaction, the finger and face records
-            path = self.assembler.path(kiosk_id, registration_id, suffix)
-            if path.is_file():
-                data = path.read_bytes()
-                files.append({"name": path.name, "sha256": hashlib.sha256(data).hexdigest(),
-                              "bytes": len(data)})
-        return tuple(files)
-
-    def status_path(self, kiosk_id: str, registration_id: str) -> Path:
-        return self.assembler.path(kiosk_id, registration_id, ".status.json")
+        return self.assembler.records.files(kiosk_id, registration_id)
 
     def _kept(self, kiosk_id: str, registration_id: str) -> RegistrationStatus | None:
+        document = self.assembler.records.kept_status(kiosk_id, registration_id)
+        if document is None:
+            return None
         try:
-            return RegistrationStatus.from_document(
-                json.loads(self.status_path(kiosk_id, registration_id).read_bytes()))
-        except (OSError, ValueError, ReceiptError):
+            return RegistrationStatus.from_document(document)
+        except (ValueError, ReceiptError):
             return None
 
     # --- telling the kiosk ----------------------------------------------------------------
@@ -236,8 +257,7 @@ class StatusReporter:
             # are anyone's to send): only states a kiosk's own parts brought about.
             record = {**issued.document(), "kiosk_id": kiosk_id, "updated_at": _iso(datetime.now(UTC))}
             try:
-                write_durably(self.status_path(kiosk_id, status.id),
-                              json.dumps(record, indent=2).encode(), replace=True)
+                self.assembler.records.keep_status(kiosk_id, status.id, record)
             except OSError as exc:
                 # The kiosk is told all the same (a full disk is what it must hear of).
                 log.error("cannot keep the status of registration %s: %s", status.id, exc)
@@ -254,9 +274,3 @@ def _same(a: RegistrationStatus, b: RegistrationStatus) -> bool:
     # A failure's retry time changes with every attempt: the attempt count is what is news.
     return a.document() | {"seq": 0} == b.document() | {"seq": 0}
 
-
-def on_record(folder: Path, registration_id: str) -> bool:
-    """A manifest or a status of the (checked) registration id is kept in the kiosk's
-    registrations ``folder``: two stat calls, nothing resolved (the id holds no separator)."""
-    return ((folder / f"{registration_id}.manifest.json").exists()
-            or (folder / f"{registration_id}.status.json").exists())

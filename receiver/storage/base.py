@@ -2,8 +2,11 @@
 
 Two implementations: receiver/store.py (files under ``receiver.output_dir``: the embedded
 default for the demo and small sites) and receiver/storage/postgres.py (PostgreSQL, for
-many receivers sharing one database). Registration manifests, their status records and
-chunked transfers stay in files under ``output_dir`` for both in this version.
+many receivers sharing one database). Where registrations stand (RegistrationRecords) and
+chunked transfers are kept beside the captures: in files under ``output_dir`` with the file
+store (receiver/storage/file_registrations.py, receiver/chunks.py), in tables with
+PostgreSQL (receiver/storage/pg_registrations.py, receiver/storage/pg_chunks.py), so
+receivers on one database keep nothing of their own.
 
 A store may be *batched*: what ``store`` returns is then decided but not yet durable, and
 becomes durable only at ``commit``. The receiver publishes a receipt only once the store
@@ -13,6 +16,7 @@ batched is durable when ``store`` returns.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -64,3 +68,75 @@ class Store(Protocol):
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+#: A registration's state on the central side.
+State = Literal["complete", "cancelled", "failed", "waiting", "unknown"]
+
+
+class RegistrationRecords(Protocol):
+    """Where registration manifests, their state, the files built from them and the status
+    last told to the kiosk are kept (receiver/assembly.py and receiver/status.py use it).
+    Ids reach it checked (receiver/paths.py); every call is on the receiver's MQTT thread,
+    in the open batch of a batched store."""
+
+    #: True when other receivers see the same records (a shared database): the cap on
+    #: unfinished registrations and the "incomplete" reports then come from the records.
+    shared: bool
+
+    def lock(self, kiosk_id: str, registration_id: str) -> None:
+        """Until the batch commits, no other receiver checks or changes this registration;
+        what they committed before is visible after this returns."""
+        ...
+
+    def get(self, kiosk_id: str, registration_id: str) -> tuple[dict[str, Any], State] | None:
+        """(the manifest, the state) of a registration whose manifest is here, or None."""
+        ...
+
+    def put_manifest(self, kiosk_id: str, manifest: dict[str, Any]) -> Outcome: ...
+
+    def present(self, kiosk_id: str, capture_ids: list[str], owner: str) -> dict[str, str | None]:
+        """Which listed captures are stored: capture id -> the registration its own header
+        names (or None), in list order; may stop after the first that does not name ``owner``."""
+        ...
+
+    def cancel(self, kiosk_id: str, registration_id: str, summary: dict[str, Any]) -> None: ...
+
+    def complete(self, kiosk_id: str, registration_id: str, outputs: Iterable[tuple[str, bytes]],
+                 summary: dict[str, Any]) -> bool:
+        """Keep the files built ((suffix, bytes), ".an2", the transaction, first), hand the
+        transaction to the outbox and record the registration complete, exactly once: True
+        when this call completed it."""
+        ...
+
+    def files(self, kiosk_id: str, registration_id: str) -> tuple[dict[str, Any], ...]:
+        """name, sha256 and bytes of the transaction and the finger and face records."""
+        ...
+
+    def record_failure(self, kiosk_id: str, registration_id: str, code: str, error: str, attempts: int,
+                       retry_in_s: float | None) -> None: ...
+
+    def clear_failure(self, kiosk_id: str, registration_id: str) -> None: ...
+
+    def failures(self) -> Iterator[tuple[str, str]]:
+        """(kiosk id, registration id) of every registration whose assembly failed."""
+        ...
+
+    def kept_status(self, kiosk_id: str, registration_id: str) -> dict[str, Any] | None: ...
+
+    def keep_status(self, kiosk_id: str, registration_id: str, record: dict[str, Any]) -> None: ...
+
+    def on_record(self, kiosk_id: str, registration_ids: list[str]) -> set[str]:
+        """The (checked) ids with a manifest or a kept status here."""
+        ...
+
+    def unfinished(self, kiosk_id: str) -> int:
+        """Shared records: the kiosk's registrations waiting for parts or failed for their
+        data, counted under a per-kiosk lock held until the batch commits (so two receivers
+        cannot both admit the one over the cap)."""
+        ...
+
+    def due_incomplete(self, older_than_s: float, limit: int) -> list[tuple[str, str]]:
+        """Shared records: registrations waiting longer than ``older_than_s`` whose kiosk has
+        not been told they are incomplete; locked (skipped by other receivers) till commit."""
+        ...

@@ -34,16 +34,39 @@ def migrations() -> list[tuple[int, str, str]]:
     return found
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer receiver: this code does not know its tables."""
+
+    def __init__(self, current: int, shipped: int) -> None:
+        super().__init__(f"the database schema is at version {current}, newer than this receiver's "
+                         f"{shipped}: upgrade this receiver (every receiver on one database runs one "
+                         "version), or point receiver.store at a database of this version")
+        self.current, self.shipped = current, shipped
+
+
+def current_version(conn: psycopg.Connection) -> int:
+    """The schema version recorded in the database; 0 when none (a new, empty database)."""
+    found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
 def migrate(conn: psycopg.Connection) -> list[int]:
-    """Bring the schema up to date; the versions this call applied (none when current)."""
+    """Bring the schema up to date; the versions this call applied (none when current).
+    SchemaTooNew when a newer receiver has migrated it further: an older one would write
+    rows the newer one's tables do not expect, so it refuses to start."""
     applied: list[int] = []
+    shipped = migrations()
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
                      "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        current = row[0] if row else 0
-        for version, name, sql in migrations():
+        current = current_version(conn)
+        if current > len(shipped):
+            raise SchemaTooNew(current, len(shipped))
+        for version, name, sql in shipped:
             if version <= current:
                 continue
             conn.execute(sql.encode())  # trusted text shipped with the package, no parameters

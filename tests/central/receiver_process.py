@@ -2,15 +2,21 @@
 
     python -m tests.central.receiver_process CONFIG.json [--receipts-before-commit]
 
-CONFIG.json is a ReceiverServiceConfig dumped as JSON. Prints "ready" once subscribed.
+CONFIG.json is a ReceiverServiceConfig dumped as JSON. Prints "ready" once subscribed; stops
+cleanly on SIGTERM (exit 0), as the `receiver` command does. The fleet benchmark and the
+scenario tests run their receivers through this too.
 ``--receipts-before-commit`` is the deliberately broken receiver the kill test must catch:
-it publishes each receipt as soon as the capture is filed in the open transaction. It
-exists only here; no production config can ask for it.
+it publishes each receipt as soon as the capture is filed in the open transaction.
+``--drop-every N`` is the other one (tests/central/test_fleet_scenarios.py): every Nth
+capture is answered ``stored`` without being filed. Both exist only here; no production
+config can ask for them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
 import threading
 import time
@@ -32,11 +38,25 @@ def main() -> None:
             hold(size, lambda: None)
 
         receiver.batch.after_commit = early  # type: ignore[method-assign]
+    logging.basicConfig(level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if "--drop-every" in sys.argv[2:]:
+        every = int(sys.argv[sys.argv.index("--drop-every") + 1])
+        file_it = receiver.store.store
+        seen = [0]
+
+        def dropping(kiosk_id, record):  # type: ignore[no-untyped-def]
+            seen[0] += 1
+            return "stored" if seen[0] % every == 0 else file_it(kiosk_id, record)
+
+        receiver.store.store = dropping  # type: ignore[method-assign]
     receiver.start()
     while not receiver.link.subscribed:
         time.sleep(0.02)
     print("ready", flush=True)
-    threading.Event().wait()  # until killed
+    stop.wait()  # until SIGTERM (or killed)
+    receiver.stop()
 
 
 if __name__ == "__main__":

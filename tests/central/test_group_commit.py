@@ -5,6 +5,7 @@ share group keep one row per capture, and each finished registration reaches the
 
 from __future__ import annotations
 
+import hashlib
 import select
 import time
 from collections import Counter
@@ -119,10 +120,14 @@ def test_a_finished_registration_reaches_the_outbox_once_with_a_notify(
         select.select([listener.fileno()], [], [], 2.0)
         notes = [n.payload for n in listener.notifies(timeout=0.5)]
         an2 = listener.execute("SELECT kiosk_id, registration_id, transaction FROM outbox").fetchall()
+        (files,) = listener.execute("SELECT files FROM registrations WHERE registration_id = %s",
+                                    (registration_id,)).fetchone()
     assert notes == [registration_id], "one NOTIFY, carrying the registration id"
     assert len(an2) == 1 and an2[0][:2] == (KIOSK_A, registration_id)
-    written = (r.out / KIOSK_A / "registrations" / f"{registration_id}.an2").read_bytes()
-    assert bytes(an2[0][2]) == written, "the row holds the transaction the receiver built"
+    built = next(f for f in files if f["name"] == f"{registration_id}.an2")
+    assert hashlib.sha256(bytes(an2[0][2])).hexdigest() == built["sha256"], (
+        "the row holds the transaction the receiver built")
+    assert not (r.out / KIOSK_A / "registrations").exists(), "a receiver on PostgreSQL keeps no files"
 
 
 def test_the_file_store_spools_each_finished_registration_once(tmp_path: Path,
