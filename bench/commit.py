@@ -4,7 +4,9 @@ Agent: the real capture path, one capture at a time and each waited for (as the 
 capture loop does): CaptureService hands the job to the device's thread, the fixed-image
 device returns a 100 KB image, then record (SHA-256, UUIDv7), capture envelope, sealing
 (Ed25519 signature, X25519 + HKDF + AES-256-GCM) and DurableQueue.put (quota and free-disk
-checks, one transaction with two rows and a trigger, WAL with synchronous=FULL).
+checks; the payload wrapped under a fresh key of its own, AES-256-GCM, for erasure by
+crypto-shredding; one transaction: the payload row, the small row with the key, the running
+totals; WAL with synchronous=FULL).
 
 Raw: sqlite3 in WAL mode with synchronous=FULL, in the same folder, inserting the same
 number of sealed 100 KB captures (the same bytes the agent commits) as one row per

@@ -63,12 +63,18 @@ class Sizes:
     startup_repeats: int
     fleet_kiosks: int
     fleet_captures_per_kiosk: int
+    #: Registrations (ten fingers and a face) through the local API (bench/registration.py).
+    registration_sessions: int = 3
+    #: Captures committed and drained in the constrained-CPU emulation (bench/constrained.py).
+    constrained_captures: int = 200
 
 
 QUICK = Sizes("quick", backlog=2_000, profile=400, e2e_count=200, e2e_rate_per_s=20.0,
-              startup_repeats=3, fleet_kiosks=50, fleet_captures_per_kiosk=20)
+              startup_repeats=3, fleet_kiosks=50, fleet_captures_per_kiosk=20,
+              registration_sessions=3, constrained_captures=200)
 FULL = Sizes("full", backlog=10_000, profile=2_000, e2e_count=1_000, e2e_rate_per_s=20.0,
-             startup_repeats=7, fleet_kiosks=200, fleet_captures_per_kiosk=20)
+             startup_repeats=7, fleet_kiosks=200, fleet_captures_per_kiosk=20,
+             registration_sessions=10, constrained_captures=1_000)
 
 
 # --- the workspace: one temporary folder with keys and configs ----------------------------
@@ -378,7 +384,7 @@ def versions() -> dict[str, str]:
         "openssl": backend.openssl_version_text(),
         "sqlite": sqlite3.sqlite_version,
         "mosquitto": _mosquitto_version(),
-        "git_commit": _git_commit(),
+        **git_state(),
     }
 
 
@@ -390,14 +396,25 @@ def _mosquitto_version() -> str:
     return first.removeprefix("mosquitto version ").strip() or "unknown"
 
 
-def _git_commit() -> str:
-    """The commit the tree is based on (read-only; the tree may hold uncommitted changes)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10)
-    except FileNotFoundError:
-        return "unknown (no git)"
-    return out.stdout.strip() or "unknown"
+def git_state(repo: Path = REPO) -> dict[str, Any]:
+    """The commit the run measured (``git rev-parse HEAD``) and whether the tree differed from
+    it, new files included: a figure from a dirty tree belongs to no commit, and the report
+    says so. Read-only."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    head = (git("rev-parse", "HEAD") or "").strip()
+    if not head:
+        return {"git_commit": "unknown (no git)", "git_dirty": None, "git_changed_files": [],
+                "git_changed_count": 0}
+    status = git("status", "--porcelain", "--untracked-files=normal") or ""
+    changed = sorted(line[3:] for line in status.splitlines() if line.strip())
+    return {"git_commit": head, "git_dirty": bool(changed), "git_changed_files": changed[:50],
+            "git_changed_count": len(changed)}
 
 
 def python_cmd(*args: str) -> list[str]:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -92,12 +93,14 @@ class Managed:
     """A subprocess with its output in a log file, stopped with SIGTERM (then SIGKILL)."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 stdout_pipe: bool = False) -> None:
+                 stdout_pipe: bool = False, preexec: Callable[[], None] | None = None) -> None:
         self.name = name
         self.args = args
         self.log_path = log_path
         self.env = env
         self.stdout_pipe = stdout_pipe
+        #: Run in the child before it executes (bench/constrained.py: into a CPU-limited cgroup).
+        self.preexec = preexec
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> float:
@@ -106,7 +109,7 @@ class Managed:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args, cwd=REPO, env=self.env, stderr=log, text=True,
-                stdout=subprocess.PIPE if self.stdout_pipe else log,
+                stdout=subprocess.PIPE if self.stdout_pipe else log, preexec_fn=self.preexec,
             )
         return started
 
@@ -210,19 +213,25 @@ class NotifySocket:
 class AgentProcess(Managed):
     """``python -m agent run --config PATH`` with a notify socket, as systemd runs it."""
 
-    def __init__(self, config_path: Path, workdir: Path, name: str = "agent") -> None:
+    def __init__(self, config_path: Path, workdir: Path, name: str = "agent",
+                 preexec: Callable[[], None] | None = None) -> None:
         self.notify = NotifySocket(workdir / f"{name}.notify")
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path))
         env.pop("WATCHDOG_USEC", None)
         super().__init__(name, python_cmd("-m", "agent", "run", "--config", str(config_path)),
-                         workdir / f"{name}.log", env)
+                         workdir / f"{name}.log", env, preexec=preexec)
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
-        try:
-            return self.notify.wait_ready(timeout_s)
-        except BenchError:
-            self.check_alive()
-            raise
+        # In slices, so an agent that dies while starting fails the step at once with its log,
+        # rather than after the whole timeout (a CPU-limited start may need minutes).
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.notify.wait_ready(min(1.0, max(0.0, deadline - time.monotonic())))
+            except BenchError:
+                self.check_alive()
+                if time.monotonic() >= deadline:
+                    raise
 
     def stop(self, timeout_s: float = 20.0) -> int:
         try:

@@ -1,7 +1,7 @@
 """Runs every benchmark once, writes bench/last-run.json and the generated section of
 docs/performance.md.
 
-    python -m bench.run            # quick sizes (about two minutes on two cores)
+    python -m bench.run            # quick sizes (about four minutes on two idle cores)
     python -m bench.run --full     # the full sizes (10,000-capture backlog, 200 kiosks)
 """
 
@@ -21,7 +21,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import commit, drain, face_quality, fleet, footprint, latency, profile, report, startup
+from bench import (
+    central_ingest,
+    commit,
+    constrained,
+    drain,
+    face_quality,
+    fleet,
+    footprint,
+    latency,
+    profile,
+    registration,
+    report,
+    sealing,
+    startup,
+)
 from bench.common import FULL, QUICK, REPO, BenchBroker, BenchError, Workspace, machine_info, versions
 
 
@@ -74,7 +88,11 @@ def run_all(full: bool) -> dict[str, Any]:
         results.update(step("footprint", timings, lambda: footprint.run(ws)))
         results.update(step("startup", timings, lambda: startup.run(ws, sizes, backlog)))
         results.update(step("fleet", timings, lambda: fleet.run(ws, sizes)))
+        results.update(step("central_ingest", timings, lambda: central_ingest.run_sized(ws, sizes)))
         results.update(step("face_quality", timings, lambda: face_quality.run(sizes)))
+        results.update(step("sealing", timings, lambda: sealing.run(300 if sizes.mode == "quick" else 1000)))
+        results.update(step("registration", timings, lambda: registration.run(ws, sizes)))
+        results.update(step("constrained", timings, lambda: constrained.run(ws, sizes)))
     results["step_seconds"] = timings
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)

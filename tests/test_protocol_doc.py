@@ -84,8 +84,11 @@ def test_frames_magics_and_header_limits() -> None:
 
 
 def test_every_signing_context_is_given_exactly() -> None:
-    for context in (sealing.CONTEXT, chunking.MANIFEST_CONTEXT, receipts.CONTEXT, receipts.STATUS_CONTEXT):
+    for context in (*sealing.CONTEXTS.values(), chunking.MANIFEST_CONTEXT, receipts.CONTEXT,
+                    receipts.STATUS_CONTEXT):
         assert context.decode().replace("\x00", "\\0") in DOC, context
+    for alg in sealing.ALGORITHMS.values():
+        assert f'exactly "{alg}"' in DOC, alg
 
 
 def test_positions_formats_states_and_reasons() -> None:

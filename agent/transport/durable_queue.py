@@ -4,9 +4,23 @@ A capture counts as taken only once ``put`` has returned: the row is then on dis
 survives a power cut. Items leave only through ``ack`` (the central side has the capture).
 The queue, not the MQTT client, is the source of truth for what still has to be sent.
 
-Start-up does not grow with the backlog: running totals are kept by triggers in the same
-transaction as each insert and delete, and nothing is scanned or loaded at open. Payloads
-live in their own table so that bookkeeping updates never rewrite image bytes.
+Start-up does not grow with the backlog: running totals (and the last sequence number,
+so numbers are never reused) are kept in one row updated in the same transaction as each
+insert and delete, and nothing is scanned or loaded at open.
+
+Two rows per item, each written for one reason. The payload row (``blobs``) is written once
+and deleted once, never updated. The small row (``items``) carries everything that changes
+(state, attempts) and the payload's own key.
+
+Erasure by crypto-shredding. Each payload is stored encrypted under a random 256-bit key of
+its own (AES-256-GCM), and the key lives only in the item's small row. Deleting an item zeroes
+the small row (``secure_delete`` is on for everything but one statement) and deletes the
+payload row without zeroing it: what stays in free pages is ciphertext under a key that no
+longer exists anywhere in the database, and the WAL, which holds both until the next
+checkpoint, is checkpointed and truncated (``erase_if_due``). Zeroing the 100 KB payload
+itself, as ``secure_delete`` does, wrote every capture a second time (docs/performance.md).
+Each key encrypts exactly one payload once, so a constant nonce never repeats under a key.
+Payloads stored before schema 2 have no key (NULL): they are deleted with zeroing, as then.
 
 One connection, guarded by a lock: capture workers and the publisher share it. SQLite
 serialises writers anyway, and one connection keeps the commit order equal to ``seq`` order.
@@ -22,42 +36,30 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from agent.errors import AgentError, PermanentError, TransientError
-from agent.security.private_files import create_private, private_dir, private_sqlite
+from agent.security.private_files import private_dir, private_sqlite
+from agent.transport.disk_reserve import DiskReserve
+from agent.transport.queue_schema import SCHEMA_VERSION as SCHEMA_VERSION  # the updater asks here
+from agent.transport.queue_schema import QueueSchemaError, create_or_migrate
+from agent.transport.queue_types import QueuedItem, QueueStats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: Each key encrypts one payload, once: the (key, nonce) pair cannot repeat.
+_NONCE = bytes(12)
+#: The columns every read returns, in QueuedItem's order, then the key.
+_READ = ("SELECT i.seq, i.id, i.kind, b.payload, i.attempts, i.created, i.key "
+         "FROM items i JOIN blobs b ON b.seq = i.seq ")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued',   -- queued | sent | rejected
-    created REAL NOT NULL,
-    size INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_attempt REAL,
-    reason TEXT
-);
-CREATE TABLE IF NOT EXISTS blobs (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS totals (
-    one INTEGER PRIMARY KEY CHECK (one = 1), items INTEGER NOT NULL, bytes INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO totals VALUES (1, 0, 0);
-CREATE TRIGGER IF NOT EXISTS items_added AFTER INSERT ON items BEGIN
-    UPDATE totals SET items = items + 1, bytes = bytes + new.size WHERE one = 1;
-END;
-CREATE TRIGGER IF NOT EXISTS items_removed AFTER DELETE ON items BEGIN
-    DELETE FROM blobs WHERE seq = old.seq;
-    UPDATE totals SET items = items - 1, bytes = bytes - old.size WHERE one = 1;
-END;
-"""
+
+def _bound(seq: int, item_id: str) -> bytes:
+    """Associated data: a payload copied to another row does not open there."""
+    return f"{seq}/{item_id}".encode()
 
 
 class QueueError(AgentError):
@@ -76,44 +78,12 @@ class QueueWriteError(QueueError, PermanentError):
     """SQLite could not write (I/O error, read-only file system); nothing was changed."""
 
 
-@dataclass(frozen=True)
-class QueuedItem:
-    seq: int
-    id: str
-    kind: str
-    payload: bytes = field(repr=False)
-    attempts: int
-    created: float
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    pending: int
-    pending_bytes: int
-    oldest_age_s: float | None
-    by_state: dict[str, int]
-    max_bytes: int
-    disk_free_bytes: int
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "pending": self.pending,
-            "pending_bytes": self.pending_bytes,
-            "oldest_age_s": self.oldest_age_s,
-            "by_state": self.by_state,
-            "max_bytes": self.max_bytes,
-            "disk_free_bytes": self.disk_free_bytes,
-        }
-
-
 class DurableQueue:
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, min_free_bytes: int,
                  erase_interval_s: float = 5.0, reserve_bytes: int = 0) -> None:
         self.path = Path(path)
-        #: Ballast file given back when the disk is full, so acknowledged captures can still be
-        #: deleted (with secure_delete a delete writes as much as the capture's size to the WAL).
-        self.reserve_path = Path(f"{self.path}.reserve")
-        self.reserve_bytes = reserve_bytes
+        #: Free-space watermark and the ballast given back when the disk is full.
+        self.disk = DiskReserve(self.path, reserve_bytes=reserve_bytes, min_free_bytes=min_free_bytes)
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.erase_interval_s = erase_interval_s
@@ -121,6 +91,12 @@ class DurableQueue:
         self._last_erase = 0.0
         #: Set when a damaged database was moved aside at open (telemetry reports it).
         self.quarantined: dict[str, object] | None = None
+        #: Called (on the committing thread, after the commit) when an item joins the send
+        #: order, so the MQTT thread wakes at once instead of polling (agent/daemon.py).
+        self.on_commit: Callable[[], None] | None = None
+        #: Grows whenever items join the send order: a reader that found nothing new at
+        #: version v need not ask again until it changes (the publisher's idle turns).
+        self.version = 0
         self._lock = threading.Lock()
         private_dir(self.path.parent)
         try:
@@ -128,10 +104,8 @@ class DurableQueue:
         except sqlite3.DatabaseError as exc:
             self._quarantine(exc)
             self._db = self._connect()
-        self._next_seq = self._db.execute(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0) + 1"
-        ).fetchone()[0]
-        self._refill_reserve()
+        self._next_seq = self._db.execute("SELECT last_seq FROM totals").fetchone()[0] + 1
+        self.disk.refill()
 
     # --- opening ------------------------------------------------------------------------
 
@@ -144,23 +118,17 @@ class DurableQueue:
                 raise QueueError(f"{self.path}: SQLite refused WAL mode (got {mode}); "
                                  "put the queue on a local file system")
             db.execute("PRAGMA synchronous=FULL")
-            # Deleted captures are overwritten with zeros, not just unlinked from the b-tree.
+            # Deleted rows are overwritten with zeros, not just unlinked from the b-tree; only
+            # the delete of wrapped payloads turns it off, for one statement (_delete).
             db.execute("PRAGMA secure_delete=ON")
-            db.executescript(_SCHEMA)
-            version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if version is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(version[0]) != SCHEMA_VERSION:
-                raise QueueError(
-                    f"{self.path}: queue schema {version[0]} is not {SCHEMA_VERSION}; "
-                    "this agent version cannot read it, install the version that wrote it"
-                )
+            try:
+                create_or_migrate(db, self.path)
+            except QueueSchemaError as exc:
+                raise QueueError(str(exc)) from None
             # Reads the first rows of every table: a damaged header or root page fails here.
             db.execute("SELECT * FROM totals").fetchone()
             db.execute("SELECT seq FROM items ORDER BY seq LIMIT 1").fetchone()
-            # And the sequence table, read just after: damage there escaped the checks and
-            # stopped the agent at every start (found by tests/reliability/test_power_loss.py).
-            db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            db.execute("SELECT seq FROM blobs ORDER BY seq LIMIT 1").fetchone()
         except BaseException:
             db.close()
             raise
@@ -190,8 +158,12 @@ class DurableQueue:
 
     # --- writing ------------------------------------------------------------------------
 
-    def put(self, item_id: str, kind: str, encode: Callable[[int], bytes]) -> int:
+    def put(self, item_id: str, kind: str, encode: Callable[[int], bytes], *, held: bool = False) -> int:
         """Durably commit one item and return its sequence number.
+
+        ``held``: kept out of the send order until ``release`` (a registration awaiting a
+        supervisor's approval, agent/registration/approval.py); committed all the same, so a
+        crash loses nothing.
 
         ``encode(seq)`` builds the payload once the sequence number is known, inside the
         transaction, so the number in the payload and the queue order always agree.
@@ -201,14 +173,27 @@ class DurableQueue:
             seq = self._next_seq
             payload = encode(seq)
             self._check_space(len(payload))
+            key = os.urandom(32)
+            wrapped = AESGCM(key).encrypt(_NONCE, payload, _bound(seq, item_id))
             with self._transaction("commit a capture") as db:
                 db.execute(
-                    "INSERT INTO items (seq, id, kind, created, size) VALUES (?, ?, ?, ?, ?)",
-                    (seq, item_id, kind, time.time(), len(payload)),
+                    "INSERT INTO items (seq, id, kind, created, size, state, key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (seq, item_id, kind, time.time(), len(payload), "held" if held else "queued", key),
                 )
-                db.execute("INSERT INTO blobs (seq, payload) VALUES (?, ?)", (seq, payload))
+                db.execute("INSERT INTO blobs (seq, payload) VALUES (?, ?)", (seq, wrapped))
+                db.execute("UPDATE totals SET items = items + 1, bytes = bytes + ?, last_seq = ? "
+                           "WHERE one = 1", (len(payload), seq))
             self._next_seq = seq + 1
+            if not held:
+                self._joined()
             return seq
+
+    def _joined(self) -> None:
+        """Items joined the send order: tell the sender (after the commit, lock released or not)."""
+        self.version += 1
+        if self.on_commit is not None:
+            self.on_commit()
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -240,75 +225,87 @@ class DurableQueue:
                 f"(queue.max_bytes) is {self.max_bytes:,}. Queued captures are kept; "
                 "reconnect the kiosk so they can be sent, or raise the quota."
             )
-        free = shutil.disk_usage(self.path.parent).free
-        if free - size < self.min_free_bytes:
-            raise QueueFull(
-                f"capture refused: only {free:,} bytes free on the disk holding {self.path.parent} "
-                f"(queue.min_free_bytes is {self.min_free_bytes:,}). Queued captures are kept; "
-                "free disk space or reconnect the kiosk so they can be sent."
-            )
+        problem = self.disk.shortfall(size)
+        if problem:
+            raise QueueFull(f"capture refused: {problem}")
 
     def mark_sent(self, seqs: Iterable[int]) -> None:
-        """Count one more send attempt for each item (kept for statistics and support)."""
+        """Count one more send attempt for each item (kept for statistics and support). The
+        publisher folds these into its next ``ack`` instead; this is for when none comes."""
         rows = [(time.time(), s) for s in seqs]
         if not rows:
             return
         with self._lock, self._transaction("count send attempts") as db:
-            db.executemany(
-                "UPDATE items SET state = 'sent', attempts = attempts + 1, last_attempt = ? "
-                "WHERE seq = ? AND state != 'rejected'",
-                rows,
-            )
+            self._count_attempts(db, rows)
 
-    def ack(self, item_ids: Iterable[str]) -> int:
-        """Delete acknowledged items; returns how many were still here."""
-        ids = [(i,) for i in item_ids]
-        if not ids:
+    @staticmethod
+    def _count_attempts(db: sqlite3.Connection, rows: list[tuple[float, int]]) -> None:
+        db.executemany(
+            "UPDATE items SET state = 'sent', attempts = attempts + 1, last_attempt = ? "
+            "WHERE seq = ? AND state NOT IN ('rejected', 'held', 'withheld')",
+            rows,
+        )
+
+    def ack(self, item_ids: Iterable[str], sent: Iterable[int] = ()) -> int:
+        """Delete acknowledged items, and count a send attempt for each seq in ``sent``, in one
+        transaction (one fsync for all the receipts of a loop turn); returns how many of the
+        items were still here."""
+        ids = list(dict.fromkeys(item_ids))
+        attempts = [(time.time(), s) for s in sent]
+        if not ids and not attempts:
             return 0
         with self._lock:
             try:
-                deleted = self._delete(ids)
+                with self._transaction("delete acknowledged captures") as db:
+                    self._count_attempts(db, attempts)
+                    deleted = self._delete(db, self._rows_of(db, ids))
             except QueueFull:
                 # A full disk must not stop the queue from draining: with the reserve given
                 # back, delete one capture per transaction and truncate the WAL in between,
-                # so no transaction needs more room than one capture.
-                self._release_reserve()
+                # so no transaction needs more room than one capture. (Attempt counts are
+                # statistics: dropped here.)
+                self.disk.release()
                 deleted = 0
                 for one in ids:
-                    deleted += self._delete([one])
+                    with self._transaction("delete acknowledged captures") as db:
+                        deleted += self._delete(db, self._rows_of(db, [one]))
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._erase_due = self._erase_due or deleted > 0
         self.erase_if_due()
         return deleted
 
-    def _release_reserve(self) -> None:
-        try:
-            self.reserve_path.unlink()
-        except FileNotFoundError:
-            return
-        log.warning("disk full: released the queue's %d-byte reserve so acknowledged captures can "
-                    "be deleted; free disk space", self.reserve_bytes)
+    @staticmethod
+    def _rows_of(db: sqlite3.Connection, ids: list[str]) -> list[tuple[int, int, bool]]:
+        """(seq, size, wrapped) of the items among ``ids`` still here."""
+        rows: list[tuple[int, int, bool]] = []
+        for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += db.execute(f"SELECT seq, size, key IS NOT NULL FROM items WHERE id IN ({marks})", chunk)
+        return rows
 
-    def _refill_reserve(self) -> None:
-        """Recreate the reserve once there is room for it beside the free-space watermark."""
-        if not self.reserve_bytes or self.reserve_path.exists():
-            return
-        if shutil.disk_usage(self.path.parent).free < self.reserve_bytes + self.min_free_bytes:
-            return
-        tmp = self.reserve_path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)  # left by a crash
-        try:
-            with os.fdopen(create_private(tmp), "wb") as fh:
-                os.posix_fallocate(fh.fileno(), 0, self.reserve_bytes)  # real blocks, not a sparse file
-            os.replace(tmp, self.reserve_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            log.warning("cannot create the queue's disk reserve %s: %s", self.reserve_path, exc)
-
-    def _delete(self, ids: list[tuple[str]]) -> int:
-        with self._transaction("delete acknowledged captures") as db:
-            # rowcount counts rows of the statement itself, not the trigger's.
-            return db.executemany("DELETE FROM items WHERE id = ?", ids).rowcount
+    @staticmethod
+    def _delete(db: sqlite3.Connection, rows: list[tuple[int, int, bool]]) -> int:
+        """Delete items (seq, size, wrapped) inside the caller's transaction: what erasure
+        rests on. The small rows, with the keys, are zeroed; wrapped payloads are not (their
+        key is what goes); a payload from schema 1, stored in clear form, is."""
+        if not rows:
+            return 0
+        wrapped = [(seq,) for seq, _, w in rows if w]
+        clear = [(seq,) for seq, _, w in rows if not w]
+        if clear:
+            db.executemany("DELETE FROM blobs WHERE seq = ?", clear)
+        if wrapped:
+            db.execute("PRAGMA secure_delete=OFF")
+            try:
+                db.executemany("DELETE FROM blobs WHERE seq = ?", wrapped)
+            finally:
+                # Before anything else is deleted or updated: every other freed page is zeroed.
+                db.execute("PRAGMA secure_delete=ON")
+        db.executemany("DELETE FROM items WHERE seq = ?", [(seq,) for seq, _, _ in rows])
+        db.execute("UPDATE totals SET items = items - ?, bytes = bytes - ? WHERE one = 1",
+                    (len(rows), sum(size for _, size, _ in rows)))
+        return len(rows)
 
     def erase_if_due(self, force: bool = False) -> bool:
         """Checkpoint and truncate the WAL so acknowledged captures leave no copy in it.
@@ -325,7 +322,7 @@ class DurableQueue:
         if busy:  # another connection (queue stats) is reading: try again next time
             return False
         self._erase_due = False
-        self._refill_reserve()
+        self.disk.refill()
         return True
 
     def reject(self, item_id: str, reason: str) -> None:
@@ -335,44 +332,83 @@ class DurableQueue:
 
     def retry_rejected(self) -> int:
         """Put every rejected item back in the send order (after a fix on the central side)."""
-        with self._lock, self._transaction("retry rejected captures") as db:
-            return db.execute("UPDATE items SET state = 'queued', reason = NULL "
-                              "WHERE state = 'rejected'").rowcount
+        with self._lock:
+            with self._transaction("retry rejected captures") as db:
+                count = db.execute("UPDATE items SET state = 'queued', reason = NULL "
+                                   "WHERE state = 'rejected'").rowcount
+            if count:
+                self._joined()
+        return count
+
+    def release(self, item_ids: Iterable[str]) -> int:
+        """Put held items in the send order (a supervisor approved their registration); the
+        publisher must rewind, as they may sit before its cursor. How many were released."""
+        return self._move(item_ids, "held", "queued", "release held captures")
+
+    def withhold(self, item_ids: Iterable[str]) -> int:
+        """Keep held items on the kiosk for good, never sent (a rejected registration, kept
+        for the audit until an audited purge of state ``withheld``)."""
+        return self._move(item_ids, "held", "withheld", "withhold rejected captures")
+
+    def _move(self, item_ids: Iterable[str], old: str, new: str, what: str) -> int:
+        rows = [(new, i, old) for i in item_ids]
+        if not rows:
+            return 0
+        with self._lock:
+            with self._transaction(what) as db:
+                count = db.executemany("UPDATE items SET state = ? WHERE id = ? AND state = ?", rows).rowcount
+            if count and new == "queued":
+                self._joined()
+        return count
+
+    def oldest_waiting(self) -> float | None:
+        """When the oldest item waiting for the central side (queued or sent, not held back on
+        the kiosk nor refused) was committed; None when nothing waits."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT min(created) FROM items WHERE state IN ('queued', 'sent')").fetchone()
+        return row[0] if row else None
 
     def purge(self, states: tuple[str, ...]) -> tuple[int, int]:
         """Delete every item in the given states; (items, bytes) deleted. For an audited admin
         command only: a purged capture that was never delivered is gone for good."""
         marks = ",".join("?" * len(states))
         with self._lock:
-            size = self._db.execute(
-                f"SELECT coalesce(sum(length(b.payload)), 0) FROM items i JOIN blobs b ON b.seq = i.seq "
-                f"WHERE i.state IN ({marks})", states).fetchone()[0]
             with self._transaction("purge the queue") as db:
-                count = db.execute(f"DELETE FROM items WHERE state IN ({marks})", states).rowcount
+                rows = db.execute(f"SELECT seq, size, key IS NOT NULL FROM items WHERE state IN ({marks})",
+                                  states).fetchall()
+                count = self._delete(db, rows)
             self._erase_due = True
-        return count, size
+        return count, sum(size for _, size, _ in rows)
 
     # --- reading ------------------------------------------------------------------------
 
     def next_batch(self, after_seq: int, limit: int) -> list[QueuedItem]:
-        """Items to send, in order, with seq > after_seq (rejected ones skipped)."""
+        """Items to send, in order, with seq > after_seq (rejected, held and withheld ones skipped)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT i.seq, i.id, i.kind, b.payload, i.attempts, i.created "
-                "FROM items i JOIN blobs b ON b.seq = i.seq "
-                "WHERE i.seq > ? AND i.state != 'rejected' ORDER BY i.seq LIMIT ?",
+                _READ + "WHERE i.seq > ? AND i.state NOT IN ('rejected', 'held', 'withheld') "
+                "ORDER BY i.seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [QueuedItem(*row) for row in rows]
+        return [self._item(row) for row in rows]
 
     def get(self, item_id: str) -> QueuedItem | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT i.seq, i.id, i.kind, b.payload, i.attempts, i.created "
-                "FROM items i JOIN blobs b ON b.seq = i.seq WHERE i.id = ?",
-                (item_id,),
-            ).fetchone()
-        return QueuedItem(*row) if row else None
+            row = self._db.execute(_READ + "WHERE i.id = ?", (item_id,)).fetchone()
+        return self._item(row) if row else None
+
+    def _item(self, row: tuple) -> QueuedItem:  # type: ignore[type-arg]
+        seq, item_id, kind, stored, attempts, created, key = row
+        if key is None:  # stored by schema 1, in clear form
+            return QueuedItem(seq, item_id, kind, stored, attempts, created)
+        try:
+            payload = AESGCM(key).decrypt(_NONCE, stored, _bound(seq, item_id))
+        except InvalidTag:
+            # The file was changed below SQLite (a disk fault): never send garbage in its name.
+            raise QueueError(f"{self.path}: item {item_id} (seq {seq}) does not decrypt with its key; "
+                             "the queue file is damaged: keep it and ask support") from None
+        return QueuedItem(seq, item_id, kind, payload, attempts, created)
 
     def pending_ids(self, item_ids: Iterable[str]) -> set[str]:
         """Which of ``item_ids`` are still here, in any state (not yet acknowledged)."""
@@ -401,7 +437,9 @@ class DurableQueue:
             pending=items,
             pending_bytes=size,
             oldest_age_s=round(time.time() - oldest[0], 3) if oldest else None,
-            by_state={s: by_state.get(s, 0) for s in ("queued", "sent", "rejected")},
+            # held/withheld (registrations awaiting or refused approval) only when there are any.
+            by_state={s: by_state.get(s, 0) for s in ("queued", "sent", "rejected")}
+            | {s: by_state[s] for s in ("held", "withheld") if by_state.get(s)},
             max_bytes=self.max_bytes,
             disk_free_bytes=shutil.disk_usage(self.path.parent).free,
         )

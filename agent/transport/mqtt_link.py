@@ -2,7 +2,15 @@
 
 The thread runs paho's network loop itself (no ``loop_start``) so that paho's callbacks and
 the handler's own work (``tick``) happen on the same thread: the handler's state needs no
-locks, and nothing can run concurrently with a callback. It reconnects with jittered
+locks, and nothing can run concurrently with a callback.
+
+The loop does not poll. Between turns it sleeps in select() on paho's socket and on a wake-up
+socket pair: a byte from the broker (a receipt, a PUBACK) or ``wake()`` from any thread (a
+capture committed) starts the next turn at once. Otherwise it sleeps until the earliest time a
+handler asked for (``wake_at``) or at most ``idle_wait_s``, for handlers that work on timers
+(telemetry, resends, the WAL's erasure) or take work from other threads without waking it:
+``IDLE_WAIT_S`` by default (the receiver, operator tools), ``KIOSK_IDLE_WAIT_S`` for the
+kiosk's link, whose owner wakes it for everything that must not wait. It reconnects with jittered
 exponential backoff, reset after a connection has been stable for a while, and reads the
 broker's CONNACK limits (Receive Maximum, Maximum Packet Size) that paho ignores.
 
@@ -17,7 +25,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
@@ -26,17 +34,30 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.clock.watch import clock_hint
 from agent.config_types import ConfigError
 from agent.guard import log_and_continue
 from agent.transport.backoff import Backoff
-from agent.transport.config import PLAINTEXT_REFUSED, MqttConfig, TlsConfig
+from agent.transport.broker_tls import ClosingTlsContext, check_certificate_expiry, tls_context
+from agent.transport.config import PLAINTEXT_REFUSED, MqttConfig
+from agent.transport.wakeup import Wakeup
+
+# Imported from here by agent/preflight.py and others; they live in broker_tls.py.
+__all__ = ["BrokerLimits", "ClosingTlsContext", "LinkHandler", "MqttLink", "Will",
+           "check_certificate_expiry", "tls_context"]
 
 log = logging.getLogger(__name__)
 
 #: MQTT's own ceiling for a packet (268,435,455 bytes) when the broker states no smaller one.
 MQTT_MAX_PACKET = 268_435_455
-#: How long the loop may sleep in select() when the handler has nothing to do.
+#: How long the loop may sleep in select() when nothing wakes it: the resolution of timers and
+#: the longest wait of work handed over from another thread without ``wake()``. Broker traffic
+#: and ``wake()`` start a turn at once whatever it is.
 IDLE_WAIT_S = 0.05
+#: The kiosk's link (agent/daemon.py): a committed capture wakes it, so it need not poll; events
+#: and command replies from other threads wait at most this long. A 50 ms poll cost about 1 %
+#: of a core on an idle kiosk (20 turns and queue queries a second); a van runs on a battery.
+KIOSK_IDLE_WAIT_S = 0.5
 #: paho's in-flight limit is the capture window plus this many: command replies, telemetry,
 #: events and status share the connection and must not queue in paho behind a full window.
 CONTROL_INFLIGHT_ALLOWANCE = 8
@@ -85,8 +106,11 @@ class MqttLink:
         name: str,
         will: Will | None = None,
         max_incoming_bytes: int | None = None,
+        idle_wait_s: float | None = None,
     ) -> None:
         self.config = config
+        # The module's value read now, not at import: bench/fleet.py raises it for its workers.
+        self.idle_wait_s = IDLE_WAIT_S if idle_wait_s is None else idle_wait_s
         #: Announced to an MQTT 5 broker as Maximum Packet Size: the broker then drops anything
         #: larger instead of sending it, so a hostile client's 200 MB publish on a topic this
         #: side reads never reaches paho's buffers (it was read whole, then refused).
@@ -111,6 +135,9 @@ class MqttLink:
         self._tls: ClosingTlsContext | None = None
         self._params_set = False
         self._client = self._make_client(client_id, will)
+        # wake(): any thread writes a byte, the loop's select() returns. Opened by start() and
+        # closed when the thread ends, so a link never started holds no descriptors.
+        self._wakeup = Wakeup()
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -153,11 +180,13 @@ class MqttLink:
     # --- thread life cycle --------------------------------------------------------------
 
     def start(self) -> None:
+        self._wakeup.open()
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self.wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -202,7 +231,7 @@ class MqttLink:
             detail = getattr(exc, "verify_message", "") or exc.reason or str(exc)
             self._wait_before_retry(
                 f"TLS handshake with broker {cfg.host}:{cfg.port} failed ({detail}); check "
-                "mqtt.tls.ca_file, cert_file, key_file and the certificates' dates")
+                "mqtt.tls.ca_file, cert_file, key_file and the certificates' dates" + clock_hint())
         except (TimeoutError, OSError) as exc:
             if self._tls is not None:
                 self._tls.close_failed()
@@ -227,13 +256,29 @@ class MqttLink:
             self.heartbeat = time.monotonic()
             self._stop.wait(min(1.0, self.next_retry_at - time.monotonic()))
 
+    def wake(self) -> None:
+        """Start the next loop turn now (any thread; cheap, coalesced)."""
+        self._wakeup.wake()
+
+    def wake_at(self, when: float) -> None:
+        """Ask for a loop turn no later than ``when`` (time.monotonic()); link thread only."""
+        self._wakeup.wake_at(when)
+
+    def _sleep(self, busy: bool) -> None:
+        """Until broker traffic, a wake-up, the earliest asked-for time or ``idle_wait_s``."""
+        if not busy:
+            self._wakeup.sleep(self._client.socket(), self._client.want_write, self.idle_wait_s)
+
     def _serve_once(self) -> None:
         busy = False
         if self.connected:
             busy = self._safe_tick()
             if self._connected_at and time.monotonic() - self._connected_at >= self.config.stable_after_s:
                 self._backoff.reset()
-        rc = self._client.loop(timeout=0.0 if busy else IDLE_WAIT_S)
+        # Sleep here (paho's socket and the wake-up pair), then let paho do its part without
+        # waiting: reading, writing, keepalive.
+        self._sleep(busy)
+        rc = self._client.loop(timeout=0.0)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             why = f"connection to {self.config.host}:{self.config.port} lost ({mqtt.error_string(rc)})"
             if self._tls is not None and not self.connected:
@@ -288,8 +333,9 @@ class MqttLink:
             self.flush(1.0, lambda: not self._client.is_connected())
             self.connected = False
         # paho keeps a loopback socket pair for wake-ups that only reconnect() or garbage
-        # collection closes; close it now so a stopped link holds no descriptors.
+        # collection closes; close it now so a stopped link holds no descriptors. Ours too.
         self._client._reset_sockets()
+        self._wakeup.close()
 
     # --- used by handlers (on the link thread) ------------------------------------------
 
@@ -374,62 +420,3 @@ class MqttLink:
             for rc in reason_codes:
                 if rc.is_failure:
                     log.error("broker refused a subscription: %s", rc)
-
-
-# --- TLS ------------------------------------------------------------------------------
-
-
-class ClosingTlsContext(ssl.SSLContext):
-    """Remembers the socket of the latest handshake so that a failed one can be closed.
-
-    paho leaves a socket whose TLS handshake failed to the garbage collector; a kiosk
-    retrying a bad certificate for days would otherwise leak a descriptor per attempt.
-    """
-
-    last_socket: ssl.SSLSocket | None = None
-
-    def wrap_socket(self, *args, **kwargs) -> ssl.SSLSocket:  # type: ignore[no-untyped-def, override]
-        self.last_socket = super().wrap_socket(*args, **kwargs)
-        return self.last_socket
-
-    def close_failed(self) -> None:
-        if self.last_socket is not None:
-            self.last_socket.close()
-            self.last_socket = None
-
-
-def tls_context(tls: TlsConfig) -> ClosingTlsContext:
-    """Verify the broker against the configured CA, present the client certificate, TLS >= 1.2."""
-    context = ClosingTlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_verify_locations(cafile=str(tls.ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("mqtt.tls.ca_file",
-                          [f"cannot load CA certificates from {tls.ca_file}: {exc}"]) from None
-    if tls.cert_file is not None:
-        try:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("mqtt.tls.cert_file", [
-                f"cannot load client certificate {tls.cert_file} with key {tls.key_file}: {exc}"]) from None
-    return context
-
-
-def check_certificate_expiry(tls: TlsConfig, now: datetime | None = None) -> datetime | None:
-    """Log when the client certificate has expired or expires soon; return its end date."""
-    if tls.cert_file is None:
-        return None
-    from cryptography import x509
-
-    cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
-    expires = cert.not_valid_after_utc
-    now = now or datetime.now(UTC)
-    days = (expires - now).total_seconds() / 86400
-    if days < 0:
-        log.error("client certificate %s expired on %s: the broker will refuse it; install a renewed "
-                  "certificate", tls.cert_file, expires.date())
-    elif days < tls.expiry_warning_days:
-        log.warning("client certificate %s expires in %.0f days (%s); renew it", tls.cert_file, days,
-                    expires.date())
-    return expires

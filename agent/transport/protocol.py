@@ -109,20 +109,29 @@ class Topics:
 # --- captures ----------------------------------------------------------------------------
 
 
-def pack_frame(magic: bytes, header: bytes, body: bytes) -> bytes:
+def pack_frame(magic: bytes, header: bytes, body: bytes, version: int = VERSION) -> bytes:
     """magic (3) | version (1) | header length (4, big-endian) | header | body."""
-    return _PREFIX.pack(magic, VERSION, len(header)) + header + body
+    return _PREFIX.pack(magic, version, len(header)) + header + body
 
 
-def unpack_frame(payload: bytes, magic: bytes, name: str, max_header: int) -> tuple[bytes, bytes]:
-    """Split a frame made by pack_frame into (header, body); ProtocolError names what is wrong."""
+def frame_version(payload: bytes) -> int | None:
+    """The version byte of a frame, or None when there is none (too short)."""
+    return payload[3] if len(payload) >= _PREFIX.size else None
+
+
+def unpack_frame(payload: bytes, magic: bytes, name: str, max_header: int,
+                 version: int = VERSION) -> tuple[bytes, bytes]:
+    """Split a frame made by pack_frame into (header, body); ProtocolError names what is wrong.
+
+    ``version`` is the one version the caller reads this frame as: a frame of another version
+    is refused here, never parsed with the wrong layout (sealed envelopes have two)."""
     if len(payload) < _PREFIX.size:
         raise ProtocolError(f"{name} too short ({len(payload)} bytes)")
-    found, version, header_len = _PREFIX.unpack_from(payload)
+    found, found_version, header_len = _PREFIX.unpack_from(payload)
     if found != magic:
         raise ProtocolError(f"not a {name} (bad magic)")
-    if version != VERSION:
-        raise ProtocolError(f"{name} version {version} not supported (this side speaks {VERSION})")
+    if found_version != version:
+        raise ProtocolError(f"{name} version {found_version} not supported (this side reads {version})")
     if header_len > max_header or _PREFIX.size + header_len > len(payload):
         raise ProtocolError(f"{name} header length {header_len} does not fit")
     end = _PREFIX.size + header_len

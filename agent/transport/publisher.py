@@ -6,6 +6,11 @@ for its id arrives; in ``puback`` mode until the broker's PUBACK. After a reconn
 everything unacknowledged is offered again from the oldest, so delivery is at-least-once
 and the receiver de-duplicates by capture id.
 
+Acknowledgements are written in batches (agent/transport/ack_batch.py): an item whose receipt
+(or PUBACK) arrived leaves the window at once, and its deletion waits a few milliseconds for
+others, so they cost one transaction (one fsync) together with the send attempts counted
+since the last one.
+
 A receipt counts only when the central service signed it and it names a capture in flight,
 the exact bytes sent and this send's nonce (agent/transport/receipt_gate.py); a forged,
 replayed or stray one deletes nothing and is reported as a security event.
@@ -37,6 +42,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.transport.ack_batch import AckBatch
 from agent.transport.chunk_sender import ChunkTransfer
 from agent.transport.chunking import ChunkStatus, ManifestSigner, chunk_size_for, manifest_size
 from agent.transport.config import MqttConfig, UplinkConfig
@@ -44,7 +50,7 @@ from agent.transport.durable_queue import DurableQueue, QueuedItem, QueueError
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 from agent.transport.protocol import SEND_OVERHEAD, ProtocolError, Topics, frame_send, status_payload
 from agent.transport.receipt_gate import ReceiptGate, Sent
-from agent.transport.receipts import Receipt, RefusalReason
+from agent.transport.receipts import RefusalReason
 from agent.transport.uplink import EventSink, Uplink
 
 log = logging.getLogger(__name__)
@@ -114,8 +120,10 @@ class Publisher:
         self._mid_to_id: dict[int, str] = {}
         self._cursor = 0  # highest seq offered on this connection
         self._rewind = False
-        self._settled: list[str] = []
-        self._refused: list[Receipt] = []
+        #: Acknowledged, refused and sent items whose record in the queue waits for a batch.
+        self._acks = AckBatch()
+        #: queue.version when the queue last had nothing more to offer: no query until it moves.
+        self._idle_version = -1
         self._offline_mid: int | None = None
         self._last_warning = ""
         self._last_warning_at = 0.0
@@ -130,7 +138,7 @@ class Publisher:
         # were away are gone with the old session.
         self._inflight.clear()
         self._mid_to_id.clear()
-        self._cursor = 0
+        self._cursor, self._idle_version = 0, -1
         # A chunked transfer starts again from its manifest; the receiver's status says
         # which chunks it already holds (see ChunkTransfer).
         self._transfer = None
@@ -158,9 +166,9 @@ class Publisher:
             return
         for receipt in self.receipts.check(message.payload, self._sent):
             if receipt.settled:
-                self._settled.append(receipt.id)
+                self._acknowledged(receipt.id)
             else:
-                self._refused.append(receipt)
+                self._acks.refused.append(receipt)
 
     def _take_status(self, payload: bytes) -> None:
         """Keep a chunk status about the transfer in progress; read nothing of any other."""
@@ -187,13 +195,19 @@ class Publisher:
         transfer = self._transfer
         if transfer is not None and transfer.acknowledged(mid, time.monotonic()):
             if transfer.settled_by_broker:
-                self._settled.append(transfer.id)
+                self._acknowledged(transfer.id)
             return
         item_id = self._mid_to_id.pop(mid, None)
         if item_id is not None and self.config.ack_mode == "puback":
-            self._settled.append(item_id)
+            self._acknowledged(item_id)
+
+    def _acknowledged(self, item_id: str) -> None:
+        """Out of the window now (the next capture may go); deleted with the batch."""
+        self._acks.acknowledged(item_id)
+        self._landed(item_id)
 
     def on_stopping(self, link: MqttLink) -> None:
+        self._settle(force=True)
         self.uplink.persist()
         self._offline_mid = link.publish(
             self.topics.status, status_payload("offline", **self.status_fields), qos=1, retain=True
@@ -205,30 +219,29 @@ class Publisher:
 
     def tick(self, link: MqttLink) -> bool:
         if self._rewind:
-            self._rewind, self._cursor = False, 0
+            self._rewind, self._cursor, self._idle_version = False, 0, -1
         busy = self._settle()
         self._apply_statuses()
         busy |= self._fill_window(link)
         busy |= self._pump_chunks(link)
         self._resend_overdue(link)
         self.queue.erase_if_due()
+        if self._acks.settling:
+            link.wake_at(self._acks.settle_by)
+        if self.uplink.throttled:
+            link.wake_at(self.uplink.ready_at)  # the next bytes the cap lets through
         return busy
 
-    def _settle(self) -> bool:
-        if not (self._settled or self._refused):
+    def _settle(self, force: bool = False) -> bool:
+        if not self._acks.due(force):
             return False
-        settled, self._settled = self._settled, []
         try:
-            deleted = self.queue.ack(settled)
+            deleted, refused = self._acks.commit(self.queue)
         except QueueError as exc:
-            # Keep them for the next turn: nothing is lost, the receiver de-duplicates.
-            self._settled = settled + self._settled
+            # Kept for the next turn: nothing is lost, the receiver de-duplicates.
             self._warn_once(f"cannot record receipts yet: {exc}")
             return False
-        for item_id in settled:
-            self._landed(item_id)
         self.counters.acknowledged += deleted
-        refused, self._refused = self._refused, []
         for receipt in refused:
             self._landed(receipt.id)
             self.queue.reject(receipt.id, f"rejected by {receipt.receiver}: {receipt.reason}")
@@ -256,13 +269,18 @@ class Publisher:
         room = self._window - len(self._inflight)
         if room <= 0:
             return False
+        version = self.queue.version
+        if version == self._idle_version:
+            return False  # nothing joined the queue since it had nothing more to offer
         batch = self.queue.next_batch(self._cursor, room)
         if not batch:
+            self._idle_version = version
             return False
         sent: list[int] = []
         for item in batch:
-            # After a rewind the batch may hold captures already in flight: not twice.
-            if item.id not in self._inflight:
+            # After a rewind the batch may hold captures already in flight, or acknowledged
+            # and not yet deleted: not twice.
+            if item.id not in self._inflight and item.id not in self._acks:
                 outcome = self._offer(link, item)
                 if outcome == "wait":
                     # Held by the uplink or behind the chunked transfer in progress: the
@@ -274,10 +292,7 @@ class Publisher:
         if not sent:
             return False
         self.counters.published += len(sent)
-        try:
-            self.queue.mark_sent(sent)
-        except QueueError as exc:  # only statistics are lost; the captures are on their way
-            self._warn_once(f"cannot count send attempts: {exc}")
+        self._acks.count_attempts(sent)
         return True
 
     def _warn_once(self, message: str) -> None:
@@ -349,7 +364,7 @@ class Publisher:
         log.info("no receipt for capture %s after %.0f s; sending it again",
                  oldest_id, self.config.receipt_timeout_s)
         self._send(link, item, wire)
-        self.queue.mark_sent([item.seq])
+        self._acks.count_attempts([item.seq])
         self.counters.republished += 1
 
     # --- chunked transfers: the publisher sends, ChunkTransfer decides -------------------

@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent import __version__
+from agent.quality.analytics import telemetry_aggregates
 from agent.runtime import Runtime
 from agent.transport.central_hints import CentralHints
 from agent.transport.events import EventBus
@@ -110,6 +111,13 @@ def snapshot(runtime: Runtime, publish_rate_per_s: float | None = None) -> dict[
         # cancelled / unknown) and the statuses refused (agent/registration/central_status.py).
         "registrations_central": central.summary() if (central := runtime.central_status()) else None,
         "captures_refused": counts.refused,
+        # Whether the clock can be believed (agent/clock/watch.py; cached, no command run here
+        # more than once a minute).
+        "clock": clock.state().manifest() if (clock := getattr(runtime, "clock", None)) else None,
+        # The GNSS receiver's state and the position a registration would record now.
+        "position": position.telemetry() if (position := getattr(runtime, "position", None)) else None,
+        # ModemManager's view of the cellular link (agent/transport/modem.py), null without it.
+        "modem": modem.state() if (modem := getattr(runtime, "modem", None)) else None,
         "publish_rate_per_s": publish_rate_per_s,
         "devices": [w.status().as_dict() for w in runtime.device_workers().values()],
         "disk": disk_info,
@@ -137,9 +145,12 @@ class TelemetryPublisher:
         self._acknowledged = acknowledged
         self._next_at = 0.0
         self._last_count: tuple[float, int] | None = None
+        #: The quality aggregates last sent on this connection (agent/quality/analytics.py).
+        self._quality_sent: dict[str, Any] | None = None
 
     def on_connected(self, link: MqttLink, limits: BrokerLimits) -> None:
         self._next_at = 0.0  # a fresh connection reports at once
+        self._quality_sent = None
 
     def on_disconnected(self, link: MqttLink) -> None:
         pass
@@ -167,8 +178,14 @@ class TelemetryPublisher:
         payload["update"] = announce(spool_dir(self.runtime.config.state_dir), self.events.emit)
         if self.hints is not None:
             payload["central_hint"] = self.hints.state()  # e.g. "not_enrolled"; None: nothing said
+        # Daily quality aggregates, only when they changed since the last telemetry on this
+        # connection: a busy kiosk's are a few KB, too much for a cellular link every minute.
+        quality = telemetry_aggregates(self.runtime)
+        if quality is not None and quality != self._quality_sent:
+            payload["quality_stats"] = quality
         link.publish(self.runtime.topics.telemetry, json.dumps(payload, default=str).encode(), qos=1,
                      retain=True)
+        self._quality_sent = quality
 
     def _rate(self) -> float | None:
         """Captures acknowledged per second since the previous telemetry."""

@@ -72,6 +72,9 @@ class Uplink:
         self.sent_bytes = 0  # since start, for tests and telemetry
         self.throttled = False
         self.held: str | None = None  # why captures wait right now, for telemetry
+        #: When held by the cap: the monotonic time the bytes asked for may go. The MQTT loop
+        #: sleeps until then (it does not poll), so the cap is met, not undershot.
+        self.ready_at = 0.0
         self._announced_day = ""
         self._dirty = False
         self._persisted_at = 0.0
@@ -102,6 +105,7 @@ class Uplink:
             self._refill()
             if self._tokens < min(nbytes, self.capacity):
                 self.held, self.throttled = "bandwidth cap", True
+                self.ready_at = self._refilled_at + (min(nbytes, self.capacity) - self._tokens) / self.rate
                 return False
             self._tokens -= nbytes
         self.held, self.throttled = None, False

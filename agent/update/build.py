@@ -2,7 +2,10 @@
 platform, a hash lock, and the signed manifest.
 
 pip fetches binary wheels for another platform (``--platform``); a dependency that ships only
-source (wsq) is compiled here, which only works for the platform this runs on.
+source (wsq) is compiled here, which only works for the platform this runs on. The kiosk's
+extras (``EXTRAS``) come with the core dependencies; the project's requirements-nodeps.txt
+(mediapipe) is downloaded without its own declared dependencies, as pip installs it elsewhere.
+The lock lists every wheel in the bundle: the updater installs exactly those, with --no-deps.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ from agent.update.bundle import (
 #: Dependencies published as source only: they must be compiled on the target platform.
 SOURCE_ONLY = {"wsq"}
 WHEEL_FILE = re.compile(r"(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl")
+#: The project's extras a kiosk installs (systemd/install.sh): the face checks' landmarks.
+EXTRAS = ("landmarks",)
+#: Requirements installed with --no-deps (the file says why), read from the project's root.
+NODEPS_FILE = "requirements-nodeps.txt"
+#: The trailing ``extra == "..."`` clause setuptools adds to an extra's Requires-Dist marker.
+_EXTRA_CLAUSE = re.compile(r'(?:^|\s+and\s+)extra\s*==\s*"(?P<extra>[^"]+)"\s*$')
 
 
 @dataclass
@@ -53,25 +62,47 @@ def _pip(*args: str) -> None:
         raise BundleError(f"pip {args[0]} failed:\n{tail}")
 
 
-def requirements(wheel: Path) -> list[str]:
-    """The wheel's own dependencies (Requires-Dist without extras or markers that exclude)."""
+def requirements(wheel: Path, extras: tuple[str, ...] = ()) -> list[str]:
+    """The wheel's own dependencies (Requires-Dist), with those of ``extras``: their
+    ``extra == "..."`` clause dropped, any other marker kept for pip to evaluate."""
     with zipfile.ZipFile(wheel) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         text = zf.read(meta).decode()
     reqs = []
     for line in text.splitlines():
-        if line.startswith("Requires-Dist:"):
-            req = line.split(":", 1)[1].strip()
-            if "extra ==" not in req:
-                reqs.append(req)
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = line.split(":", 1)[1].strip()
+        if "extra ==" not in req:
+            reqs.append(req)
+            continue
+        spec, _, marker = req.partition(";")
+        marker = marker.strip()
+        clause = _EXTRA_CLAUSE.search(marker)
+        if clause is None or "extra ==" in marker[:clause.start()]:
+            if any(f'"{extra}"' in marker for extra in extras):
+                raise BundleError(f"cannot read the extra's requirement {req!r}")
+            continue
+        if clause["extra"] in extras:
+            rest = marker[:clause.start()].strip()
+            reqs.append(f"{spec.strip()}; {rest}" if rest else spec.strip())
     return reqs
+
+
+def nodeps_requirements(project: Path) -> list[str]:
+    """The project's requirements-nodeps.txt entries (none if it has no such file)."""
+    path = project / NODEPS_FILE
+    if not path.is_file():
+        return []
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
 
 
 def _name(req: str) -> str:
     return re.split(r"[<>=!~;\[ (]", req, maxsplit=1)[0].strip().lower().replace("_", "-")
 
 
-def _dependencies(reqs: list[str], dest: Path, request: BuildRequest) -> None:
+def _dependencies(reqs: list[str], nodeps: list[str], dest: Path, request: BuildRequest) -> None:
     binary = [r for r in reqs if _name(r) not in SOURCE_ONLY]
     for req in (r for r in reqs if _name(r) in SOURCE_ONLY):
         if request.platform != machine():
@@ -82,13 +113,15 @@ def _dependencies(reqs: list[str], dest: Path, request: BuildRequest) -> None:
         _pip("wheel", "--no-deps", "--quiet", "-w", str(dest), *src, req)
         built = next(dest.glob(f"{_name(req).replace('-', '_')}-*.whl"))
         binary += requirements(built)
-    if not binary:
-        return
     where = ["--no-index", "--find-links", str(request.wheelhouse)] if request.wheelhouse else []
     tags = [f"--platform=manylinux2014_{request.platform}", f"--platform=manylinux_2_28_{request.platform}",
             f"--platform=manylinux_2_17_{request.platform}", f"--platform=linux_{request.platform}"]
-    _pip("download", "--quiet", "--only-binary=:all:", *tags, f"--python-version={python_tag()}",
-         "--implementation=cp", "-d", str(dest), *where, *binary)
+    target = ["--only-binary=:all:", *tags, f"--python-version={python_tag()}", "--implementation=cp"]
+    if binary:
+        _pip("download", "--quiet", *target, "-d", str(dest), *where, *binary)
+    if nodeps:
+        # Not their declared dependencies: what they need is among the project's (requirements-nodeps.txt).
+        _pip("download", "--quiet", "--no-deps", *target, "-d", str(dest), *where, *nodeps)
 
 
 def lock_lines(wheels: list[Path]) -> str:
@@ -112,7 +145,7 @@ def build(request: BuildRequest) -> Manifest:
         own = next(wheels.glob("kiosk_agent-*.whl"))
         version = check_version(WHEEL_FILE.fullmatch(own.name)["version"])  # type: ignore[index]
         if not request.system_dependencies:
-            _dependencies(requirements(own), wheels, request)
+            _dependencies(requirements(own, EXTRAS), nodeps_requirements(request.project), wheels, request)
         lock = Path(tmp) / LOCK
         lock.write_text(lock_lines(list(wheels.glob("*.whl"))))
         sources = {f"wheels/{w.name}": w for w in wheels.glob("*.whl")}

@@ -5,7 +5,8 @@ Each step is written to the journal durably before it starts, so that after a po
 SIGKILL ``recover()`` knows what was half done: before the switch it throws the new release
 away; after it, unless the commit was reached, it switches back to the release that was
 running. Either way the kiosk comes back on a release that worked. The queue and the config
-live outside the tree (/var/lib, /etc) and are never touched here.
+live outside the tree (/var/lib, /etc) and are never touched here, but for one thing: a
+rollback across a queue schema change has the new release take the queue back first.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ class Updater:
             self._install(version, staging, manifest.system_dependencies)
             self._step("checking", version, current, previous)
             self._check_config(version)
-            if current is not None and not manifest.reversible_migration:
-                self._check_queue_schema(current, version)
+            if current is not None:
+                self._check_queue_schema(current, version, manifest.reversible_migration)
         except (BundleError, UpdateFailed) as exc:
             self._discard(version)
             self.tree.record(self._event("failed", version, str(exc)))
@@ -160,9 +161,14 @@ class Updater:
         done = subprocess.run(create, capture_output=True, text=True, env=self._env())
         if done.returncode != 0:
             raise UpdateFailed(f"cannot create the virtual environment: {_tail(done)}")
+        # --no-deps: the lock is the complete set the builder resolved (agent/update/build.py),
+        # every wheel in the bundle and nothing else, including mediapipe, which is bundled
+        # without its declared dependencies (requirements-nodeps.txt) that pip would otherwise
+        # look for. A set that does not work is still caught: by the new release's own
+        # check-config (the next step) and the health gate after the switch.
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
                "--disable-pip-version-check", "--no-cache-dir", "--find-links", str(staging / "wheels"),
-               "--require-hashes", "-r", str(staging / LOCK), *(["--no-deps"] if system_dependencies else [])]
+               "--require-hashes", "--no-deps", "-r", str(staging / LOCK)]
         done = subprocess.run(pip, capture_output=True, text=True, env=self._env())
         if done.returncode != 0:
             raise UpdateFailed(f"pip install failed: {_tail(done)}")
@@ -175,24 +181,50 @@ class Updater:
         if done.returncode != 0:
             raise UpdateFailed(f"its config check refuses this kiosk's config: {_tail(done)}")
 
-    def _queue_schema(self, version: str) -> str:
-        """The queue schema a release writes, asked of the release itself (never opened here:
-        the running agent holds the queue)."""
-        ask = "from agent.transport.durable_queue import SCHEMA_VERSION; print(SCHEMA_VERSION)"
-        done = subprocess.run([str(self.tree.python(version)), "-c", ask], capture_output=True, text=True,
+    def _ask(self, version: str, code: str, what: str) -> str:
+        """Asked of the release itself (the queue is never opened here: the agent holds it)."""
+        done = subprocess.run([str(self.tree.python(version)), "-c", code], capture_output=True, text=True,
                               env=self._env(), cwd=self.tree.release(version))
         if done.returncode != 0:
-            raise UpdateFailed(f"cannot read the queue schema of {version}: {_tail(done)}")
+            raise UpdateFailed(f"cannot read {what} of {version}: {_tail(done)}")
         return done.stdout.strip()
 
-    def _check_queue_schema(self, current: str, version: str) -> None:
-        # The running release refuses a queue in another schema: after a migration it could
-        # not take over again, so a rollback would lose the queue. Only a bundle that declares
-        # its migration reversible may change it.
+    def _queue_schema(self, version: str) -> str:
+        return self._ask(version, "from agent.transport.durable_queue import SCHEMA_VERSION; "
+                         "print(SCHEMA_VERSION)", "the queue schema")
+
+    def _check_queue_schema(self, current: str, version: str, declared: bool) -> None:
+        # The running release refuses a queue in another schema: after a rollback it can take
+        # over only once the new release has rewritten the queue in its schema (_downgrade_queue).
         old, new = self._queue_schema(current), self._queue_schema(version)
-        if old != new:
+        if old == new or declared:
+            return
+        can = self._ask(version, "try:\n from agent.transport.queue_migrate import DOWNGRADES_TO\n"
+                        "except ImportError:\n DOWNGRADES_TO = ()\nprint(*DOWNGRADES_TO)",
+                        "the queue downgrades")
+        if old not in can.split():
             raise UpdateFailed(f"it moves the queue from schema {old} to {new}, which {current} cannot read "
-                               "back after a rollback; the bundle does not declare the migration reversible")
+                               f"back after a rollback, and it cannot take the queue back to schema {old}")
+
+    def _downgrade_queue(self, version: str, came_from: str) -> str | None:
+        """Before a rollback: the new release rewrites the queue in the old one's schema, the
+        agent stopped (it holds the queue). Why not, if it could not; the queue is then as it was."""
+        try:
+            old, new = self._queue_schema(came_from), self._queue_schema(version)
+            if old == new:
+                return None
+            self.service._run("stop", timeout=self.health_timeout_s)
+            migrate = [str(self.tree.python(version)), "-m", "agent.transport.queue_migrate", "--to", old,
+                       "--config", str(self.config_path)]
+            done = subprocess.run(migrate, capture_output=True, text=True, env=self._env(),
+                                  cwd=self.tree.release(version))
+        except (UpdateFailed, OSError, subprocess.TimeoutExpired) as exc:
+            return f"the queue was not taken back to the schema of {came_from}: {exc}"
+        if done.returncode != 0 and f"already at queue schema {old}" not in done.stderr:  # crashed after
+            return f"the queue stays in schema {new}, which {came_from} cannot read: {_tail(done)}"
+        log.warning("queue taken back from schema %s to %s for %s: %s", new, old, came_from,
+                    (done.stdout or done.stderr).strip())
+        return None
 
     def _healthy_devices(self) -> set[str]:
         health = self.service.health()
@@ -204,12 +236,19 @@ class Updater:
         shutil.rmtree(self.tree.staging(version), ignore_errors=True)
 
     def _rollback(self, version: str, came_from: str, previous: str | None, reason: str,
-                  mark_failed: bool) -> None:
-        self._step("rollback", version, came_from, previous, reason=reason, mark_failed=mark_failed)
+                  mark_failed: bool, queue_done: bool = False) -> None:
+        self._step("rollback", version, came_from, previous, reason=reason, mark_failed=mark_failed,
+                   queue_done=queue_done)
+        running = self._running()
+        if not queue_done:  # tried once: after a crash here the journal says so
+            problem = self._downgrade_queue(version, came_from)
+            reason = f"{problem}; {reason}" if problem else reason
+            self.tree.write_journal(step="rollback", version=version, came_from=came_from, previous=previous,
+                                    reason=reason, mark_failed=mark_failed, queue_done=True)
         self.tree.set_link("current", came_from)
         self.tree.set_link("previous", previous if previous != version else None)
         log.error("update to %s rolled back to %s: %s", version, came_from, reason)
-        self._restart_if_running()
+        self._restart_if_running(running)
         self.tree.record(self._event("rolled back", version, reason, came_from),
                          (version, reason) if mark_failed else None)
         self._discard(version)
@@ -223,10 +262,14 @@ class Updater:
             log.info("pruned releases %s", ", ".join(removed))
         self.tree.clear_journal()
 
-    def _restart_if_running(self) -> None:
+    def _running(self) -> bool:
+        return self.service.health().active in ("active", "activating", "failed", "reloading")
+
+    def _restart_if_running(self, running: bool) -> None:
         # At boot the recovery runs before the agent's unit starts: nothing to restart then,
-        # and waiting on a unit ordered after us would deadlock.
-        if self.service.health().active in ("active", "activating", "failed", "reloading"):
+        # and waiting on a unit ordered after us would deadlock. (Asked before the queue's
+        # downgrade, which stops the agent.)
+        if running:
             reason = self.service.restart(self.health_timeout_s)
             if reason:
                 log.error("restarting the agent after the rollback: %s", reason)
@@ -258,7 +301,8 @@ class Updater:
                 done = f"committed {version}"
             else:
                 reason = journal.get("reason") or f"interrupted during the {step} step (power cut or crash)"
-                self._rollback(version, came_from, previous, reason, bool(journal.get("mark_failed")))
+                self._rollback(version, came_from, previous, reason, bool(journal.get("mark_failed")),
+                               bool(journal.get("queue_done")))
                 done = f"rolled back from {version} to {came_from}"
         if self.tree.link("current") is None and self.tree.link("previous") is not None:
             self.tree.set_link("current", self.tree.link("previous"))

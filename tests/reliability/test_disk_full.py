@@ -115,7 +115,7 @@ def test_sqlite_disk_full_becomes_a_clear_queue_error(small_fs: Path | None,
         pytest.fail("needs a small file system: run the suite as root (as `make test` in CI does)")
     queue = NoPrecheckQueue(small_fs / "queue.db", max_bytes=1 << 40, min_free_bytes=0,
                             reserve_bytes=2 * MB)
-    assert queue.reserve_path.stat().st_size == 2 * MB
+    assert queue.disk.path.stat().st_size == 2 * MB
     committed = []
     try:
         with pytest.raises(QueueFull, match="is full") as info:
@@ -129,7 +129,7 @@ def test_sqlite_disk_full_becomes_a_clear_queue_error(small_fs: Path | None,
         assert queue.ack(committed[: len(committed) // 2]) == len(committed) // 2
         assert any("released the queue's" in r.getMessage() for r in caplog.records)
         queue.put("after", "capture", lambda seq: os.urandom(50_000))
-        assert queue.reserve_path.exists(), "the reserve is refilled once there is room"
+        assert queue.disk.path.exists(), "the reserve is refilled once there is room"
     finally:
         queue.close()
     assert integrity(small_fs / "queue.db") == "ok"

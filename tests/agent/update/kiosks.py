@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.transport.durable_queue import SCHEMA_VERSION
 from tests.support.paths import ROOT
 from tests.support.processes import write_config
 
@@ -51,10 +52,11 @@ def project_copy(dest: Path, version: str, *, broken_run: bool = False, queue_sc
         assert marker in text
         cli.write_text(text.replace(marker, marker + "    raise SystemExit(1)\n", 1))
     if queue_schema:
-        queue = dest / "agent" / "transport" / "durable_queue.py"
+        queue = dest / "agent" / "transport" / "queue_schema.py"
         text = queue.read_text()
-        assert "\nSCHEMA_VERSION = 1\n" in text
-        queue.write_text(text.replace("\nSCHEMA_VERSION = 1\n", f"\nSCHEMA_VERSION = {queue_schema}\n", 1))
+        current = f"\nSCHEMA_VERSION = {SCHEMA_VERSION}\n"
+        assert current in text
+        queue.write_text(text.replace(current, f"\nSCHEMA_VERSION = {queue_schema}\n", 1))
     return dest
 
 
@@ -103,7 +105,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
             ("bad", "1.2.0", key, True, "1.0.0"), ("v3", "1.3.0", key, False, "1.1.0"),
             ("stranger", "1.1.0", other, False, "1.0.0"), ("schema", "1.2.5", key, False, "1.0.0")):
         src = project_copy(base / f"src-{name}", version, broken_run=broken,
-                           queue_schema=2 if name == "schema" else 0)
+                           queue_schema=SCHEMA_VERSION + 1 if name == "schema" else 0)
         done = kiosk_agent("update", "build", "--key", str(signer), "--out", str(built[name]),
                            "--project", str(src), "--system-dependencies", "--min-from", min_from,
                            cwd=base)

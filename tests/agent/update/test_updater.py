@@ -11,6 +11,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from agent.transport.durable_queue import SCHEMA_VERSION
 from agent.update.updater import KILL_POINTS
 from tests.agent.update.kiosks import Bundles, EventWatcher, Kiosk
 
@@ -123,7 +124,8 @@ def test_upgrade_refusals_rollback_and_pruning(kiosk: Kiosk, bundles: Bundles, t
     queue = kiosk.config.parent / "queue.db"
     queue_before = queue.read_bytes()
     done = kiosk.update("apply", str(bundles["schema"]))
-    assert done.returncode == 1 and "from schema 1 to 2" in done.stderr, done.stderr
+    schemas = f"from schema {SCHEMA_VERSION} to {SCHEMA_VERSION + 1}"
+    assert done.returncode == 1 and schemas in done.stderr, done.stderr
     assert kiosk.status()["current"] == "1.1.0" and not (kiosk.root / "releases" / "1.2.5").exists()
     assert queue.read_bytes() == queue_before
 
