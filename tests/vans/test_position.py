@@ -1,0 +1,297 @@
+"""Position: the NMEA driver against the emulator over a pty, the gpsd client against a small
+gpsd speaking its JSON protocol on loopback, stale fixes, the assigned area, and the position
+sealed into registration manifests by the real agent."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.position.config import AreaConfig, PositionConfig
+from agent.position.service import AreaGate, PositionService, distance_m
+from drivers.gnss import GpsdClient, NmeaReceiver
+from tests.emulators.nmea import NmeaEmulator, Sky, epoch, sentence
+from tests.support.waiting import wait_until
+
+NAIROBI = (-1.2921, 36.8219)
+MOMBASA = (-4.0435, 39.6682)
+
+
+class Mono:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lines(data: bytes) -> list[str]:
+    return data.decode().splitlines()
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def test_the_driver_follows_the_emulator_through_fixes_gaps_jumps_and_garbage() -> None:
+    with NmeaEmulator() as gps:
+        receiver = NmeaReceiver(gps.path)
+        receiver.start()
+        try:
+            status = receiver.status
+            wait_until(lambda: status.connected and status.sentences >= 8, what="sentences read")
+            assert status.fix is None and status.fix_type == "none", "no fix yet"
+            gps.fix(*NAIROBI, satellites=11, hdop=0.8)
+            wait_until(lambda: status.fix is not None, what="a fix")
+            fix = status.fix
+            assert fix is not None and fix.lat == pytest.approx(NAIROBI[0], abs=1e-5)
+            assert fix.lon == pytest.approx(NAIROBI[1], abs=1e-5)
+            assert (fix.quality, fix.satellites, fix.hdop, fix.accuracy_m) == (1, 11, 0.8, 4.0)
+            assert status.fix_type == "3d" and status.satellites_in_view == 4
+            assert fix.fix_time >= Sky().utc.timestamp()
+            # Garbage, a bad checksum, an over-long line: counted, the fix unharmed.
+            bad_before = status.bad_sentences
+            gps.send_raw(b"\x00\xff$GPGGA,garbage\r\n")
+            good = sentence("GPGGA,120000.00,0116.5260,S,03649.3140,E,1,09,0.9,1620.0,M,-20.1,M,,")
+            gps.send_raw(good[:-5] + b"00\r\n")  # the right sentence with a wrong checksum
+            gps.send_raw(b"$" + b"A" * 2000 + b"\r\n")
+            gps.send_raw(good.split(b"*")[0] + b"\r\n")  # no checksum at all: refused too
+            wait_until(lambda: status.bad_sentences >= bad_before + 4, what="bad sentences counted")
+            time_for_more = status.sentences
+            wait_until(lambda: status.sentences >= time_for_more + 8, what="two more epochs")
+            assert status.bad_sentences == bad_before + 4, "each bad line counted once"
+            assert status.fix is not None
+            # A jump: the latest fix wins.
+            gps.fix(*MOMBASA)
+            wait_until(lambda: status.fix is not None and status.fix.lat < -4, what="the jump")
+            # The sky closes: the fix is gone at once, not kept as current.
+            gps.no_fix()
+            wait_until(lambda: status.fix is None and status.fix_type == "none", what="fix lost")
+            seen = status.sentences
+            wait_until(lambda: status.sentences >= seen + 8, what="two more epochs")
+            assert status.fix is None, "and stays lost"
+        finally:
+            receiver.stop()
+
+
+def test_a_fix_needs_its_date_and_a_valid_quality() -> None:
+    mono = Mono()
+    receiver = NmeaReceiver("unused", monotonic=mono)
+    sky = Sky(*NAIROBI, fix=True)
+    gga, gsa, gsv, rmc = lines(epoch(sky))
+    receiver.state.feed(gga)
+    assert receiver.status.fix is None, "no RMC yet: no date to stand behind"
+    receiver.state.feed(rmc)
+    assert receiver.status.fix is not None, "the epoch's two halves"
+    # Midnight: a GGA of the new day with the old day's RMC must not make a fix a day off.
+    receiver.state.feed(lines(epoch(Sky(*NAIROBI, fix=True, utc=Sky().utc.replace(hour=0))))[0])
+    assert receiver.status.fix.fix_time == Sky().utc.timestamp(), "kept the last paired fix"
+    # A "no fix" GGA with a wrong checksum, or with none: refused, the fix stays.
+    no_fix = lines(epoch(Sky(fix=False)))[0]
+    bad = receiver.status.bad_sentences
+    receiver.state.feed(no_fix[:-2] + ("00" if no_fix[-2:] != "00" else "11"))
+    receiver.state.feed(no_fix.split("*")[0])
+    assert receiver.status.fix is not None and receiver.status.bad_sentences == bad + 2
+    # A checksum-valid sentence with nonsense in it.
+    receiver.state.feed(sentence("GPGGA,120000.00,9999.0000,S,03649.3140,E,1,xx,zz,1620.0,M,,M,,").decode())
+    assert receiver.status.bad_sentences >= 1
+    # Quality 0 (no fix) in GGA clears it.
+    receiver.state.feed(lines(epoch(Sky(fix=False)))[0])
+    assert receiver.status.fix is None
+
+
+def test_a_stale_fix_is_never_recorded_as_current() -> None:
+    mono = Mono()
+    receiver = NmeaReceiver("unused", monotonic=mono)
+    receiver.status.connected = True
+    service = PositionService(PositionConfig(source="nmea", port="x", max_age_s=10), monotonic=mono,
+                              reader=receiver)
+    assert service.manifest() == {"fix": False, "source": "nmea", "reason": "the GNSS receiver has no fix"}
+    for line in lines(epoch(Sky(*NAIROBI, fix=True))):
+        receiver.state.feed(line)
+    current = service.manifest()
+    assert current["fix"] is True and current["lat"] == pytest.approx(NAIROBI[0])
+    assert current["source"] == "nmea"
+    assert current["fix_time"] == "2026-11-28T12:00:00.000Z" and current["accuracy_m"] == 4.5
+    assert service.gnss_time() == (Sky().utc.timestamp(), 100.0)
+    mono.now += 11  # the receiver went quiet (cable pulled) with its last fix in memory
+    stale = service.manifest()
+    assert stale["fix"] is False and "11 s old" in stale["reason"] and "lat" not in stale
+    assert service.gnss_time() is None, "nor is a stale fix used to judge the clock"
+
+
+def test_the_area_flags_or_refuses() -> None:
+    mono = Mono()
+    receiver = NmeaReceiver("unused", monotonic=mono)
+    receiver.status.connected = True
+    area = AreaConfig(lat=NAIROBI[0], lon=NAIROBI[1], radius_m=5000, outside="flag")
+    service = PositionService(PositionConfig(source="nmea", port="x", area=area), monotonic=mono,
+                              reader=receiver)
+    gate = AreaGate(service)
+    assert gate.check() is None, "no fix: nothing to refuse"
+    for line in lines(epoch(Sky(*MOMBASA, fix=True))):
+        receiver.state.feed(line)
+    flagged = service.manifest()
+    assert flagged["outside_area"] is True and flagged["area_distance_m"] == pytest.approx(
+        distance_m(*NAIROBI, *MOMBASA), abs=1)
+    assert gate.check() is None, "flag: taken, and marked"
+    service.config = service.config.model_copy(update={"area": area.model_copy(update={"outside": "refuse"})})
+    refusal = gate.check()
+    assert refusal is not None and refusal.rule == "outside_area" and "km from the centre" in refusal.message
+    assert 430 < distance_m(*NAIROBI, *MOMBASA) / 1000 < 450  # the haversine itself, ~440 km
+
+
+# --- gpsd ------------------------------------------------------------------------------------
+
+
+class FakeGpsd:
+    """gpsd's side of its JSON protocol on a loopback port: answers ?WATCH with what the
+    test scripts (VERSION, DEVICES, WATCH, then TPV and SKY reports)."""
+
+    def __init__(self, reports: list[dict | bytes]) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.reports = reports
+        self.watch = b""
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._done = threading.Event()
+
+    def __enter__(self) -> FakeGpsd:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self.server.close()
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.sendall(json.dumps({"class": "VERSION", "release": "3.25", "proto_major": 3,
+                                     "proto_minor": 15}).encode() + b"\n")
+            self.watch = conn.recv(1024)
+            for report in self.reports:
+                conn.sendall(report if isinstance(report, bytes) else json.dumps(report).encode() + b"\n")
+            self._done.wait(10)
+
+
+def test_the_gpsd_client_reads_fixes_and_their_loss() -> None:
+    tpv = {"class": "TPV", "device": "/dev/ttyACM0", "mode": 3, "time": "2026-11-28T12:00:01.000Z",
+           "lat": NAIROBI[0], "lon": NAIROBI[1], "eph": 3.2, "epx": 2.0, "epy": 2.5}
+    sky = {"class": "SKY", "hdop": 0.7, "satellites": [{"PRN": n, "used": n < 9} for n in range(1, 13)]}
+    lost = {"class": "TPV", "mode": 1, "time": "2026-11-28T12:00:05.000Z"}
+    with FakeGpsd([{"class": "DEVICES", "devices": []}, b"not json\n", tpv, sky]) as gpsd:
+        client = GpsdClient("127.0.0.1", gpsd.port)
+        client.start()
+        try:
+            wait_until(lambda: client.status.fix is not None and client.status.fix.satellites == 8,
+                       what="a fix with its satellites")
+            fix = client.status.fix
+            assert fix is not None and fix.source == "gpsd" and fix.accuracy_m == 3.2 and fix.hdop == 0.7
+            assert client.status.satellites_in_view == 12 and client.status.bad_sentences == 1
+            assert gpsd.watch.startswith(b'?WATCH={"enable":true,"json":true}')
+        finally:
+            client.stop()
+    client = GpsdClient("127.0.0.1", 1)
+    client.feed(json.dumps(tpv).encode())
+    assert client.status.fix is not None
+    client.feed(json.dumps(lost).encode())
+    assert client.status.fix is None and client.status.fix_type == "none"
+
+
+# --- the agent -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gps() -> Iterator[NmeaEmulator]:
+    with NmeaEmulator() as emulator:
+        yield emulator
+
+
+def test_registrations_carry_the_position_sealed_and_the_area_is_enforced(tmp_path: Path,
+                                                                          gps: NmeaEmulator) -> None:
+    from agent.config import validate_config
+    from agent.daemon import Agent
+    from agent.security.keys import load_decryption_key, load_kiosk_keys, provision
+    from agent.security.sealing import Opener
+    from agent.transport.durable_queue import DurableQueue
+    from devtools.broker import free_port
+    from tests.support.local_api import Api
+    from tests.vans.van import KIOSK, kiosk_raw
+
+    provision(tmp_path / "keys", KIOSK)
+    raw = kiosk_raw(tmp_path, free_port())
+    raw["position"] = {"source": "nmea", "port": gps.path, "max_age_s": 5,
+                       "area": {"lat": NAIROBI[0], "lon": NAIROBI[1], "radius_m": 5000, "outside": "refuse"}}
+    config = validate_config(raw, "van")
+    agent = Agent(config)
+    agent.start()
+    sessions = []
+    try:
+        api = Api.for_agent(agent)
+        position = agent.position
+        assert position is not None
+        wait_until(lambda: position.status.connected and position.status.sentences > 0, what="receiver read")
+
+        def register() -> tuple[int, dict]:
+            status, body = api.call("POST", "/v1/sessions", {"applicant_ref": "APP-1", "operator_id": "op-1"})
+            if status == 201:
+                sessions.append(body["id"])
+                api.ok("POST", f"/v1/sessions/{body['id']}/cancel", {"reason": "test"})
+            return status, body
+
+        assert register()[0] == 201, "no fix: registrations go on, the manifest says so"
+        gps.fix(*MOMBASA)
+        wait_until(lambda: position.current()[0] is not None, what="fix far away")
+        status, body = register()
+        assert status == 409 and [r["rule"] for r in body["error"]["rules"]] == ["outside_area"]
+        gps.fix(NAIROBI[0] + 0.01, NAIROBI[1])  # ~1.1 km north of the centre
+        wait_until(lambda: position.current()[0] is not None and position.current()[0].lat > -1.29,
+                   what="fix inside")
+        assert register()[0] == 201
+        from agent.transport.telemetry import snapshot
+
+        telemetry = snapshot(agent)  # type: ignore[arg-type]
+        assert telemetry["position"]["fix"]["lat"] == pytest.approx(NAIROBI[0] + 0.01, abs=1e-5)
+        clock = agent.clock.state(fresh=True)
+        assert clock.source == "gnss" and not clock.wrong and abs(clock.gnss_offset_s) < 5
+    finally:
+        agent.stop()
+    queue = DurableQueue(config.queue.path, max_bytes=1 << 30, min_free_bytes=0)
+    opener = Opener(load_decryption_key(tmp_path / "keys" / "central.key"),
+                    load_kiosk_keys(tmp_path / "keys" / "kiosks"))
+    try:
+        manifests = [json.loads(opener.open(queue.get(sid).payload)[1]) for sid in sessions]  # type: ignore[union-attr]
+    finally:
+        queue.close()
+    first, second = (m["position"] for m in manifests)
+    assert first == {"fix": False, "source": "nmea", "reason": "the GNSS receiver has no fix"}
+    assert second["fix"] is True and second["outside_area"] is False
+    assert 1000 < second["area_distance_m"] < 1200
+    assert second["source"] == "nmea" and second["fix_time"][:10] == datetime.now(UTC).date().isoformat()
+
+
+def test_devices_shows_the_receiver_and_its_fix(tmp_path: Path, gps: NmeaEmulator,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+    from tests.support.config import to_toml
+
+    config = tmp_path / "agent.toml"
+    config.write_text(to_toml({"kiosk": {"id": "van-07"}, "mqtt": {"allow_plaintext": True},
+                               "queue": {"path": str(tmp_path / "q.db")},
+                               "position": {"source": "nmea", "port": gps.path}}))
+    assert main(["devices", "--config", str(config)]) == 0
+    assert "no fix (the GNSS receiver has no fix)" in capsys.readouterr().out
+    gps.fix(*NAIROBI, satellites=7)
+    assert main(["devices", "--config", str(config), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["position"]
+    assert shown["fix"]["satellites"] == 7 and shown["current"]["lat"] == pytest.approx(NAIROBI[0], abs=1e-5)
