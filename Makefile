@@ -10,7 +10,7 @@ COUNT  ?= 20
 demo: deps-demo
 	$(BIN)/kiosk-agent demo --count $(COUNT)
 
-test: libfprint-tools deps-test mosquitto systemd-tools fault-tools postgres
+test: libfprint-tools deps-test mosquitto systemd-tools fault-tools postgres browser
 	$(BIN)/python -m pytest
 
 lint: deps-test
@@ -40,17 +40,23 @@ bench: deps-demo mosquitto
 deps-demo: $(VENV)/.installed-demo
 deps-test: $(VENV)/.installed-test
 
-$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+# mediapipe (the face checks' landmarks) comes last and without its declared dependencies: why
+# in requirements-nodeps.txt; the landmarks extra holds what its face mesh does need. pip skips
+# the line where its markers do not match (no wheel for that platform or Python).
+$(VENV)/.installed-demo: pyproject.toml requirements-nodeps.txt | $(BIN)/python
 	@echo "kiosk-agent: installing into $(VENV) with pip (a minute or so the first time; quiet unless it fails)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	$(BIN)/python -m pip install --quiet -e '.[demo,landmarks]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # libfprint-tools first: the test extra builds PyGObject against Debian's libgirepository.
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python libfprint-tools
+# The test extra includes the landmarks extra.
+$(VENV)/.installed-test: pyproject.toml requirements-nodeps.txt | $(BIN)/python libfprint-tools
 	@echo "kiosk-agent: installing into $(VENV) with pip, test tools too (a minute or two the first time)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@ $(VENV)/.installed-demo
 
 $(BIN)/python: | python-venv
@@ -65,6 +71,20 @@ python-venv:
 	@sh scripts/ensure-package.sh "$(PYTHON) -c 'import ensurepip, venv'" python3-venv "Python's venv module"
 
 # The tests start their own mosquitto on a free loopback port; it only has to be installed.
+# The operator console's tests drive Debian's Chromium headless through its chromedriver
+# (tests/console/); the Noto fonts draw its Urdu pages (and the screenshots in docs/console/).
+.PHONY: browser
+browser:
+	@sh scripts/ensure-package.sh "test -x /usr/bin/chromium" chromium "the console's browser tests"
+	@sh scripts/ensure-package.sh "test -x /usr/bin/chromedriver" chromium-driver "the console's browser tests"
+	@sh scripts/ensure-package.sh "test -f /usr/share/fonts/truetype/noto/NotoNastaliqUrdu-Regular.ttf" \
+	  fonts-noto-core "Urdu text on the console's pages"
+
+# Screenshots of every console page, English and Urdu, 800x480 and 1366x768 (docs/console.md).
+.PHONY: console-screenshots
+console-screenshots: deps-test mosquitto browser
+	$(BIN)/python -m tests.console.screenshots
+
 mosquitto:
 	@sh scripts/ensure-package.sh "command -v mosquitto || test -x /usr/sbin/mosquitto" mosquitto \
 	  "the tests start their own brokers"

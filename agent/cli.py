@@ -38,8 +38,10 @@ from agent.config import (
     load_config,
     read_toml,
 )
+from agent.console import cli as console_cli
 from agent.lock import StateLock, StateLocked
 from agent.logs import setup_logging
+from agent.media import cli as media_cli
 from agent.preflight import mqtt_problems, problems_and_warnings
 from agent.quality import cli as quality_cli
 from agent.remote import cli as remote_cli
@@ -100,7 +102,9 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_queue_stats)
     capture_cli.add_parser(sub)
+    media_cli.add_parser(sub)
     update_cli.add_parser(sub)
+    console_cli.add_parser(sub)
     for extend in extensions:
         extend(sub, parsers)
     return parser

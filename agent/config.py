@@ -19,8 +19,11 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
 from agent.capture.config import CaptureConfig
+from agent.clock.config import ClockConfig
 from agent.config_types import ConfigError, Section, TopicSegment, describe_errors, topic_segment
+from agent.console.config import ConsoleConfig
 from agent.formats.config import FormatsConfig
+from agent.position.config import PositionConfig
 from agent.quality.config import FaceQualityConfig, FingerQualityConfig, QualityConfig
 from agent.registration.config import LocalApiConfig, RegistrationConfig
 from agent.remote.config import OperatorConfig, RemoteConfig, Role
@@ -84,6 +87,12 @@ class AgentConfig(Section):
     local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
+    #: The operator console for officers and supervisors (agent/console/, docs/console.md).
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    #: How the agent judges its clock before stamping registrations (agent/clock/, docs/vans.md).
+    clock: ClockConfig = Field(default_factory=ClockConfig)
+    #: A GNSS receiver and the kiosk's assigned area (agent/position/, docs/vans.md).
+    position: PositionConfig = Field(default_factory=PositionConfig)
     #: Filled from the [devices.NAME] tables by load_config, each with its driver's model.
     devices: dict[str, SerializeAsAny[DriverConfig]] = Field(default_factory=dict)
 
@@ -97,6 +106,8 @@ class AgentConfig(Section):
             self.queue.path = state / "queue.db"
         if self.registration.store_path is None:
             self.registration.store_path = state / "registrations.db"
+        if self.console.users_file is None:
+            self.console.users_file = state / "console-users.json"
         return self
 
     @property

@@ -29,6 +29,8 @@ from agent.capture.hotplug import HotplugMonitor
 from agent.capture.service import CaptureOutcome, CaptureService, ContinuousCapture
 from agent.capture.workers import DeviceWorker
 from agent.config import AgentConfig, ConfigError
+from agent.console.policy import apply_policy
+from agent.console.server import Console
 from agent.guard import log_and_continue
 from agent.logs import recent_logs
 from agent.registration.central_status import CentralStatus
@@ -44,7 +46,7 @@ from agent.transport.central_hints import CentralHints
 from agent.transport.durable_queue import DurableQueue, QueueStats
 from agent.transport.events import EventBus
 from agent.transport.handler_chain import HandlerChain
-from agent.transport.mqtt_link import MqttLink, Will
+from agent.transport.mqtt_link import KIOSK_IDLE_WAIT_S, MqttLink, Will
 from agent.transport.protocol import Topics, status_payload
 from agent.transport.publisher import Publisher
 from agent.transport.telemetry import TelemetryPublisher
@@ -72,6 +74,7 @@ class Agent:
         self.registrations: RegistrationService | None = None
         self.central: CentralStatus | None = None
         self.local_api: LocalApi | None = None
+        self.console: Console | None = None
         #: True while reload() swaps the components; commands answer "busy" meanwhile.
         self.reloading = False
         self._lifecycle = threading.Lock()
@@ -111,6 +114,10 @@ class Agent:
             # Started once, not per reload: the registration app keeps its address.
             self.local_api = LocalApi(self)
             self.local_api.start()
+        if self.config.console.enabled:
+            # Like the local API: one listener for the agent's life (docs/console.md).
+            self.console = Console(self, audit=self.remote_store)
+            self.console.start()
         items, size = self.queue.totals() if self.queue else (0, 0)
         log.info("kiosk-agent %s started: kiosk %s, %d devices, %d captures (%d bytes) queued",
                  __version__, self.config.kiosk.id, len(self.workers), items, size)
@@ -143,11 +150,35 @@ class Agent:
         self.registrations = RegistrationService(
             cfg.registration, kiosk=cfg.kiosk, quality=cfg.quality, formats=cfg.formats,
             capture=self.capture, queue=self.queue, sealer=sealer, workers=self.workers)
+        # The clock (vans, docs/vans.md): judged now, recorded in every manifest, and a clock
+        # that is clearly wrong stops new registrations instead of stamping wrong dates.
+        from agent.clock.watch import ClockGate, ClockWatch
+
+        # And where it is (vans with a GNSS receiver): in every manifest, in telemetry, the
+        # area rule, and GNSS time for the clock check.
+        self.position = None
+        if cfg.position.source != "none":
+            from agent.position.service import AreaGate, PositionService
+
+            self.position = PositionService(cfg.position)
+            self.position.start()
+            self.registrations.gates.add(AreaGate(self.position))
+            self.registrations.manifest_fields["position"] = self.position.manifest
+        self.clock = ClockWatch(cfg.clock, gnss=self.position.gnss_time if self.position else None)
+        self.clock.state()
+        self.registrations.gates.add(ClockGate(self.clock))
+        # The cellular modem's signal and registration, for telemetry (null without ModemManager).
+        from agent.transport.modem import ModemWatch
+
+        self.modem = ModemWatch()
+        self.registrations.manifest_fields["clock"] = lambda: self.clock.state().manifest()
         status = self.status_fields()
         self.publisher = Publisher(self.queue, cfg.mqtt, self.topics, status, uplink=cfg.uplink,
                                    state_dir=cfg.state_dir, on_event=self.events.emit,
                                    receipt_keys=receipt_keys, signer=sealer)
         publisher = self.publisher
+        # Supervisor approval and the blocking rules (agent/console/policy.py).
+        apply_policy(cfg.console, self.registrations, self.queue, publisher.rewind)
         # What the central side hints when it cannot answer with a receipt (a kiosk not
         # enrolled): unsigned, so words in the log and telemetry only.
         hints = CentralHints(self.topics, self.events, lambda: publisher.counters.acknowledged)
@@ -162,7 +193,9 @@ class Agent:
                              hints, self.publisher)
         will = Will(self.topics.status, status_payload("offline", **status))
         self.link = MqttLink(cfg.mqtt, chain, client_id=cfg.client_id(), name="agent", will=will,
-                             max_incoming_bytes=KIOSK_MAX_INCOMING_BYTES)
+                             max_incoming_bytes=KIOSK_MAX_INCOMING_BYTES, idle_wait_s=KIOSK_IDLE_WAIT_S)
+        # A committed capture wakes the MQTT thread at once: it sleeps instead of polling.
+        self.queue.on_commit = self.link.wake
         self.link.start()
         self._warn_certificate(cfg)
         if cfg.capture.mode == "continuous":
@@ -206,6 +239,8 @@ class Agent:
             self.notifier.stopping("stopping: finishing the capture in hand, publishing offline")
         if self.local_api is not None:
             self.local_api.stop()
+        if self.console is not None:
+            self.console.stop()
         self._stop_components()
         if self.remote is not None:
             self.remote.stop()
@@ -219,6 +254,9 @@ class Agent:
         if self.hotplug is not None:
             self.hotplug.stop()
             self.hotplug = None
+        if getattr(self, "position", None) is not None:
+            self.position.stop()
+            self.position = None
         for worker in self.workers.values():
             worker.stop()
         if self.registrations is not None:

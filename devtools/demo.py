@@ -254,7 +254,8 @@ def _queue_counts(path: Path) -> tuple[int, int]:
         return 0, 0
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        # Queue schema 2 keeps the last sequence number with the totals (schema 1: AUTOINCREMENT).
+        seq = db.execute("SELECT last_seq FROM totals").fetchone()
         queued = db.execute("SELECT items FROM totals").fetchone()
     except sqlite3.OperationalError:  # no tables yet: nothing was ever committed
         return 0, 0

@@ -88,6 +88,9 @@ class LibfprintConfig(DriverConfig):
     ppi: int = Field(500, ge=250, le=1000)
     #: Seconds for opening or closing the scanner (libfprint may upload firmware or calibrate).
     open_timeout_s: float = Field(15.0, gt=0, le=120)
+    #: Fewer minutiae than this (libfprint's NBIS count) is a retry: NFIQ 2's gate, 5. Prints
+    #: from the synthetic generator get 38-78; a fingertip's edge 3.
+    min_minutiae: int = Field(5, ge=1, le=200)
 
 
 def classify(domain: str, code: int, message: str, device: str) -> DriverError:
@@ -259,10 +262,13 @@ class LibfprintDriver(Driver):
         width, height, ppmm, data, minutiae = shot
         image = check_image(width, height, data, self.device_id)
         ppi, ppi_source = resolution(ppmm, self.config.ppi, self.device_id)
-        if not minutiae:
+        if minutiae < self.config.min_minutiae:
             # libfprint answers an image without minutiae with "try again" itself; other paths
-            # (a driver that skips detection) must not hand the matcher an empty print either.
-            raise CaptureRetry("no ridges found", "place the finger flat on the sensor again")
+            # (a driver that skips detection) must not hand the matcher an empty print, nor
+            # one with too few minutiae to match on (NFIQ 2 scores those 0 too).
+            raise CaptureRetry(f"{minutiae} minutiae found, at least {self.config.min_minutiae} needed"
+                               if minutiae else "no ridges found",
+                               "place the finger flat on the sensor again, pressing a little harder")
         return CapturedImage(
             modality=Modality.FINGER, position=request.position, image_format="png",
             image=encode_grey_png(image, ppi), width=width, height=height, ppi=ppi,

@@ -26,6 +26,7 @@ from agent.preflight import mqtt_problems
 from agent.security import keys
 from agent.security.cli import init_key, show_key
 from receiver.config import ReceiverServiceConfig, load_receiver_config
+from receiver.storage import preflight
 
 if TYPE_CHECKING:
     from receiver.service import Receiver
@@ -38,9 +39,11 @@ Command = Callable[[argparse.Namespace], int]
 def extend(sub: Subparsers, parsers: dict[str, Any]) -> None:
     p = sub.add_parser("receiver", help="run the reference receiver (central side)")
     config_arg(p)
-    p.add_argument("action", nargs="?", choices=["status"],
-                   help="status: where the registrations it stored stand, then exit (1: some failed)")
-    p.add_argument("--json", action="store_true", help="with status: one JSON object")
+    p.add_argument("action", nargs="?", choices=["status", "import"],
+                   help="status: where the registrations it stored stand, then exit (1: some failed); "
+                        "import DIR: ingest what a van exported to a drive and write its receipts there")
+    p.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="with import: the drive's folder")
+    p.add_argument("--json", action="store_true", help="with status or import: one JSON object")
     p.set_defaults(func=cmd_receiver)
 
     check = parsers["check-config"]
@@ -126,11 +129,16 @@ def _check_receiver_config(path: Path, no_files: bool = False) -> tuple[str, lis
                 load_key()
             except keys.KeyFileError as exc:
                 problems.append(str(exc))
+        # A PostgreSQL store: reachable, credentials, schema version (receiver/storage/preflight.py).
+        store_problems, store_warnings = preflight.store_problems(rc.store)
+        problems += store_problems
         if problems:
             raise ConfigError(str(path), problems)
     plaintext = config.mqtt.plaintext_warning()
-    return (f"receiver {config.receiver.name}, storing under {config.receiver.output_dir}"
-            + ("; files not checked" if no_files else ""), [plaintext] if plaintext else [])
+    warnings = ([plaintext] if plaintext else []) + ([] if no_files else store_warnings)
+    where = "in PostgreSQL" if config.receiver.store != "files" else f"under {config.receiver.output_dir}"
+    return (f"receiver {config.receiver.name}, storing {where}"
+            + ("; files not checked, nor the database" if no_files else ""), warnings)
 
 
 def cmd_keys_enrol(args: argparse.Namespace) -> int:
@@ -149,9 +157,15 @@ def cmd_keys_enrol(args: argparse.Namespace) -> int:
 def cmd_receiver(args: argparse.Namespace) -> int:
     config = load_receiver_config(config_path(args.config))
     if getattr(args, "action", None) == "status":
+        if config.receiver.store != "files":  # the tables (receiver/storage/pg_report.py)
+            from receiver.storage.pg_report import print_status as print_db_status
+
+            return print_db_status(config.receiver.store, args.json)
         from receiver.status_report import print_status
 
         return print_status(config.receiver.output_dir, args.json)
+    if getattr(args, "action", None) == "import":
+        return cmd_receiver_import(config, args)
     setup_logging(config.logging.level, config.logging.format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,6 +181,64 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         return _serve(Receiver(config), stop)
     finally:
         lock.release()
+
+
+def cmd_receiver_import(config: ReceiverServiceConfig, args: argparse.Namespace) -> int:
+    """Registrations carried on a drive (receiver/media_import.py); exit 1 unless every item
+    listed was imported and every receipt written."""
+    import json
+
+    from agent.media.medium import MediaError
+    from receiver.media_import import import_media
+    from receiver.service import Receiver
+
+    if args.dir is None:
+        print("error: receiver import needs the drive's folder: kiosk-agent receiver import DIR",
+              file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config.logging.level, config.logging.format)
+    try:
+        # Its own lock: it may run beside this store's receivers (the store de-duplicates
+        # between them), but two imports at once would race on the drive's receipt files.
+        lock = StateLock(config.receiver.output_dir, "kiosk-agent receiver import",
+                         name=".lock-media-import").acquire()
+    except StateLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    receiver = None
+    try:
+        receiver = Receiver(config)
+        # Not started: nothing goes over MQTT. Registration statuses are kept on disk and
+        # reach the kiosk at its next query.
+        receiver.reporter.publish = None
+        results = import_media(receiver, args.dir.resolve(),
+                               progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except MediaError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc), "kiosks": []}))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if receiver is not None:
+            receiver.store.close()
+        lock.release()
+    ok = bool(results) and all(r.ok for r in results)
+    if args.json:
+        print(json.dumps({"ok": ok, "kiosks": [r.as_dict() for r in results]}))
+    else:
+        if not results:
+            print(f"nothing to import under {args.dir / 'kiosk-media'}", file=sys.stderr)
+        for r in results:
+            print(f"{r.kiosk_id or r.folder}: {r.listed} listed, {r.stored} stored, {r.duplicate} duplicate, "
+                  f"{r.rejected} rejected, {r.not_imported} not imported; {r.receipts_written} receipts"
+                  + (f" in {r.receipts_file}" if r.receipts_file else ""))
+            for line in r.warnings:
+                print(f"  warning: {line}", file=sys.stderr)
+            for line in r.problems:
+                print(f"  not imported: {line}", file=sys.stderr)
+            if r.error:
+                print(f"  error: {r.error}", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def store_lock(config: ReceiverServiceConfig) -> StateLock:

@@ -52,6 +52,10 @@ class ReceiverConfig(Section):
     #: Registration statuses signed in answer to queries per second, all kiosks together
     #: (each ~0.5 ms); over it queries are dropped and counted (receiver/query_budget.py).
     query_answers_per_s: int = Field(512, ge=1)
+    #: Whether sealed envelopes of version 1 (the signature over the whole capture) are still
+    #: read. On during a rollout to version 2: a kiosk's queue keeps what it sealed before its
+    #: update. Turn it off once the counter envelopes_v1 has stayed at 0 fleet-wide (docs/security.md).
+    accept_envelope_v1: bool = True
 
     #: Where captures are kept: "files" (under output_dir: the demo and small sites) or a
     #: libpq URI, "postgresql://user@host/db" (many receivers, one database). Keep the

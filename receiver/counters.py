@@ -32,3 +32,7 @@ class ReceiverCounters:
     manifests_over_cap: int = 0
     #: Registration queries cut short by the answer budget (receiver/query_budget.py).
     queries_dropped: int = 0
+    #: Sealed envelopes of version 1 accepted, and refused (receiver.accept_envelope_v1 off):
+    #: the first says when the fleet's queues hold no version 1 any more.
+    envelopes_v1: int = 0
+    envelopes_v1_refused: int = 0

@@ -7,12 +7,11 @@ receivers split a fleet's load), verifies each envelope, files it in the configu
 capture seen twice is stored once and receipted again. It is the executable contract for
 the matching service.
 
-Captures too large for one message arrive in chunks on ``<prefix>/<kiosk>/chunks``: the
-receiver answers each manifest with the chunks it already holds (``chunk-status``), keeps
-verified chunks on disk (ChunkAssembly), and hands the reassembled, verified envelope to
-the same path as a single-message capture, receipt included. A manifest is accepted only
-when the kiosk's enrolled key signed it. Every receipt is signed with the central
-receipt-signing key and names the bytes received and the kiosk's send (receiver/receipting.py).
+Captures too large for one message arrive in chunks on ``<prefix>/<kiosk>/chunks``
+(receiver/chunk_intake.py): the receiver answers each manifest with the chunks it already
+holds, and hands the reassembled, verified envelope to the same path as a single-message
+capture, receipt included. Every receipt is signed with the central receipt-signing key and
+names the bytes received and the kiosk's send (receiver/receipting.py).
 
 Storage is the receiver's to defend: a capture is filed under the kiosk whose enrolled key
 verified it, every id passes receiver/paths.py before it names a file, nothing stored is
@@ -36,13 +35,12 @@ import paho.mqtt.client as mqtt
 
 from agent.config import ConfigError
 from agent.security.keys import KeyFileError, load_decryption_key, load_kiosk_keys, load_receipt_signing_key
-from agent.security.sealing import Opener, SealError
-from agent.transport.chunking import CHUNK_MAGIC, MANIFEST_MAGIC, Chunk, ChunkStatus, Manifest
+from agent.security.sealing import Opener, SealError, VersionRefused
 from agent.transport.mqtt_link import BrokerLimits, MqttLink
 from agent.transport.protocol import ProtocolError, Topics, decode_capture, open_send
 from agent.transport.receipts import Receipt
 from receiver.assembly import HostileManifest, RegistrationAssembler, parse_manifest
-from receiver.chunks import ChunkAssembly, OverQuota, Transfer
+from receiver.chunk_intake import ChunkIntake
 from receiver.config import ReceiverServiceConfig
 from receiver.counters import ReceiverCounters
 from receiver.group_commit import GroupCommit, GroupCommitLimits
@@ -51,8 +49,8 @@ from receiver.query_budget import QueryBudget
 from receiver.receipting import Receipts
 from receiver.retries import RegistrationFinisher
 from receiver.status import StatusReporter
-from receiver.storage import StoreUnavailable, open_store
-from receiver.warnings_limit import LimitedWarnings, OncePerInterval, PerSecondBudget
+from receiver.storage import StoreUnavailable, chunk_assembly, open_store
+from receiver.warnings_limit import LimitedWarnings
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +59,21 @@ log = logging.getLogger(__name__)
 KEY_RELOAD_INTERVAL_S = 10.0
 #: Stale chunk state is swept at start and then this often.
 SWEEP_INTERVAL_S = 3600.0
-#: A chunk status answers a bad chunk, or a chunk of an unknown transfer, at most this often
-#: per transfer: each answer is a message to the kiosk, and a status of a large transfer costs
-#: O(chunks held) to build, so anyone on the broker could make every cheap message dear.
-STATUS_INTERVAL_S = 1.0
-#: At most this many "unknown" answers a second per kiosk (fresh transfer ids are free; a
-#: genuine kiosk runs one transfer at a time) and this many transfers remembered.
-UNKNOWN_PER_KIOSK_PER_S = 10
-STATUS_GATE_KEYS = 4096
 
 
-class Receiver:
+class Receiver(ChunkIntake):
     def __init__(self, config: ReceiverServiceConfig) -> None:
         rc = config.receiver
         self.config = config
         self.store = open_store(rc.store, rc.output_dir, rc.name)
         self.batch = GroupCommit(self.store, GroupCommitLimits(rc.group_commit_ms / 1000, rc.group_commit_max,
                                                                rc.group_commit_max_bytes))
-        self.chunks = ChunkAssembly(rc.output_dir, rc.chunk_quota_bytes)
+        # Files under output_dir, or the database's tables (receiver/storage/pg_chunks.py).
+        self.chunks = chunk_assembly(self.store, rc.chunk_quota_bytes)
         self.chunks.sweep()
         self.chunks.rebuild()
         self._swept_at = time.monotonic()
-        self._unknown_answered = OncePerInterval(STATUS_INTERVAL_S, STATUS_GATE_KEYS)
-        self._unknown_budget = PerSecondBudget(UNKNOWN_PER_KIOSK_PER_S)
-        self._bad_answered = OncePerInterval(STATUS_INTERVAL_S, STATUS_GATE_KEYS)
+        self._init_chunk_intake()  # the chunk statuses' rate limits
         # Every line a message from the broker can cause goes through here: one line per junk
         # message let any broker client flood the log.
         self.warnings = LimitedWarnings(log)
@@ -95,7 +84,7 @@ class Receiver:
         self.counters = ReceiverCounters()
         try:
             self.opener = Opener(load_decryption_key(rc.central_private_key),
-                                 load_kiosk_keys(rc.kiosk_keys_dir))
+                                 load_kiosk_keys(rc.kiosk_keys_dir), accept_v1=rc.accept_envelope_v1)
             self.receipts = Receipts(load_receipt_signing_key(rc.receipt_key), config.mqtt.topic_prefix)
         except KeyFileError as exc:
             raise ConfigError("receiver", [str(exc)]) from None
@@ -193,138 +182,13 @@ class Receiver:
             self.warnings.warn(kiosk_id, "unreadable-query", "ignored a registration query for kiosk %s: %s",
                                kiosk_id, exc)
 
-    # --- chunked transfers ----------------------------------------------------------------
-
-    def _on_chunks(self, link: MqttLink, kiosk_id: str, payload: bytes) -> None:
-        if not self._enrolled(kiosk_id):
-            # Before anything is written: a name on the broker is not an enrolled kiosk.
-            self._security_event(kiosk_id, "not-enrolled", "chunks for a kiosk that is not enrolled; "
-                                 "nothing stored")
-            self.receipts.hint(link, kiosk_id, "not_enrolled", self.config.receiver.name)
-            return
-        try:
-            if payload[:3] == MANIFEST_MAGIC:
-                self._on_manifest(link, kiosk_id, payload)
-            elif payload[:3] == CHUNK_MAGIC:
-                self._on_chunk(link, kiosk_id, Chunk.decode(payload))
-            else:
-                raise ProtocolError("neither a chunk manifest nor a chunk (bad magic)")
-        except UnsafeName as exc:
-            self._security_event(kiosk_id, "unsafe-name", f"chunked transfer refused: {exc}")
-        except StoreUnavailable as exc:
-            self.warnings.warn("", "store-unavailable", "chunked capture not stored, no receipt: %s", exc,
-                               level=logging.ERROR)
-        except OverQuota as exc:
-            # No status: the kiosk sends nothing more and asks again after its receipt timeout.
-            self._count("over_quota")
-            self.warnings.warn(kiosk_id, "over-quota", "chunks refused, nothing stored: %s", exc)
-        except ProtocolError as exc:
-            # Unreadable: nothing is stored and nothing answered (as for a bad envelope).
-            self._count("unreadable")
-            self.warnings.warn(kiosk_id, "unreadable-chunk", "ignored a message on kiosk %s's chunks "
-                               "topic: %s", kiosk_id, exc, level=logging.ERROR)
-
-    def _send_status(self, link: MqttLink, kiosk_id: str, status: ChunkStatus) -> None:
-        link.publish(Topics(self.topics.prefix, kiosk_id).chunk_status, status.encode(), qos=1)
-
-    def _status(self, transfer: Transfer, bad: set[int] | None = None) -> ChunkStatus:
-        return ChunkStatus(transfer.id, transfer.sha256, "partial", transfer.count,
-                           transfer.indexes(), frozenset(bad or ()), self.config.receiver.name)
-
-    def _on_manifest(self, link: MqttLink, kiosk_id: str, payload: bytes) -> None:
-        manifest = Manifest.decode(payload)
-        if manifest.kiosk_id != kiosk_id:
-            raise ProtocolError(f"manifest for kiosk {manifest.kiosk_id!r} sent on {kiosk_id!r}'s topic")
-        key = self.opener.kiosk_keys.get(kiosk_id)  # enrolled: _on_chunks checked
-        if key is None or not manifest.signed_by(key):
-            # Nothing written, nothing answered: a forged first manifest must not fix which
-            # digests the genuine chunks are held to.
-            self._security_event(kiosk_id, "unsigned-manifest", f"chunk manifest for {manifest.id!r} "
-                                 "not signed by the kiosk's enrolled key; nothing stored")
-            return
-        with self._lock:
-            self.counters.manifests += 1
-        self.receipts.announced(kiosk_id, manifest)
-        done = self.chunks.done_receipt(kiosk_id, manifest.id, manifest.sha256)
-        if done is not None:
-            # Stored already; the kiosk missed the receipt: both again, no chunk needed, the
-            # receipt signed anew for this send.
-            self._send_status(link, kiosk_id, ChunkStatus(manifest.id, manifest.sha256, "complete",
-                                                          manifest.count, receiver=self.config.receiver.name))
-            self.receipts.send_again(link, kiosk_id, manifest, done)
-            return
-        transfer = self.chunks.begin(kiosk_id, manifest, payload)
-        if transfer.held == transfer.count:
-            self._complete(link, kiosk_id, transfer)  # every chunk came before a restart
-            return
-        self._send_status(link, kiosk_id, self._status(transfer))
-
-    def _on_chunk(self, link: MqttLink, kiosk_id: str, chunk: Chunk) -> None:
-        if chunk.kiosk_id != kiosk_id:
-            raise ProtocolError(f"chunk for kiosk {chunk.kiosk_id!r} sent on {kiosk_id!r}'s topic")
-        transfer = self.chunks.lookup(kiosk_id, chunk.id, chunk.sha256)
-        if transfer is None:
-            if self.chunks.done_receipt(kiosk_id, chunk.id, chunk.sha256) is not None:
-                with self._lock:
-                    self.counters.chunks_duplicate += 1
-                return
-            # No manifest (never seen, or swept): ask for it, once per transfer and second, and
-            # only so often per kiosk. Unanswered, a genuine kiosk sends its manifest again after
-            # its receipt timeout anyway.
-            if (self._unknown_answered.allow((kiosk_id, chunk.id, chunk.sha256))
-                    and self._unknown_budget.allow(kiosk_id)):
-                self._send_status(link, kiosk_id, ChunkStatus(
-                    chunk.id, chunk.sha256, "unknown", chunk.count, receiver=self.config.receiver.name))
-            return
-        if not transfer.accepts(chunk):
-            # Never stored as good. Asked for again at once, but once a second per transfer at
-            # most: the bad chunks left unanswered are missing from the next status's "have"
-            # (or the kiosk's next manifest's answer) and are sent again from there.
-            self._count("chunks_corrupt")
-            self.warnings.warn(kiosk_id, "bad-chunk", "chunk %d of %s from kiosk %s failed its SHA-256; "
-                               "asking for it again", chunk.index, chunk.id, kiosk_id)
-            if self._bad_answered.allow(transfer.folder):
-                self._send_status(link, kiosk_id, self._status(transfer, {chunk.index}))
-            return
-        outcome = self.chunks.put(transfer, chunk)
-        if outcome == "duplicate":
-            self._count("chunks_duplicate")
-        if outcome != "stored":
-            return  # or "gone": finished elsewhere or swept; the kiosk's next manifest settles it
-        with self._lock:
-            self.counters.chunks_received += 1
-        if transfer.held == transfer.count:
-            self._complete(link, kiosk_id, transfer)
-
-    def _complete(self, link: MqttLink, kiosk_id: str, transfer: Transfer) -> None:
-        path, bad = self.chunks.assemble(transfer)
-        if path is None and not bad:
-            log.error("transfer %s from kiosk %s: its chunks match their digests but not the manifest's "
-                      "total SHA-256; discarded (a faulty or forged manifest)", transfer.id, kiosk_id)
-            return
-        if path is None:
-            with self._lock:
-                self.counters.chunks_corrupt += len(bad)
-            log.error("transfer %s from kiosk %s: chunk(s) %s damaged on disk; asking for them again",
-                      transfer.id, kiosk_id, sorted(bad))
-            self._send_status(link, kiosk_id, self._status(transfer, bad))
-            return
-        receipt = self._handle(kiosk_id, path.read_bytes())
-        if receipt is None or receipt.id != transfer.id:
-            # Not authentic, or not the item its manifest named: keep nothing, answer nothing.
-            log.error("transfer %s from kiosk %s: the reassembled envelope was not accepted; discarded",
-                      transfer.id, kiosk_id)
-            self.chunks.discard(transfer)
-            return
-        receipt = replace(receipt, sha256=transfer.sha256, nonce=self.receipts.nonce_of(transfer))
-        if not self.batch.commit():
-            return  # not durable: no done record; the kiosk's next manifest completes it again
-        self.chunks.finish(transfer, receipt.record())
-        with self._lock:
-            self.counters.reassembled += 1
-        log.info("capture %s from %s reassembled from %d chunks: %s", transfer.id, kiosk_id,
-                 transfer.count, receipt.status)
-        self.receipts.send(link, kiosk_id, receipt)
+    def ingest(self, kiosk_id: str, sealed: bytes) -> Receipt | None:
+        """A sealed envelope that came other than over MQTT (a drive from a van:
+        receiver/media_import.py), through exactly a message's checks, store and
+        de-duplication: its receipt (id and status; the caller names the bytes and the
+        send), or None when it cannot be authenticated. With a batched store it is durable
+        only once ``batch.commit()`` has returned True."""
+        return self._handle(kiosk_id, sealed)
 
     def _handle(self, kiosk_id: str, payload: bytes) -> Receipt | None:
         name = self.config.receiver.name
@@ -333,6 +197,13 @@ class Receiver:
             if header.kiosk_id != kiosk_id:
                 raise SealError(f"sealed for kiosk {header.kiosk_id!r} but sent on {kiosk_id!r}'s topic",
                                 header.id, header.kiosk_id)
+        except VersionRefused as exc:
+            # An old kiosk (or an old item in an updated kiosk's queue): no receipt, so the
+            # kiosk keeps it; turning accept_envelope_v1 back on lets it through.
+            self._count("envelopes_v1_refused")
+            self.warnings.warn(kiosk_id, "v1-refused", "refused envelope %s on kiosk %s's topic: %s",
+                               exc.item_id or "unreadable", kiosk_id, exc)
+            return None
         except SealError as exc:
             # Not provably from the kiosk: report it, store nothing, and send no receipt, so a
             # forger cannot make a kiosk set its genuine capture aside.
@@ -344,6 +215,8 @@ class Receiver:
             return None
         # From here the envelope is authentic: header.kiosk_id is the name its verifying key
         # is enrolled under, and that (never a field the sender chose) names the folder.
+        if header.version == 1:
+            self._count("envelopes_v1")
         signer = header.kiosk_id
         try:
             check_item_id(header.id)

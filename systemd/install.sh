@@ -100,6 +100,8 @@ relocate_venv() {
 }
 
 setup_venv() {
+    # $1: kiosk (with the landmarks extra and mediapipe: the face checks) or central (the
+    # receiver judges no faces).
     install -d -m 0755 "$DESTDIR/opt" "$opt" "$opt/releases" "$opt/update"
     if [ ! -x "$venv/bin/python" ]; then
         say "creating the virtual environment $venv"
@@ -107,8 +109,16 @@ setup_venv() {
         "$PYTHON" -m venv "$venv"
     fi
     say "installing kiosk-agent and its dependencies with pip (a minute or two the first time)"
+    what=$src
+    [ "$1" = kiosk ] && what="$src[landmarks]"
     # shellcheck disable=SC2086
-    "$venv/bin/python" -m pip install --quiet --upgrade $PIP_ARGS "$src"
+    "$venv/bin/python" -m pip install --quiet --upgrade $PIP_ARGS "$what"
+    if [ "$1" = kiosk ]; then
+        # mediapipe without its declared dependencies (why: requirements-nodeps.txt); pip skips
+        # it where its markers do not match (no wheel for this platform or Python).
+        # shellcheck disable=SC2086
+        "$venv/bin/python" -m pip install --quiet --no-deps $PIP_ARGS -r "$src/requirements-nodeps.txt"
+    fi
     # The updater counts a release as complete once its manifest.json exists.
     printf '{"version": "%s", "installed_by": "install.sh"}\n' "$version" > "$opt/releases/$version/manifest.json"
     old=$(readlink "$opt/current" 2>/dev/null || true)
@@ -150,7 +160,7 @@ do_install_central() {
     install -d -m 0755 "$units"
     install -d -m 0750 "$etc"
     $live && chgrp kiosk "$etc"
-    setup_venv
+    setup_venv central
     install -m 0644 "$src/systemd/kiosk-agent-receiver.service" "$units/"
     install_config "$src/config/receiver.toml" "$etc/receiver.toml"
     install_cli_docs
@@ -179,7 +189,7 @@ do_install() {
         chgrp kiosk "$etc" "$etc/tls"
         chown kiosk:kiosk "$state"
     fi
-    setup_venv
+    setup_venv kiosk
     install -m 0644 "$src/systemd/kiosk-agent.service" "$src/systemd/kiosk-agent-updater.service" \
         "$src/systemd/kiosk-agent-updater.path" "$src/systemd/kiosk-agent-update-recover.service" "$units/"
     install -m 0644 "$src/systemd/60-kiosk-agent.rules" "$src/systemd/61-kiosk-serial.rules" "$rules/"

@@ -73,8 +73,19 @@ def _device_row(name: str, config: Any) -> dict[str, Any]:
 def cmd_devices(args: argparse.Namespace) -> int:
     config = load(args)
     rows = [_device_row(name, device) for name, device in config.devices.items()]
+    gnss = None
+    if config.position.source != "none":  # a van's GNSS receiver (agent/position/)
+        from agent.position.service import probe
+
+        gnss = probe(config.position)
     if args.json:
-        print(json.dumps({"devices": rows}, default=str))
+        print(json.dumps({"devices": rows, **({"position": gnss} if gnss else {})}, default=str))
+    elif gnss is not None:
+        fix = gnss["fix"]
+        state = (f"fix {gnss['fix_type']} {fix['lat']:.5f},{fix['lon']:.5f} +/-{fix['accuracy_m'] or '?'} m, "
+                 f"{fix['satellites']} satellites, age {fix['age_s']} s" if fix else
+                 f"no fix ({gnss['current']['reason']})")
+        print(f"{'position':<12} {gnss['source']:<11} {state}")
     elif not rows:
         print("no devices configured ([devices.NAME] tables)")
     for row in rows if not args.json else []:

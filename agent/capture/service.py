@@ -73,8 +73,10 @@ class CaptureService:
         return self.commit(device, kept.image, kept.attempts)
 
     def commit(self, device: str, image: CapturedImage, attempt: int, *,
-               operator_id: str | None = None, registration: dict[str, Any] | None = None) -> CaptureOutcome:
-        """Seal and durably queue one image from ``device``; any thread may call it."""
+               operator_id: str | None = None, registration: dict[str, Any] | None = None,
+               held: bool = False) -> CaptureOutcome:
+        """Seal and durably queue one image from ``device``; any thread may call it. ``held``:
+        kept out of the send order until released (a registration awaiting approval)."""
         kiosk = self.kiosk
         worker = self.workers[device]
         record = new_record(
@@ -90,7 +92,7 @@ class CaptureService:
                                     inner=inner)
 
         try:
-            seq = self.queue.put(record.id, "capture", sealed)
+            seq = self.queue.put(record.id, "capture", sealed, held=held)
         except QueueError:
             with self._lock:
                 self.refused += 1

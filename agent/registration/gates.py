@@ -15,8 +15,12 @@ rather than letting a broken check open the door (or lock the kiosk with a trace
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -73,3 +77,64 @@ class Gates:
             if refusal is not None:
                 found.append(refusal)
         return found
+
+
+# --- the console's rules (docs/console.md); limits in [console], 0 turns a rule off -------------
+
+
+class AwaitingApprovalGate:
+    """Too many completed registrations wait for a supervisor: approve or reject them first,
+    before the kiosk holds a day's work nobody has looked at."""
+
+    rule = "approvals_pending"
+
+    def __init__(self, count: Callable[[], int], limit: int) -> None:
+        self.count, self.limit = count, limit
+
+    def check(self) -> Refusal | None:
+        waiting = self.count()
+        if not self.limit or waiting < self.limit:
+            return None
+        return Refusal(self.rule,
+                       f"{waiting} registrations await a supervisor's approval (limit {self.limit})",
+                       "a supervisor approves or rejects them on the operator console")
+
+
+class CentralUnreachedGate:
+    """Something has waited too long for the central side: the kiosk has been cut off for
+    days, and what it takes now would wait with it (on a disk that can be stolen)."""
+
+    rule = "central_unreached"
+
+    def __init__(self, oldest_waiting: Callable[[], float | None], max_days: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.oldest_waiting, self.max_days, self.clock = oldest_waiting, max_days, clock
+
+    def check(self) -> Refusal | None:
+        oldest = self.oldest_waiting()
+        if not self.max_days or oldest is None:
+            return None
+        days = (self.clock() - oldest) / 86400
+        if days < self.max_days:
+            return None
+        return Refusal(self.rule, f"captures have waited {days:.1f} days for the central side "
+                       f"(limit {self.max_days:g})",
+                       "connect the kiosk to the network (cable, Wi-Fi or mobile data) so its backlog "
+                       "is sent; call support if it stays disconnected")
+
+
+class FreeDiskGate:
+    """Too little free disk: a registration must never be half taken for want of space."""
+
+    rule = "low_disk"
+
+    def __init__(self, path: Path, min_free_bytes: int) -> None:
+        self.path, self.min_free_bytes = path, min_free_bytes
+
+    def check(self) -> Refusal | None:
+        free = shutil.disk_usage(self.path).free
+        if not self.min_free_bytes or free >= self.min_free_bytes:
+            return None
+        return Refusal(self.rule, f"only {free // 2**20} MiB free on the kiosk's disk "
+                       f"(limit {self.min_free_bytes // 2**20} MiB)",
+                       "connect the kiosk so its backlog is sent and deleted, or call support to free space")

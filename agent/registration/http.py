@@ -221,6 +221,9 @@ class Stream:
                 head += (
                     f"X-Face-Score: {report['score']}\r\nX-Face-Passed: {str(report['passed']).lower()}\r\n"
                 )
+                # What the operator says now, as a JSON array (ASCII-escaped, so a header can
+                # carry it): the app shows it under the live picture as it changes.
+                head += f"X-Face-Hints: {json.dumps(report.get('hints', []))}\r\n"
             try:
                 handler.wfile.write(head.encode() + b"\r\n" + jpeg + b"\r\n")
                 handler.wfile.flush()

@@ -19,6 +19,7 @@ import numpy as np
 from agent.capture.attempts import Kept
 from agent.capture.service import CaptureService
 from agent.formats.config import FormatsConfig
+from agent.quality.analytics import QualityAnalytics
 from agent.quality.report import QualityReport
 from agent.registration.feed import SessionFeed
 from agent.registration.judging import Judgement
@@ -37,11 +38,15 @@ class Keeper:
         self.formats = formats
         self.store = store
         self.feed = feed
+        #: Daily quality aggregates (agent/quality/analytics.py), set by the service; None: off.
+        self.analytics: QualityAnalytics | None = None
 
     def keep_item(
-        self, state: SessionState, item: PlanItem, kept: Kept[Judgement], expected_fingers: int
+        self, state: SessionState, item: PlanItem, kept: Kept[Judgement], expected_fingers: int,
+        held: bool = False,
     ) -> dict[str, Any]:
-        """Commit a session item's kept attempt (and a face's token) and record it as captured."""
+        """Commit a session item's kept attempt (and a face's token) and record it as captured;
+        ``held``: out of the send order until a supervisor approves (approval.py)."""
         report = _report(kept)
         force = not kept.verdict.passed
         registration = {
@@ -54,14 +59,17 @@ class Keeper:
         }
         outcome = self.capture.commit(
             item.device, self._judged_image(kept), kept.attempts,
-            operator_id=state.operator_id, registration=registration,
+            operator_id=state.operator_id, registration=registration, held=held,
         )
-        token_id = self._commit_token(state, item, kept, outcome.id, registration)
+        token_id = self._commit_token(state, item, kept, outcome.id, registration, held)
         saved = ItemState(
             item.key, "captured", outcome.id, token_id, report.score, force, kept.attempts,
             {"failed_checks": [c.name for c in report.failed()], "hints": report.hints()},
         )
         self.store.save_item(state.id, saved)
+        if self.analytics is not None:  # where the item is recorded as captured
+            self.analytics.record_item(state.operator_id, item.modality.value, report.score,
+                                       kept.attempts, force, expected_fingers)
         if force:
             log.warning(
                 "registration %s: %s force-captured at quality %d after %d attempts (failed: %s)",
@@ -104,7 +112,7 @@ class Keeper:
 
     def _commit_token(
         self, state: SessionState, item: PlanItem, kept: Kept[Judgement], capture_id: str,
-        registration: dict[str, Any],
+        registration: dict[str, Any], held: bool = False,
     ) -> str | None:
         token = kept.verdict.detail.token
         if token is None:
@@ -115,7 +123,7 @@ class Keeper:
         )
         return self.capture.commit(
             item.device, image, kept.attempts, operator_id=state.operator_id,
-            registration={**registration, "item": "face-token"},
+            registration={**registration, "item": "face-token"}, held=held,
         ).id
 
     def _judged_image(self, kept: Kept[Judgement]) -> CapturedImage:

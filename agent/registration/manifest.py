@@ -28,9 +28,12 @@ def build_manifest(
     kiosk: KioskConfig,
     outcome: str,
     reason: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of ``state`` closing as ``outcome`` ("completed" or "cancelled")."""
+    """The manifest of ``state`` closing as ``outcome`` ("completed" or "cancelled");
+    ``extra``: other components' fields (the clock's state), never replacing these."""
     return {
+        **(extra or {}),
         "v": 1,
         "type": "registration",
         "id": state.id,
@@ -84,15 +87,17 @@ def _captures(state: SessionState, plan: list[PlanItem]) -> list[dict[str, Any]]
 
 
 def queue_manifest(
-    queue: DurableQueue, sealer: Sealer, kiosk_id: str, session_id: str, manifest: dict[str, Any]
+    queue: DurableQueue, sealer: Sealer, kiosk_id: str, session_id: str, manifest: dict[str, Any],
+    held: bool = False,
 ) -> None:
-    """Seal ``manifest`` and commit it to the durable queue, behind the session's captures."""
+    """Seal ``manifest`` and commit it to the durable queue, behind the session's captures;
+    ``held``: out of the send order until a supervisor approves (approval.py)."""
     body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
     def sealed(seq: int) -> bytes:
         return sealer.seal(item_id=session_id, kiosk_id=kiosk_id, seq=seq, kind=MANIFEST_KIND, inner=body)
 
-    queue.put(session_id, MANIFEST_KIND, sealed)
+    queue.put(session_id, MANIFEST_KIND, sealed, held=held)
 
 
 def iso_time(t: float) -> str:

@@ -233,7 +233,8 @@ def spec() -> dict[str, Any]:
             "/v1/devices/{device}/preview.mjpeg": {
                 "get": _op(
                     "Live camera preview (multipart/x-mixed-replace MJPEG); with checks=1 each part carries "
-                    "X-Face-Score and X-Face-Passed headers",
+                    "X-Face-Score, X-Face-Passed and X-Face-Hints (a JSON array of the failed checks' "
+                    "hints) headers",
                     {"description": "MJPEG stream", "content": {"multipart/x-mixed-replace": {}}},
                     params=[
                         DEVICE_PARAM,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,9 @@ from agent.capture.workers import DeviceWorker
 from agent.config import KioskConfig
 from agent.formats.config import FormatsConfig
 from agent.formats.positions import FINGERS, position_problem
+from agent.quality.analytics import open_analytics
 from agent.quality.config import QualityConfig
+from agent.registration.approval import REJECT_REASONS, Approvals
 from agent.registration.config import RegistrationConfig
 from agent.registration.erasure import erase_delivered
 from agent.registration.errors import RegistrationError
@@ -77,14 +79,39 @@ class RegistrationService:
         self.judge = Judge(config, quality)
         self.taker = ItemTaker(workers, config.max_attempts, self.judge, self.feed)
         self.keeper = Keeper(capture, formats, self.store, self.feed)
+        #: Daily quality aggregates of session items, operators as pseudonyms (docs/finger-quality.md).
+        self.analytics = open_analytics(quality.analytics, config.store_path.parent)
+        self.taker.analytics = self.keeper.analytics = self.analytics
         #: One complete or cancel at a time: a retried complete racing the first must find the
         #: session completed, not queue a second manifest.
         self._closing = threading.Lock()
         #: Rules that refuse new sessions (agent/registration/gates.py); components add theirs.
         self.gates = Gates()
+        #: Fields other components add to every manifest, each read when the session closes:
+        #: the clock's state (agent/clock/watch.py), for vans. Name -> reader.
+        self.manifest_fields: dict[str, Callable[[], Any]] = {}
+        #: Supervisor approval (agent/registration/approval.py): while True, captures and
+        #: manifests are committed held, and go out only once a supervisor approves.
+        self.approval_required = False
+        self.approvals = Approvals(config.store_path.parent / "approvals.db")
+        #: Called after held items are released (the publisher rewinds to pick them up).
+        self.on_release: Callable[[], None] = lambda: None
+
+    def _manifest_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for name, read in self.manifest_fields.items():
+            try:
+                extra[name] = read()
+            except Exception as exc:  # noqa: BLE001 - a broken reader must not lose the registration
+                log.error("manifest field %s could not be read: %s", name, type(exc).__name__)
+                extra[name] = {"error": type(exc).__name__}
+        return extra
 
     def close(self) -> None:
         self.store.close()
+        if self.analytics is not None:
+            self.analytics.close()
+        self.approvals.close()
 
     def erase_delivered(self) -> int:
         """Erase the closed sessions the central side has all of (agent/registration/erasure.py)."""
@@ -188,8 +215,8 @@ class RegistrationService:
             raise RegistrationError("conflict", f"every finger of {item.key} is recorded as an exception")
         with self.taker.device(item.device):
             excepted = tuple(p for p in item.fingers if p in state.exceptions)
-            kept = self.taker.take(session_id, item, len(expected), excepted)
-            result = self.keeper.keep_item(state, item, kept, len(expected))
+            kept = self.taker.take(session_id, item, len(expected), excepted, operator=state.operator_id)
+            result = self.keeper.keep_item(state, item, kept, len(expected), held=self.approval_required)
         # What the app captures next, as in the session's own view (null: complete it now).
         return {**result, "next": self._next(self._state(session_id))}
 
@@ -236,6 +263,8 @@ class RegistrationService:
                 f"{FINGER_NAMES[position]} would contradict it",
             )
         self.store.set_exception(session_id, position, code, reason.strip())
+        if self.analytics is not None and position not in state.exceptions:  # not a corrected reason
+            self.analytics.record_exception(state.operator_id, code)
         if all(p in state.exceptions or p == position for p in item.fingers):
             self.store.save_item(session_id, ItemState(item.key, "exception"))
         self.feed.event(session_id, "exception", position=position, code=code)
@@ -259,8 +288,14 @@ class RegistrationService:
                 f"not complete: {', '.join(pending)} still to capture or record as exceptions",
                 pending=pending,
             )
-        manifest = build_manifest(state, self._plan(state), self.kiosk, "completed")
-        queue_manifest(self.queue, self.sealer, self.kiosk.id, state.id, manifest)
+        manifest = build_manifest(state, self._plan(state), self.kiosk, "completed",
+                                  extra=self._manifest_extra())
+        hold = self.approval_required
+        if hold:  # first: a crash before the manifest leaves an open session, completed again
+            self.approvals.awaiting(session_id)
+        queue_manifest(self.queue, self.sealer, self.kiosk.id, state.id, manifest, held=hold)
+        if not hold:
+            self._release(state)  # captures held under the policy before it was turned off
         self.store.set_state(session_id, "completed")
         self.feed.drop_previews(session_id)
         log.info(
@@ -279,12 +314,63 @@ class RegistrationService:
         if not isinstance(reason, str) or not reason.strip():
             raise RegistrationError("invalid", "give the reason for cancelling")
         # The receiver learns that captures already sent belong to no registration.
-        manifest = build_manifest(state, self._plan(state), self.kiosk, "cancelled", reason.strip())
+        manifest = build_manifest(state, self._plan(state), self.kiosk, "cancelled", reason.strip(),
+                                  extra=self._manifest_extra())
         queue_manifest(self.queue, self.sealer, self.kiosk.id, state.id, manifest)
+        # Held captures go out as before approval existed: the cancel manifest tells the
+        # central side they belong to no registration (approval is for completed ones).
+        self._release(state)
         self.store.set_state(session_id, "cancelled", reason.strip())
         self.feed.drop_previews(session_id)
         self.feed.event(session_id, "cancelled", reason=reason.strip())
         return self.view(session_id)
+
+    # --- supervisor approval (agent/registration/approval.py) -------------------------------
+
+    def approve(self, session_id: str, supervisor: str) -> dict[str, Any]:
+        """Release a held registration for upload; ``supervisor`` is recorded as who decided."""
+        with self._closing:
+            state = self._awaiting(session_id)
+            if not self.approvals.decide(session_id, "approved", supervisor):
+                raise RegistrationError("conflict", f"registration {session_id} was decided meanwhile")
+            released = self._release(state)
+        log.info("registration %s approved by a supervisor: %d items released", session_id, released)
+        return self.approvals.get(session_id) or {}
+
+    def reject(self, session_id: str, supervisor: str, reason: str) -> dict[str, Any]:
+        """Keep a held registration on the kiosk for the audit; it is never sent."""
+        if reason not in REJECT_REASONS:
+            raise RegistrationError("invalid", f"reason must be one of {', '.join(REJECT_REASONS)}")
+        with self._closing:
+            state = self._awaiting(session_id)
+            if not self.approvals.decide(session_id, "rejected", supervisor, reason):
+                raise RegistrationError("conflict", f"registration {session_id} was decided meanwhile")
+            withheld = self.queue.withhold(self._item_ids(state))
+        log.warning("registration %s rejected by a supervisor (%s): %d items withheld",
+                    session_id, reason, withheld)
+        return self.approvals.get(session_id) or {}
+
+    def _awaiting(self, session_id: str) -> SessionState:
+        state = self._state(session_id)
+        decision = self.approvals.get(session_id)
+        if state.state != "completed" or decision is None or decision["state"] != "awaiting":
+            raise RegistrationError(
+                "conflict", f"registration {session_id} does not await approval "
+                f"({decision['state'] if decision else state.state})")
+        return state
+
+    def _item_ids(self, state: SessionState) -> list[str]:
+        """The queue ids of a session: its captures, face tokens and manifest."""
+        ids = [state.id]
+        for item in state.items.values():
+            ids += [i for i in (item.capture_id, item.token_id) if i]
+        return ids
+
+    def _release(self, state: SessionState) -> int:
+        released = self.queue.release(self._item_ids(state))
+        if released:
+            self.on_release()
+        return released
 
     # --- following a session --------------------------------------------------------------
 

@@ -376,6 +376,13 @@ class SessionStore:
             self._db.execute("COMMIT")
         return ids
 
+    def central_closed_since(self, since: float) -> list[tuple[str, float]]:
+        """(session id, closed at) of registrations closed since ``since``, erased ones included
+        (the operator console lists the day's registrations)."""
+        with self._lock:
+            return self._db.execute("SELECT session_id, closed FROM central WHERE closed >= ? "
+                                    "ORDER BY closed DESC", (since,)).fetchall()
+
     def central_counts(self) -> dict[str, int]:
         """Closed registrations by the central side's state (unknown: no word yet)."""
         with self._lock:

@@ -18,6 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from agent.capture.attempts import Kept, Verdict, attempt_capture
 from agent.capture.workers import DeviceWorker
+from agent.quality.analytics import QualityAnalytics
 from agent.registration.errors import RegistrationError, device_fault, device_silent
 from agent.registration.feed import SessionFeed
 from agent.registration.judging import Judge, Judgement
@@ -36,6 +37,8 @@ class ItemTaker:
         self.max_attempts = max_attempts
         self.judge = judge
         self.feed = feed
+        #: Daily quality aggregates (agent/quality/analytics.py), set by the service; None: off.
+        self.analytics: QualityAnalytics | None = None
         self._device_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -54,12 +57,14 @@ class ItemTaker:
             lock.release()
 
     def take(
-        self, session_id: str, item: PlanItem, expected_fingers: int, exceptions: tuple[int, ...] = ()
+        self, session_id: str, item: PlanItem, expected_fingers: int, exceptions: tuple[int, ...] = (),
+        operator: str | None = None,
     ) -> Kept[Judgement]:
         """The kept attempt of ``item``; the caller holds its device (``device``).
 
         ``exceptions``: the item's fingers recorded as exceptions, told to devices that take a
         whole slap in one request so they do not wait for a finger that is not there.
+        ``operator``: who takes it, for the quality analytics (as a pseudonym there).
         """
         worker = self.workers[item.device]
         timeout = worker.driver.config.capture_timeout_s + DEVICE_GRACE_S
@@ -80,7 +85,9 @@ class ItemTaker:
                 on_retry=lambda n, retry: self.feed.event(
                     session_id, "retry", item=item.key, attempt=n, reason=retry.reason, hint=retry.hint
                 ),
-                on_judged=lambda n, image, verdict: self._judged(session_id, item, n, image, verdict),
+                on_judged=lambda n, image, verdict: self._judged(
+                    session_id, item, n, image, verdict, operator
+                ),
             )
         except CaptureRetry as retry:
             raise RegistrationError(
@@ -96,9 +103,12 @@ class ItemTaker:
             raise device_fault(item.device, exc, worker.state == "failed", item=item.key) from None
 
     def _judged(
-        self, session_id: str, item: PlanItem, attempt: int, image: CapturedImage, verdict: Verdict[Judgement]
+        self, session_id: str, item: PlanItem, attempt: int, image: CapturedImage,
+        verdict: Verdict[Judgement], operator: str | None = None,
     ) -> None:
         self.feed.keep_preview(session_id, item.key, image)
+        if self.analytics is not None and operator is not None:  # every attempt, where it is judged
+            self.analytics.record_attempt(operator, item.modality.value, verdict.detail.report)
         self.feed.event(
             session_id,
             "judged",

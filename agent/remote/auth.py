@@ -27,6 +27,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.clock.watch import clock_hint
 from agent.errors import AgentError
 
 VERSION = 1
@@ -170,9 +171,9 @@ def verify_command(body: dict[str, Any], *, kiosk_id: str, topic_name: str,
                              f"this kiosk accepts at most {max_ttl_s:.0f} s (remote.max_ttl_s)")
     if command.issued_at > now + skew_s:
         raise bad("expired", f"command issued {command.issued_at - now:.0f} s in the future; check the "
-                             "clocks of the operator's machine and the kiosk")
+                             "clocks of the operator's machine and the kiosk" + clock_hint())
     if now > command.expires_at + skew_s:
-        raise bad("expired", f"command expired {now - command.expires_at:.0f} s ago")
+        raise bad("expired", f"command expired {now - command.expires_at:.0f} s ago" + clock_hint())
     return command, operator
 
 

@@ -14,9 +14,11 @@ from tests.support.paths import ROOT
 
 COMMANDS = [["run"], ["demo"], ["receiver"], ["check-config"], ["config-schema"], ["queue"],
             ["queue", "stats"], ["keys"], ["keys", "init"], ["keys", "show"], ["keys", "enrol"],
-            ["devices"], ["devices", "scan"], ["capture"], ["quality"], ["remote"], ["update"],
+            ["devices"], ["devices", "scan"], ["capture"], ["quality"], ["quality", "stats"],
+            ["quality", "check"], ["remote"], ["update"],
             ["update", "build"], ["update", "release-key"], ["update", "apply"], ["update", "status"],
-            ["update", "recover"]]
+            ["update", "recover"], ["export"], ["import-receipts"],
+            ["users"], ["users", "add"], ["users", "passwd"], ["users", "list"], ["users", "remove"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)

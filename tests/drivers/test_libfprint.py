@@ -162,6 +162,24 @@ def test_a_blank_print_is_a_retry_and_the_scanner_still_works(
     assert when_waiting(driver, lambda: virtual.image(prints[0])).quality_detail["minutiae"] > 10
 
 
+def test_too_few_minutiae_is_a_retry_by_the_configured_gate(
+        driver: LibfprintDriver, virtual: VirtualImage, prints: list[np.ndarray]) -> None:
+    assert LibfprintConfig().min_minutiae == 5  # NFIQ 2's gate
+    # The edge of a fingertip: libfprint's NBIS finds a few minutiae there (6 with this print).
+    edge = np.full_like(prints[0], 225)
+    edge[:60, 100:220] = prints[0][:60, 100:220]
+    driver.config.min_minutiae = 1
+    found = when_waiting(driver, lambda: virtual.image(edge)).quality_detail["minutiae"]
+    assert 1 <= found < 20
+    # One more than the image has: the person is asked to try again, told how.
+    driver.config.min_minutiae = found + 1
+    with pytest.raises(CaptureRetry, match=f"{found} minutiae found, at least {found + 1} needed") as retry:
+        when_waiting(driver, lambda: virtual.image(edge))
+    assert "press" in retry.value.hint
+    # A whole print clears the same gate.
+    assert when_waiting(driver, lambda: virtual.image(prints[0])).quality_detail["minutiae"] > found
+
+
 def test_hostile_sizes_on_the_wire_end_as_retries_and_the_scanner_recovers(
         driver: LibfprintDriver, virtual: VirtualImage, prints: list[np.ndarray]) -> None:
     with pytest.raises(CaptureRetry):  # a 40 x 40 px "print": nothing a finger could leave

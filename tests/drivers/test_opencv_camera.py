@@ -29,7 +29,7 @@ from drivers import (
     driver_class,
 )
 from drivers.opencv_camera import OpenCvCameraConfig, OpenCvCameraDriver
-from tests.support.faces import blurred, no_face, portrait
+from tests.support.faces import SMILE_ALLOWED, blurred, no_face, portrait
 from tests.support.waiting import wait_until
 
 
@@ -52,7 +52,7 @@ def camera(source: Path | str, quality: FaceQualityConfig | None = None, *, judg
     config = OpenCvCameraConfig.model_validate({"source": str(source), "warmup_frames": 0, **settings})
     driver = OpenCvCameraDriver("camera", config)
     if judged:
-        driver.make_judge = face_judge_maker(quality or FaceQualityConfig())
+        driver.make_judge = face_judge_maker(quality or FaceQualityConfig(**SMILE_ALLOWED))
     return driver
 
 
@@ -149,7 +149,7 @@ def test_an_image_file_is_a_source(tmp_path: Path, opened: list[OpenCvCameraDriv
 def test_thresholds_are_handed_to_the_driver(tmp_path: Path, opened: list[OpenCvCameraDriver]) -> None:
     still = tmp_path / "portrait.png"
     cv2.imwrite(str(still), portrait())
-    driver = camera(still, FaceQualityConfig(min_eye_distance_px=200))
+    driver = camera(still, FaceQualityConfig(min_eye_distance_px=200, **SMILE_ALLOWED))
     opened.append(driver)
     driver.open()
     detail = driver.capture(CaptureRequest(timeout_s=1)).quality_detail

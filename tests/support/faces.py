@@ -18,6 +18,12 @@ UPSCALE = 2.25
 #: The midpoint of the eyes in the original 512 x 512 photograph.
 EYES_AT = (224.5, 102.5)
 
+#: She smiles with her teeth showing, so where the landmark checks run every image cut from the
+#: photograph fails "mouth_closed" and "expression", as it should (tests/agent/quality/
+#: test_face_landmarks.py). Tests that need the portrait as "a face that passes" relax those
+#: two thresholds, and only those, with ``FaceQualityConfig(**SMILE_ALLOWED)``.
+SMILE_ALLOWED = {"max_mouth_opening": 0.3, "max_smile": 0.3}
+
 
 @functools.cache
 def _upscaled() -> np.ndarray:

@@ -19,7 +19,7 @@ from drivers.png_phys import read_phys
 from tests.emulators.gt521f import Gt521fEmulator
 from tests.emulators.zfm import ZfmEmulator
 from tests.support.config import to_toml
-from tests.support.faces import portrait
+from tests.support.faces import SMILE_ALLOWED, portrait
 
 FAST: dict[str, Any] = {"poll_interval_s": 0.002, "probe_timeout_s": 0.05, "reply_timeout_s": 0.15}
 
@@ -158,7 +158,8 @@ def test_capture_from_a_camera_is_judged_with_the_configs_thresholds(
     still = tmp_path / "portrait.png"
     cv2.imwrite(str(still), portrait())
     camera = {"driver": "opencv", "source": str(still), "warmup_frames": 0}
-    config = write_config(tmp_path, {"camera": camera}, quality={"face": {"min_eye_distance_px": 200}})
+    face = {"min_eye_distance_px": 200, **SMILE_ALLOWED}  # she smiles: tests/support/faces.py
+    config = write_config(tmp_path, {"camera": camera}, quality={"face": face})
     out = tmp_path / "face.jpg"
     assert main(["capture", "camera", "--config", str(config), "--out", str(out), "--json"]) == 0
     detail = json.loads(capsys.readouterr().out)["quality_detail"]
