@@ -193,7 +193,7 @@ class Agent:
                              hints, self.publisher)
         will = Will(self.topics.status, status_payload("offline", **status))
         self.link = MqttLink(cfg.mqtt, chain, client_id=cfg.client_id(), name="agent", will=will,
-                             max_incoming_bytes=KIOSK_MAX_INCOMING_BYTES, idle_wait_s=KIOSK_IDLE_WAIT_S)
+                             max_incoming_bytes=KIOSK_MAX_INCOMING_BYTES, idle_wait_s=self._idle_wait_s())
         # A committed capture wakes the MQTT thread at once: it sleeps instead of polling.
         self.queue.on_commit = self.link.wake
         self.link.start()
@@ -358,6 +358,12 @@ class Agent:
             return 0
         finally:
             self._lifecycle.release()
+
+    def _idle_wait_s(self) -> float:
+        """How long the idle MQTT thread sleeps: its turns are the watchdog's heartbeat, which
+        must be younger than half of systemd's WatchdogSec, so a short watchdog wakes it more."""
+        watchdog = self.notifier.watchdog_s
+        return min(KIOSK_IDLE_WAIT_S, watchdog / 4) if watchdog else KIOSK_IDLE_WAIT_S
 
     def healthy(self, stale_after_s: float) -> bool:
         link = self.link

@@ -24,6 +24,7 @@ the report's ``assessor`` string always says which one measured.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,6 +36,7 @@ from agent.quality.config import FingerQualityConfig, QualityConfig
 from agent.quality.plugins import resolve_factory
 from agent.quality.report import BadImage, Check, QualityReport, load_image
 from agent.quality.ridge_flow import MIN_FLOW_BLOCKS, RidgeFlow, measure_flow, period_mm, tensor_sums
+from agent.quality.slap import count_fingers
 
 #: Version 2: the ridge-flow checks (agent/quality/ridge_flow.py) can fail a print and zero its score.
 ASSESSOR = "kiosk-agent finger quality 2 (not NFIQ 2)"
@@ -259,7 +261,8 @@ class BuiltinFingerAssessor:
                 checks.append(Check(name, None, f">= {minimum:g}", False, "", "not measured: no finger"))
             else:
                 checks.append(Check(name, round(value, 3), f">= {minimum:g}", value >= minimum, hint, note))
-        flow_checks = _flow_checks(m, c, measured=all(g.passed for g in gates))
+        flow_checks = _flow_checks(m, c, measured=all(g.passed for g in gates),
+                                   fingers=lambda: count_fingers(gray, ppi))
         checks += flow_checks
         not_a_print = all(g.passed for g in gates) and not all(fc.passed for fc in flow_checks)
         # A texture that is not a print scores 0, as an empty glass does: its ridges may be
@@ -278,7 +281,8 @@ class BuiltinFingerAssessor:
         )
 
 
-def _flow_checks(m: Measurements, c: FingerQualityConfig, *, measured: bool) -> list[Check]:
+def _flow_checks(m: Measurements, c: FingerQualityConfig, *, measured: bool,
+                 fingers: Callable[[], int] = lambda: 1) -> list[Check]:
     """Does the texture flow like a finger's ridges (agent/quality/ridge_flow.py)? Judged only
     once the gates pass: on a fingertip alone a loop looks like an arch, and the gates' hint
     is the one to give."""
@@ -303,6 +307,10 @@ def _flow_checks(m: Measurements, c: FingerQualityConfig, *, measured: bool) -> 
         return [Check(name, None, rule, False, HINT_NOT_A_PRINT,
                       "not measured: no connected area of ridges to follow") for name, rule, _, _ in rules]
     allowed = c.max_singular_points * flow.finger_areas
+    if flow.cores > allowed or flow.deltas > allowed:
+        # A slap of small fingertips covers little area, yet each finger may bring its own core
+        # and delta: count the fingers lying apart on the glass (slap.py) before refusing.
+        allowed = c.max_singular_points * max(flow.finger_areas, fingers())
     values_passed = [
         (round(flow.orientation_spread, 3), flow.orientation_spread >= c.min_orientation_spread, ""),
         (round(flow.orientation_jump_deg, 1), flow.orientation_jump_deg <= c.max_orientation_jump_deg, ""),
