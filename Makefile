@@ -13,6 +13,11 @@ demo: deps-demo
 test: libfprint-tools deps-test mosquitto systemd-tools fault-tools postgres browser
 	$(BIN)/python -m pytest
 
+# The long profiles: hundreds of kills and power cuts, full-size fleets, the full update bundle.
+.PHONY: soak
+soak:
+	KIOSK_AGENT_SOAK=1 $(MAKE) test
+
 lint: deps-test
 	$(BIN)/ruff check agent drivers receiver devtools cli tests bench
 

@@ -309,8 +309,7 @@ class Agent:
         finally:
             if shutdown.received():
                 log.info("received %s", shutdown.received())
-            # A start that failed (a config error) still closes what it opened, but without
-            # the "stopping" line: the error that follows is the whole story.
+            # A failed start (a config error) closes what it opened without the "stopping" line.
             self.stop(quiet=not started)
 
     def request_stop(self) -> None:
@@ -346,8 +345,7 @@ class Agent:
                 self.erase_delivered_sessions()
 
     def erase_delivered_sessions(self) -> int:
-        """Erase the registration sessions the central side has all of (agent/registration/
-        erasure.py); skipped while a reload swaps the components: the next turn catches up."""
+        """Erase what the central side has all of (skipped during a reload: the next turn catches up)."""
         if not self._lifecycle.acquire(blocking=False):
             return 0
         try:
@@ -360,8 +358,7 @@ class Agent:
             self._lifecycle.release()
 
     def _idle_wait_s(self) -> float:
-        """How long the idle MQTT thread sleeps: its turns are the watchdog's heartbeat, which
-        must be younger than half of systemd's WatchdogSec, so a short watchdog wakes it more."""
+        """Idle MQTT sleep: its turns are the watchdog's heartbeat (younger than WatchdogSec/2)."""
         watchdog = self.notifier.watchdog_s
         return min(KIOSK_IDLE_WAIT_S, watchdog / 4) if watchdog else KIOSK_IDLE_WAIT_S
 

@@ -52,7 +52,16 @@ from bench.common import (
     ratio,
     seal_capture,
 )
-from bench.procs import Managed, RawPeer, connect, disconnect, new_client, subscribe, wait_receivers
+from bench.procs import (
+    Managed,
+    RawPeer,
+    connect,
+    disconnect,
+    new_client,
+    receiver_command,
+    subscribe,
+    wait_receivers,
+)
 from receiver.storage.migrate import migrate
 from tests.support.postgres import scratch_database
 
@@ -93,8 +102,7 @@ class PgReceiver(Managed):
         settings["receiver"]["store"] = dsn
         settings["logging"]["level"] = "WARNING"
         config = ws.write_toml(ws.root / f"ingest-{name}.toml", settings)
-        command = [sys.executable, "-m", "cli", "receiver", "--config", str(config)]
-        super().__init__(f"receiver {name}", command, ws.root / f"ingest-{name}.log")
+        super().__init__(f"receiver {name}", receiver_command(config, name), ws.root / f"ingest-{name}.log")
 
 
 class Collector:

@@ -256,8 +256,15 @@ class ReceiverProcess(Managed):
     def __init__(self, ws: Workspace, port: int, output_dir: Path, name: str) -> None:
         config = ws.write_toml(ws.root / f"receiver-{name}.toml",
                                ws.receiver_settings(port=port, output_dir=output_dir, name=name))
-        super().__init__(f"receiver {name}", python_cmd("-m", "cli", "receiver", "--config", str(config)),
-                         ws.root / f"receiver-{name}.log")
+        super().__init__(f"receiver {name}", receiver_command(config, name), ws.root / f"receiver-{name}.log")
+
+
+def receiver_command(config: Path, name: str) -> list[str]:
+    """``python -m cli receiver``; with KIOSK_BENCH_PROFILE=DIR under cProfile, the profile
+    written to DIR/receiver-NAME.prof at exit (for proportions only: it slows the receiver)."""
+    profile = os.environ.get("KIOSK_BENCH_PROFILE")
+    wrap = ("-m", "cProfile", "-o", str(Path(profile) / f"receiver-{name}.prof")) if profile else ()
+    return python_cmd(*wrap, "-m", "cli", "receiver", "--config", str(config))
 
 
 class RawPeer(Managed):

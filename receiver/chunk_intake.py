@@ -67,7 +67,7 @@ class ChunkIntake:
         def _enrolled(self, kiosk_id: str) -> bool: ...
         def _count(self, counter: str) -> None: ...
         def _security_event(self, kiosk_id: str, kind: str, reason: str) -> None: ...
-        def _handle(self, kiosk_id: str, payload: bytes) -> Receipt | None: ...
+        def ingest(self, kiosk_id: str, payload: bytes) -> Receipt | None: ...
 
     def _init_chunk_intake(self) -> None:
         self._unknown_answered = OncePerInterval(STATUS_INTERVAL_S, STATUS_GATE_KEYS)
@@ -188,7 +188,7 @@ class ChunkIntake:
                       transfer.id, kiosk_id, sorted(bad))
             self._send_status(link, kiosk_id, self._status(transfer, bad))
             return
-        receipt = self._handle(kiosk_id, path.read_bytes())
+        receipt = self.ingest(kiosk_id, path.read_bytes())  # decided now, durable at the commit
         if receipt is None or receipt.id != transfer.id:
             # Not authentic, or not the item its manifest named: keep nothing, answer nothing.
             log.error("transfer %s from kiosk %s: the reassembled envelope was not accepted; discarded",

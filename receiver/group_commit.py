@@ -2,8 +2,9 @@
 for it only once that transaction is durable.
 
 A receipt lets a kiosk delete its copy, so it may leave only after the capture it names is
-durable. With a batched store (receiver/storage/postgres.py) ``store`` files a capture in
-the open transaction and this class holds back the receipt; the batch is committed when it
+durable. With a batched store (receiver/storage/postgres.py) ``stage`` files a capture in
+the open batch (written in one round trip just before the commit, when its outcome, and so
+its receipt, is decided: ``Later``) and this class holds back the receipt; the batch is committed when it
 is ``receiver.group_commit_ms`` old, holds ``group_commit_max`` messages or
 ``group_commit_max_bytes`` bytes, and before anything else records a capture as finished
 (a chunked transfer's done record). Then, and only then, the held receipts go out, in
@@ -23,9 +24,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.transport.receipts import Receipt
 from receiver.storage.base import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class Later:
+    """A capture's receipt, decided when the batched store writes its batch (just before the
+    commit): until then the store has not said whether it is new, a duplicate or a conflict."""
+
+    receipt: Receipt | None = None
+
+    def decide(self, receipt: Receipt) -> None:
+        self.receipt = receipt
 
 
 @dataclass(frozen=True)

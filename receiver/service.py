@@ -43,13 +43,14 @@ from receiver.assembly import HostileManifest, RegistrationAssembler, parse_mani
 from receiver.chunk_intake import ChunkIntake
 from receiver.config import ReceiverServiceConfig
 from receiver.counters import ReceiverCounters
-from receiver.group_commit import GroupCommit, GroupCommitLimits
+from receiver.group_commit import GroupCommit, GroupCommitLimits, Later
 from receiver.paths import UnsafeName, check_item_id
 from receiver.query_budget import QueryBudget
 from receiver.receipting import Receipts
 from receiver.retries import RegistrationFinisher
 from receiver.status import StatusReporter
 from receiver.storage import StoreUnavailable, chunk_assembly, open_store
+from receiver.storage.base import Outcome
 from receiver.warnings_limit import LimitedWarnings
 
 log = logging.getLogger(__name__)
@@ -159,15 +160,22 @@ class Receiver(ChunkIntake):
                                kiosk_id, exc, level=logging.ERROR)
             return
         try:
-            receipt = self._handle(kiosk_id, sealed)
+            answer = self._handle(kiosk_id, sealed)
         except StoreUnavailable as exc:
             self.warnings.warn("", "store-unavailable", "capture not stored, no receipt: %s", exc,
                                level=logging.ERROR)
             return
-        if receipt is not None:
+        if answer is not None:
             # Names the bytes received and the kiosk's send: only that send's capture goes.
-            receipt = replace(receipt, sha256=hashlib.sha256(sealed).hexdigest(), nonce=nonce)
-            self.batch.after_commit(len(sealed), lambda: self.receipts.send(link, kiosk_id, receipt))
+            digest = hashlib.sha256(sealed).hexdigest()
+            self.batch.after_commit(len(sealed), lambda: self._send(link, kiosk_id, answer, digest, nonce))
+
+    def _send(self, link: MqttLink, kiosk_id: str, answer: Receipt | Later, digest: str, nonce: str) -> None:
+        receipt = answer.receipt if isinstance(answer, Later) else answer
+        if receipt is None:  # not decided although its batch committed: a bug, never a receipt
+            log.error("no outcome for a committed capture from %s; the kiosk will send it again", kiosk_id)
+            return
+        self.receipts.send(link, kiosk_id, replace(receipt, sha256=digest, nonce=nonce))
 
     def _on_query(self, kiosk_id: str, payload: bytes) -> None:
         # Unsigned (anyone may ask): answered for enrolled kiosks, ids on record only, within
@@ -188,9 +196,13 @@ class Receiver(ChunkIntake):
         de-duplication: its receipt (id and status; the caller names the bytes and the
         send), or None when it cannot be authenticated. With a batched store it is durable
         only once ``batch.commit()`` has returned True."""
-        return self._handle(kiosk_id, sealed)
+        answer = self._handle(kiosk_id, sealed)
+        if isinstance(answer, Later):
+            self.store.flush()  # decided now, durable at the commit
+            return answer.receipt
+        return answer
 
-    def _handle(self, kiosk_id: str, payload: bytes) -> Receipt | None:
+    def _handle(self, kiosk_id: str, payload: bytes) -> Receipt | Later | None:
         name = self.config.receiver.name
         try:
             header, inner = self._open(payload)
@@ -240,21 +252,27 @@ class Receiver(ChunkIntake):
             return Receipt(header.id, "rejected", name, str(exc))
         try:
             registration_id = self.registrations.registration_of(record)
-            outcome = self.store.store(signer, record)
+            answer = Later()
+            self.store.stage(signer, record, lambda outcome: answer.decide(
+                self._stored(signer, record.id, registration_id, outcome)))
         except UnsafeName as exc:
             return self._refuse(signer, record.id, str(exc))
+        return answer.receipt or answer
+
+    def _stored(self, signer: str, capture_id: str, registration_id: str | None, outcome: Outcome) -> Receipt:
+        """The receipt for a capture the store decided on (at once, or when its batch is written)."""
         if outcome == "conflict":
-            return self._refuse(signer, record.id, "a capture with other content is stored under this id",
+            return self._refuse(signer, capture_id, "a capture with other content is stored under this id",
                                 "conflict")
         with self._lock:
             if outcome == "stored":
                 self.counters.stored += 1
             else:
                 self.counters.duplicates += 1
-        log.debug("capture %s from %s: %s", record.id, signer, outcome)
+        log.debug("capture %s from %s: %s", capture_id, signer, outcome)
         if registration_id is not None:
             self.finisher.part_arrived(signer, registration_id, outcome)
-        return Receipt(record.id, outcome, name)
+        return Receipt(capture_id, outcome, self.config.receiver.name)
 
     def _handle_manifest(self, kiosk_id: str, item_id: str, inner: bytes) -> Receipt:
         name = self.config.receiver.name

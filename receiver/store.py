@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,12 @@ class CaptureStore:
         if write_durably(meta_path, meta, replace=False):
             return "stored"
         return "duplicate" if _stored_image_sha(meta_path) == record.image_sha256 else "conflict"
+
+    def stage(self, kiosk_id: str, record: CaptureRecord, decided: Callable[[Outcome], None]) -> None:
+        decided(self.store(kiosk_id, record))  # durable already: nothing to wait for
+
+    def flush(self) -> None:
+        pass  # nothing is ever staged
 
     def count(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.json"))

@@ -16,7 +16,7 @@ batched is durable when ``store`` returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -42,6 +42,15 @@ class Store(Protocol):
 
     def store(self, kiosk_id: str, record: CaptureRecord) -> Outcome:
         """File ``record`` under the verified ``kiosk_id``; never replaces what is stored."""
+        ...
+
+    def stage(self, kiosk_id: str, record: CaptureRecord, decided: Callable[[Outcome], None]) -> None:
+        """``store``, with the outcome handed to ``decided``: at once, or for a batched store
+        when the batch is written (before its commit, and never for a batch that fails)."""
+        ...
+
+    def flush(self) -> None:
+        """Decide what ``stage`` holds (a batched store writes it, still uncommitted)."""
         ...
 
     def load(self, kiosk_id: str, capture_id: str) -> tuple[dict[str, Any], bytes] | None:

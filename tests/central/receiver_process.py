@@ -30,10 +30,12 @@ def main() -> None:
     config = ReceiverServiceConfig.model_validate(json.loads(Path(sys.argv[1]).read_text()))
     receiver = Receiver(config)
     if "--receipts-before-commit" in sys.argv[2:]:
-        # The batch still gathers and commits on its window; only the receipt leaves early.
+        # The batch still gathers and commits on its window; only the receipt leaves early,
+        # once the capture is written (uncommitted) and so its outcome decided.
         hold = receiver.batch.after_commit
 
         def early(size: int, send) -> None:  # type: ignore[no-untyped-def]
+            receiver.store.flush()
             send()
             hold(size, lambda: None)
 
@@ -43,14 +45,17 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if "--drop-every" in sys.argv[2:]:
         every = int(sys.argv[sys.argv.index("--drop-every") + 1])
-        file_it = receiver.store.store
+        file_it = receiver.store.stage
         seen = [0]
 
-        def dropping(kiosk_id, record):  # type: ignore[no-untyped-def]
+        def dropping(kiosk_id, record, decided):  # type: ignore[no-untyped-def]
             seen[0] += 1
-            return "stored" if seen[0] % every == 0 else file_it(kiosk_id, record)
+            if seen[0] % every == 0:
+                decided("stored")
+            else:
+                file_it(kiosk_id, record, decided)
 
-        receiver.store.store = dropping  # type: ignore[method-assign]
+        receiver.store.stage = dropping  # type: ignore[method-assign]
     receiver.start()
     while not receiver.link.subscribed:
         time.sleep(0.02)

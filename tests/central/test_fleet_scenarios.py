@@ -31,8 +31,8 @@ from bench.common import BenchBroker, Workspace
 from bench.fleet import Fleet, Receivers, fleet_settings
 from devtools.broker import free_port
 from receiver.storage.migrate import migrate
+from tests.support.soak import SOAK
 
-SOAK = os.environ.get("KIOSK_AGENT_SOAK") == "1"
 #: Storm: kiosks; backlog: kiosks x captures each; the other scenarios: kiosks x captures.
 STORM_KIOSKS = 1000 if SOAK else 40
 BACKLOG = (200, 50) if SOAK else (20, 6)

@@ -12,6 +12,7 @@ import pytest
 
 from devtools.broker import MosquittoBroker
 from receiver.paths import UnsafeName
+from receiver.storage.base import StoreUnavailable
 from receiver.storage.migrate import migrations
 from receiver.storage.postgres import PostgresStore
 from tests.support.hostile import KIOSK_A, KIOSK_B, record, rig, sealed_capture
@@ -135,3 +136,51 @@ def test_a_receiver_refuses_hostile_ids_and_records_the_event(tmp_path: Path, br
     assert answers == ["rejected"] * 3
     assert rows(pg_dsn, "SELECT count(*) FROM captures") == [(1,)], "only the settling capture"
     assert rows(pg_dsn, "SELECT kiosk_id, kind FROM security_events") == [(KIOSK_A, "unsafe-name")] * 3
+
+
+def test_a_staged_batch_is_one_statement_decided_in_arrival_order(tmp_path: Path, pg_dsn: str) -> None:
+    """Captures staged within one batch are written by one INSERT at the flush; each caller
+    hears its own outcome, a copy later in the same batch being a duplicate (or a conflict)."""
+    store = PostgresStore(pg_dsn, tmp_path, "r1")
+    try:
+        earlier = record(KIOSK_A)
+        assert store.store(KIOSK_A, earlier) == "stored"
+        store.commit()
+        first, second = record(KIOSK_A), record(KIOSK_B)
+        heard: list[tuple[str, str]] = []
+        for kiosk, item in [(KIOSK_A, first), (KIOSK_B, second), (KIOSK_A, first),
+                            (KIOSK_A, record(KIOSK_A, first.id)), (KIOSK_A, earlier),
+                            (KIOSK_A, record(KIOSK_A, earlier.id))]:
+            store.stage(kiosk, item, lambda outcome, kiosk=kiosk, item=item: heard.append((item.id, outcome)))
+        assert heard == [], "decided before the batch was written"
+        assert rows(pg_dsn, "SELECT count(*) FROM captures") == [(1,)]
+        store.commit()
+        assert heard == [(first.id, "stored"), (second.id, "stored"), (first.id, "duplicate"),
+                         (first.id, "conflict"), (earlier.id, "duplicate"), (earlier.id, "conflict")]
+        assert store.load(KIOSK_A, first.id)[1] == first.image  # type: ignore[index]
+    finally:
+        store.close()
+    assert rows(pg_dsn, "SELECT count(*) FROM captures") == [(3,)]
+
+
+def test_a_batch_whose_write_fails_decides_nothing_and_the_next_works(tmp_path: Path, pg_dsn: str) -> None:
+    """The database connection dies between staging and the flush (the server ends it): no
+    caller hears an outcome (so no receipt goes out), the commit says so, and the store
+    reconnects for the next batch."""
+    store = PostgresStore(pg_dsn, tmp_path, "r1")
+    try:
+        heard: list[str] = []
+        store.stage(KIOSK_A, record(KIOSK_A), heard.append)
+        pid = store.conn.info.backend_pid  # the connection the batch would be written on
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StoreUnavailable):
+            store.commit()
+        assert heard == []
+        store.commit()  # the failure was said once; the next batch starts clean
+        store.stage(KIOSK_A, record(KIOSK_A), heard.append)
+        store.commit()
+        assert heard == ["stored"]
+    finally:
+        store.close()
+    assert rows(pg_dsn, "SELECT count(*) FROM captures") == [(1,)]

@@ -10,7 +10,7 @@ import random
 import sqlite3
 from pathlib import Path
 
-SOAK = os.environ.get("KIOSK_AGENT_SOAK") == "1"
+from tests.support.soak import SOAK  # noqa: F401 (the reliability tests import it from here)
 
 
 def rng(name: str) -> random.Random:

@@ -21,7 +21,7 @@ from tests.support.processes import (
 )
 from tests.support.waiting import wait_until
 
-KILLS = 200 if SOAK else 50
+KILLS = 200 if SOAK else 20
 STARTUP_SIGNALS = 40 if SOAK else 8
 
 

@@ -20,7 +20,7 @@ from tests.reliability.common import SOAK, integrity, rng
 from tests.support.config import keys_for
 from tests.support.crashfs.runner import Cut, cut_while_writing
 
-CUTS = 200 if SOAK else 30
+CUTS = 200 if SOAK else 12
 MUTATION_CUTS = 5
 # The soak's hundreds of cuts take longer than the suite's 300 s per test.
 pytestmark = pytest.mark.timeout(3600 if SOAK else 300)

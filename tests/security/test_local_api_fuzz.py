@@ -14,7 +14,6 @@ hold every request. KIOSK_AGENT_SOAK=1 runs many more examples, with a fresh see
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from devtools.broker import MosquittoBroker
 from tests.support.config import agent_config
 from tests.support.local_api import Api, local_api_section
 from tests.support.paths import ROOT
+from tests.support.soak import SOAK
 
-SOAK = os.environ.get("KIOSK_AGENT_SOAK") == "1"
 #: Per operation and phase; about 45 s in all on two loaded cores.
 EXAMPLES = 300 if SOAK else 20
 #: A fixed seed in the default suite: a failure there is reproducible with the same command.

@@ -156,7 +156,7 @@ def kiosk(tmp_path: Path, broker, deps_site: Path, bundles: Bundles) -> Iterator
     unit.mkdir()
     config = write_config(tmp_path, broker.port, kiosk_id="kiosk-u1", mode="on-demand")
     with config.open("a") as f:
-        f.write(f'\n[update]\nrelease_keys = ["{bundles.key}.pub"]\nhealth_timeout_s = 45\n'
+        f.write(f'\n[update]\nrelease_keys = ["{bundles.key}.pub"]\nhealth_timeout_s = 20\n'
                 f'root = "{root}"\n'
                 # The updater's outcome is announced on a telemetry turn: soon, in tests.
                 '[telemetry]\ninterval_s = 0.5\n')

@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.transport.durable_queue import SCHEMA_VERSION
 from agent.update.updater import KILL_POINTS
 from tests.agent.update.kiosks import Bundles, EventWatcher, Kiosk
+from tests.support.soak import SOAK
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -142,7 +143,7 @@ def test_upgrade_refusals_rollback_and_pruning(kiosk: Kiosk, bundles: Bundles, t
 #: Every step under KIOSK_AGENT_SOAK=1; by default one before the install, one after it, one
 #: with the new agent running and judged, and one in the middle of a rollback (each costs an
 #: install or two).
-STEPS = KILL_POINTS if os.environ.get("KIOSK_AGENT_SOAK") == "1" else ("installing", "checking", "gated",
+STEPS = KILL_POINTS if SOAK else ("installing", "checking", "gated",
                                                                       "rollback")
 
 
