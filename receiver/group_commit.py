@@ -48,9 +48,13 @@ class GroupCommitLimits:
 
 
 class GroupCommit:
-    def __init__(self, store: Store, limits: GroupCommitLimits) -> None:
+    def __init__(self, store: Store, limits: GroupCommitLimits,
+                 after_sends: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.limits = limits
+        #: Runs once the sends of a batch (or a lone send) are done: the receiver gathers a
+        #: batch's receipts there into one signed frame per kiosk.
+        self.after_sends = after_sends
         self._held: list[Callable[[], None]] = []
         self._bytes = 0
         self._opened_at = 0.0
@@ -66,6 +70,7 @@ class GroupCommit:
         """Run ``send`` (a receipt's publish) once what was just stored is durable."""
         if not self.store.batched:
             send()
+            self.after_sends()
             return
         if not self._held:
             self._opened_at = time.monotonic()
@@ -92,4 +97,5 @@ class GroupCommit:
             self.commits += 1
         for send in held:
             send()
+        self.after_sends()
         return True

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 #: Transfers whose latest nonce is remembered at most (oldest forgotten first; the manifest
 #: on disk then stands in).
 MAX_REMEMBERED = 10_000
+#: Receipts in one frame at most: well inside the format's 1,000 entries and 1 MiB header
+#: even with 500-character reasons.
+RECEIPTS_PER_FRAME = 500
 #: A kiosk is sent the same hint at most this often (it resends every receipt timeout).
 HINT_INTERVAL_S = 60.0
 
@@ -50,7 +53,13 @@ class Receipts:
                          json.dumps({"hint": hint, "receiver": receiver}).encode(), qos=0)
 
     def send(self, link: MqttLink, kiosk_id: str, receipt: Receipt) -> None:
-        link.publish(Topics(self.prefix, kiosk_id).receipts, self.signer.sign(kiosk_id, [receipt]), qos=1)
+        self.send_many(link, kiosk_id, [receipt])
+
+    def send_many(self, link: MqttLink, kiosk_id: str, receipts: list[Receipt]) -> None:
+        """One frame per RECEIPTS_PER_FRAME receipts, all for ``kiosk_id``."""
+        topic = Topics(self.prefix, kiosk_id).receipts
+        for start in range(0, len(receipts), RECEIPTS_PER_FRAME):
+            link.publish(topic, self.signer.sign(kiosk_id, receipts[start:start + RECEIPTS_PER_FRAME]), qos=1)
 
     def announced(self, kiosk_id: str, manifest: Manifest) -> None:
         """A verified manifest arrived: its nonce is the one the transfer's receipt echoes."""

@@ -67,8 +67,10 @@ class Receiver(ChunkIntake):
         rc = config.receiver
         self.config = config
         self.store = open_store(rc.store, rc.output_dir, rc.name)
-        self.batch = GroupCommit(self.store, GroupCommitLimits(rc.group_commit_ms / 1000, rc.group_commit_max,
-                                                               rc.group_commit_max_bytes))
+        limits = GroupCommitLimits(rc.group_commit_ms / 1000, rc.group_commit_max, rc.group_commit_max_bytes)
+        self.batch = GroupCommit(self.store, limits, self._send_receipts)
+        #: Receipts of the batch being released: (link, kiosk id, receipt).
+        self._outgoing: list[tuple[MqttLink, str, Receipt]] = []
         # Files under output_dir, or the database's tables (receiver/storage/pg_chunks.py).
         self.chunks = chunk_assembly(self.store, rc.chunk_quota_bytes)
         self.chunks.sweep()
@@ -175,7 +177,17 @@ class Receiver(ChunkIntake):
         if receipt is None:  # not decided although its batch committed: a bug, never a receipt
             log.error("no outcome for a committed capture from %s; the kiosk will send it again", kiosk_id)
             return
-        self.receipts.send(link, kiosk_id, replace(receipt, sha256=digest, nonce=nonce))
+        self._outgoing.append((link, kiosk_id, replace(receipt, sha256=digest, nonce=nonce)))
+
+    def _send_receipts(self) -> None:
+        """The released batch's receipts: one signed frame per kiosk, in arrival order within
+        it (one signature and one publish for a kiosk's whole batch; its ack is one transaction)."""
+        outgoing, self._outgoing = self._outgoing, []
+        by_kiosk: dict[str, tuple[MqttLink, list[Receipt]]] = {}
+        for link, kiosk_id, receipt in outgoing:
+            by_kiosk.setdefault(kiosk_id, (link, []))[1].append(receipt)
+        for kiosk_id, (link, receipts) in by_kiosk.items():
+            self.receipts.send_many(link, kiosk_id, receipts)
 
     def _on_query(self, kiosk_id: str, payload: bytes) -> None:
         # Unsigned (anyone may ask): answered for enrolled kiosks, ids on record only, within

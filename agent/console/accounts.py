@@ -26,6 +26,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,6 +97,8 @@ def _new_secret(password: str) -> dict[str, Any]:
             "stamp": secrets.token_hex(8)}
 
 
+#: Names without an account whose failures are remembered (the oldest forgotten first).
+UNKNOWN_NAMES_KEPT = 1024
 #: Checked for unknown names, so a wrong name takes as long as a wrong password.
 _DUMMY = {"kdf": "scrypt", **SCRYPT, "salt": base64.b64encode(b"\0" * 16).decode(), "hash": ""}
 
@@ -120,6 +123,9 @@ class Accounts:
         self.max_failures = max_failures
         self.lockout_s = lockout_s
         self.clock = clock
+        #: Names with no account, failed and locked like real ones (in memory, bounded), so
+        #: "locked" does not tell a guesser which names exist.
+        self._unknown: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # --- the file ---------------------------------------------------------------------------
 
@@ -225,8 +231,7 @@ class Accounts:
             entry = users.get(name)
             now = self.clock()
             if entry is None:
-                _matches(_DUMMY, password)  # the same time as a wrong password
-                return SignIn(None)
+                return self._unknown_name(name, password, now)
             if entry.get("locked_until", 0) > now:
                 # Not even checked: a locked account cannot be guessed at, right or wrong.
                 return SignIn(None, entry["locked_until"] - now)
@@ -241,6 +246,22 @@ class Accounts:
             self._write(users)
             locked = entry["locked_until"] - now if entry["locked_until"] > now else 0.0
             return SignIn(None, locked)
+
+    def _unknown_name(self, name: str, password: str, now: float) -> SignIn:
+        """A wrong name answered exactly as a wrong password for a real account: the same
+        hashing time, and locked after the same number of failures for the same time."""
+        entry = self._unknown.pop(name, None) or {"failures": 0, "locked_until": 0.0}
+        self._unknown[name] = entry  # most recently tried last
+        while len(self._unknown) > UNKNOWN_NAMES_KEPT:
+            self._unknown.popitem(last=False)
+        if entry["locked_until"] > now:
+            return SignIn(None, entry["locked_until"] - now)
+        _matches(_DUMMY, password)
+        entry["failures"] += 1
+        if entry["failures"] >= self.max_failures:
+            entry["failures"], entry["locked_until"] = 0, now + self.lockout_s
+            return SignIn(None, self.lockout_s)
+        return SignIn(None)
 
 
 def _account(name: str, entry: dict[str, Any]) -> Account:

@@ -37,6 +37,7 @@ def main() -> None:
         def early(size: int, send) -> None:  # type: ignore[no-untyped-def]
             receiver.store.flush()
             send()
+            receiver.batch.after_sends()
             hold(size, lambda: None)
 
         receiver.batch.after_commit = early  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from agent.console import accounts as accounts_module
 from agent.console.accounts import SCRYPT, AccountError, Accounts
 from agent.console.i18n import LANGUAGES, catalogue, placeholders
 from agent.registration.gates import AwaitingApprovalGate, CentralUnreachedGate, FreeDiskGate
@@ -53,6 +54,26 @@ def test_password_hashed_with_scrypt_file_private_lockout_persists(tmp_path: Pat
     assert again.get("ann").stamp != stamp  # type: ignore[union-attr]
     assert again.sign_in("ann", "a long secret 1").account is None
     assert again.sign_in("ann", "another secret 2").account is not None
+
+
+def test_a_name_without_an_account_fails_and_locks_exactly_like_one(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guesser learns nothing from "locked": a name with no account locks after the same
+    failures, for the same time, as a real one (before, only real names ever said "locked")."""
+    now = [1000.0]
+    accounts = Accounts(tmp_path / "users.json", max_failures=3, lockout_s=60, clock=lambda: now[0])
+    accounts.add("ann", "officer", "a long secret 1")
+    answers = {name: [accounts.sign_in(name, "wrong wrong").locked_for for _ in range(5)]
+               for name in ("ann", "nobody")}
+    assert answers["ann"] == answers["nobody"] == [0, 0, 60, 60, 60]
+    now[0] += 61
+    assert [accounts.sign_in(n, "wrong wrong").locked_for for n in ("ann", "nobody")] == [0, 0]
+    # Remembered names are bounded (1,024; 8 here: each try costs a scrypt hash): a flood of
+    # made-up names does not grow the process.
+    monkeypatch.setattr(accounts_module, "UNKNOWN_NAMES_KEPT", 8)
+    for n in range(20):
+        accounts.sign_in(f"made-up-{n}", "x")
+    assert len(accounts._unknown) == 8 and "made-up-19" in accounts._unknown
 
 
 def _kiosk_config(tmp_path: Path) -> Path:

@@ -108,6 +108,7 @@ class Wire:
 
     def __init__(self, port: int) -> None:
         self.receipts: list[tuple[str, dict[str, Any]]] = []  # (kiosk id, receipt)
+        self.receipt_frames = 0  # messages on receipts topics (each may hold many receipts)
         self.statuses: list[tuple[str, dict[str, Any]]] = []  # (kiosk id, chunk status)
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -127,6 +128,7 @@ class Wire:
         with self._lock:
             if leaf == "receipts":
                 self.receipts += [(kiosk_id, r) for r in receipts_in(bytes(message.payload))]
+                self.receipt_frames += 1
             else:
                 self.statuses.append((kiosk_id, json.loads(message.payload)))
 
