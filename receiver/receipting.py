@@ -57,9 +57,9 @@ class Receipts:
 
     def send_many(self, link: MqttLink, kiosk_id: str, receipts: list[Receipt]) -> None:
         """One frame per RECEIPTS_PER_FRAME receipts, all for ``kiosk_id``."""
-        topic = Topics(self.prefix, kiosk_id).receipts
         for start in range(0, len(receipts), RECEIPTS_PER_FRAME):
-            link.publish(topic, self.signer.sign(kiosk_id, receipts[start:start + RECEIPTS_PER_FRAME]), qos=1)
+            link.publish(Topics(self.prefix, kiosk_id).receipts,
+                         self.signer.sign(kiosk_id, receipts[start:start + RECEIPTS_PER_FRAME]), qos=1)
 
     def announced(self, kiosk_id: str, manifest: Manifest) -> None:
         """A verified manifest arrived: its nonce is the one the transfer's receipt echoes."""
