@@ -41,7 +41,7 @@ import psycopg
 
 from agent.security.keys import load_receipt_keys
 from agent.transport.durable_queue import DurableQueue
-from agent.transport.protocol import frame_send, unpack_frame
+from agent.transport.protocol import ProtocolError, frame_send, unpack_frame
 from agent.transport.receipts import verify_receipts
 from bench.common import (
     TOPIC_PREFIX,
@@ -110,7 +110,7 @@ def receipts_in(frame: bytes) -> int:
     """How many receipts a receipts frame holds (counted, not verified: check_receipts does)."""
     try:
         return len(json.loads(unpack_frame(frame, b"KAR", "receipts", 1 << 20)[0])["receipts"])
-    except Exception:  # a malformed frame counts as one answer; check_receipts names it
+    except (ProtocolError, ValueError, KeyError, TypeError):  # counted as one; check_receipts names it
         return 1
 
 

@@ -170,9 +170,11 @@ class Receiver(ChunkIntake):
         if answer is not None:
             # Names the bytes received and the kiosk's send: only that send's capture goes.
             digest = hashlib.sha256(sealed).hexdigest()
-            self.batch.after_commit(len(sealed), lambda: self._send(link, kiosk_id, answer, digest, nonce))
+            self.batch.after_commit(len(sealed), lambda: self._release(link, kiosk_id, answer, digest, nonce))
 
-    def _send(self, link: MqttLink, kiosk_id: str, answer: Receipt | Later, digest: str, nonce: str) -> None:
+    def _release(self, link: MqttLink, kiosk_id: str, answer: Receipt | Later, digest: str,
+                 nonce: str) -> None:
+        """A durable capture's receipt joins its batch's outgoing ones (sent by _send_receipts)."""
         receipt = answer.receipt if isinstance(answer, Later) else answer
         if receipt is None:  # not decided although its batch committed: a bug, never a receipt
             log.error("no outcome for a committed capture from %s; the kiosk will send it again", kiosk_id)

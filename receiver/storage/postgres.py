@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,17 @@ class PostgresStore:
     def folder(self, kiosk_id: str) -> Path:
         return kiosk_folder(self.root, kiosk_id)
 
-    def _run(self, query: str, params: tuple[Any, ...], batch: bool = False) -> psycopg.Cursor:
-        if not batch:
+    def _run(self, query: str, params: tuple[Any, ...], flush_first: bool = True) -> psycopg.Cursor:
+        if flush_first:
             self.flush()  # anything else sees (and follows) the captures staged before it
-        try:
+        with self._errors():
             return self.conn.execute(query, params)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A failed statement takes the batch with it: rolled back, said as StoreUnavailable."""
+        try:
+            yield
         except psycopg.Error as exc:
             self.rollback()
             raise StoreUnavailable(f"capture database: {type(exc).__name__}: {exc}") from None
@@ -131,7 +138,7 @@ class PostgresStore:
         # same order, so they wait for each other instead of deadlocking. executemany sends
         # them all in one pipeline (one round trip), with RETURNING telling which went in.
         keys = sorted(rows)
-        try:
+        with self._errors():
             with self.conn.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO captures (kiosk_id, capture_id, image_sha256, image_format, registration_id,"
@@ -140,16 +147,13 @@ class PostgresStore:
                     [(*rows[key], self.name) for key in keys], returning=True)
                 inserted = {key for key, result in zip(keys, cursor.results(), strict=True)
                             if result.fetchone() is not None}
-        except psycopg.Error as exc:
-            self.rollback()
-            raise StoreUnavailable(f"capture database: {type(exc).__name__}: {exc}") from None
         there = {key: rows[key][2] for key in inserted}
         others = [key for key in rows if key not in inserted]
         if others:
             there.update(((k, c), sha) for k, c, sha in self._run(
                 "SELECT kiosk_id, capture_id, image_sha256 FROM captures WHERE (kiosk_id, capture_id)"
                 " IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                ([k for k, _ in others], [c for _, c in others]), batch=True).fetchall())
+                ([k for k, _ in others], [c for _, c in others]), flush_first=False).fetchall())
         for kiosk_id, record, decided in staged:
             key = (kiosk_id, record.id)
             if key in inserted:

@@ -47,7 +47,8 @@ def test_receipts_follow_the_commit_and_batches_group(tmp_path: Path, broker: Mo
         assert statuses == ["stored"] * 30 and count(pg_dsn) == 30
         assert 1 <= r.receiver.batch.commits < 30, "one transaction per window, not per message"
         # One signed frame per kiosk per batch, not one per receipt.
-        assert r.wire.receipt_frames == r.receiver.batch.commits, (r.wire.receipt_frames, r.receiver.batch.commits)
+        frames, commits = r.wire.receipt_frames, r.receiver.batch.commits
+        assert frames == commits, (frames, commits)
 
 
 def test_a_failed_commit_receipts_nothing_and_the_resend_is_stored(tmp_path: Path, broker: MosquittoBroker,

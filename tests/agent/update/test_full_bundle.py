@@ -1,7 +1,7 @@
 """A full bundle (the project's wheel and every dependency's, wsq compiled here) built and
 installed with no shortcut: the release venv sees nothing but what the bundle carries.
-It downloads OpenCV, numpy and mediapipe unless pip's cache has them, and takes 2.5 minutes
-here even from the cache: it runs under KIOSK_AGENT_SOAK=1 (`make soak`), not in `make test`."""
+It downloads OpenCV, numpy and mediapipe unless pip's cache has them, and took 98 s here even
+from the cache: it runs under KIOSK_AGENT_SOAK=1 (`make soak`), not in `make test`."""
 
 from __future__ import annotations
 
