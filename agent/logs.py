@@ -60,10 +60,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not the stream it was at
+    set-up: a command run in-process (tests, the demo) may swap and close it afterwards."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     if fmt == "auto":
         fmt = "journal" if os.environ.get("JOURNAL_STREAM") else "text"
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     if fmt == "journal":
         handler.setFormatter(JournalFormatter("%(message)s"))
     elif fmt == "json":

@@ -4,6 +4,7 @@ brokers with signed commands. Each test fails if its hole reopens."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -169,10 +170,13 @@ def test_tls_cannot_be_turned_off_remotely(tmp_path: Path, tls_kiosk) -> None:  
 
 def test_a_new_broker_must_prove_itself_with_the_same_ca(tmp_path: Path, pki: Pki, tls_kiosk) -> None:  # type: ignore[no-untyped-def]
     agent, ops, first = tls_kiosk
-    impostor = pki.broker("impostor", trusted=False)
-    second = pki.broker("second")
-    ops2 = OperatorClient(second.plain_port, KIOSK)  # type: ignore[attr-defined]
-    try:
+    with contextlib.ExitStack() as cleanup:  # whatever started is stopped, also on a failure
+        impostor = pki.broker("impostor", trusted=False)
+        cleanup.callback(impostor.close)
+        second = pki.broker("second")
+        cleanup.callback(second.close)
+        ops2 = OperatorClient(second.plain_port, KIOSK)  # type: ignore[attr-defined]
+        cleanup.callback(ops2.close)
         # A broker whose certificate another CA signed never gets the kiosk.
         reply = config_set(ops, tmp_path, {"mqtt.port": impostor.port})
         assert reply["error"]["code"] == "rolled_back", reply
@@ -185,10 +189,6 @@ def test_a_new_broker_must_prove_itself_with_the_same_ca(tmp_path: Path, pki: Pk
         assert ops2.wait_reply(json.loads(payload)["id"])["ok"] is True
         assert agent.config.mqtt.port == second.port and agent.config.mqtt.tls.enabled
         assert ops2.call(admin, "ada", "ping")["ok"] is True
-    finally:
-        ops2.close()
-        impostor.close()
-        second.close()
 
 
 def test_reconnect_delays_stay_within_reach_of_support(tmp_path: Path, kiosk) -> None:  # type: ignore[no-untyped-def]

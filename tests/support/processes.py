@@ -82,6 +82,19 @@ class NotifySocket:
         self.path.unlink(missing_ok=True)
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum``, as the kernel sees it
+    (the SigCgt mask of /proc/PID/status; bit N-1 is signal N)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def spawn_agent(config_path: Path, log_path: Path,
                 notify: NotifySocket | None = None) -> subprocess.Popen[bytes]:
     """``python -m agent run``; with ``notify``, as systemd runs it (wait for READY=1 before

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devtools.broker import MosquittoBroker, free_port
+from devtools.broker import MosquittoBroker, free_port, wait_for_port
 from tests.support.certs import CA
 
 
@@ -39,4 +39,11 @@ class Pki:
         with broker._conf.open("a") as fh:
             fh.write(f"listener {broker.plain_port} 127.0.0.1\n")  # type: ignore[attr-defined]
         broker.start()
+        # start() waits for the TLS listener only; mosquitto may open the plain one a moment
+        # later (a loaded CI machine refused the operator client's connection there).
+        try:
+            wait_for_port("127.0.0.1", broker.plain_port, 10.0)  # type: ignore[attr-defined]
+        except TimeoutError:
+            broker.close()
+            raise
         return broker
