@@ -210,13 +210,25 @@ class NotifySocket:
         self.path.unlink(missing_ok=True)
 
 
+def unit_environment(unit: Path = REPO / "systemd" / "kiosk-agent.service") -> dict[str, str]:
+    """The unit's Environment= settings (MALLOC_ARENA_MAX, ...), but not its config path (the
+    benchmark passes --config): the agent is measured as systemd runs it."""
+    env = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line[len("Environment="):].partition("=")
+            if name != "KIOSK_AGENT_CONFIG":
+                env[name] = value
+    return env
+
+
 class AgentProcess(Managed):
     """``python -m agent run --config PATH`` with a notify socket, as systemd runs it."""
 
     def __init__(self, config_path: Path, workdir: Path, name: str = "agent",
                  preexec: Callable[[], None] | None = None) -> None:
         self.notify = NotifySocket(workdir / f"{name}.notify")
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path))
+        env = dict(os.environ, **unit_environment(), NOTIFY_SOCKET=str(self.notify.path))
         env.pop("WATCHDOG_USEC", None)
         super().__init__(name, python_cmd("-m", "agent", "run", "--config", str(config_path)),
                          workdir / f"{name}.log", env, preexec=preexec)

@@ -195,7 +195,9 @@ def registration_table(r: dict[str, Any]) -> list[str]:
     return [f"Registration through the local API, {g['sessions']} sessions of ten fingers and a face "
             f"(median {g['session_median_s']} s each, no simulated person). Peak RSS of the agent "
             f"(`rss_peak_registration_mb`): **{r['rss_peak_registration_mb']} MB** "
-            f"({_met(r, 'rss_peak_registration_mb')}; {g['rss_idle_peak_mb']} MB before the first session).",
+            f"({_met(r, 'rss_peak_registration_mb')}; {g['rss_idle_peak_mb']} MB before the first session). "
+            f"Of it, private memory (RssAnon, sampled): peak {g.get('rss_anon_peak_mb', '-')} MB; shared "
+            f"libraries' pages (RssFile) after the sessions: {g.get('rss_file_after_mb', '-')} MB.",
             "", *_table(rows), ""]
 
 
