@@ -73,11 +73,13 @@ def deps_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("deps-site")
     for entry in site.iterdir():
         name = entry.name.lower()
-        if name.startswith(("kiosk_agent", "__editable__", "pip", "setuptools", "_distutils_hack",
+        # pip stays: Debian's python3-pip, which release venvs then use (agent/update/updater.py).
+        if name.startswith(("kiosk_agent", "__editable__", "setuptools", "_distutils_hack",
                             "distutils-precedence")):
             continue
         (dest / entry.name).symlink_to(entry)
     return dest
+
 
 
 @dataclass

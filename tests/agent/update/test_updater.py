@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 from agent.transport.durable_queue import SCHEMA_VERSION
-from agent.update.updater import KILL_POINTS
+from agent.update.bundle import extract, load_release_keys, verify
+from agent.update.layout import Tree
+from agent.update.service import Service
+from agent.update.updater import KILL_POINTS, Updater
 from tests.agent.update.kiosks import Bundles, EventWatcher, Kiosk
 from tests.support.soak import SOAK
 
@@ -56,10 +59,33 @@ def via_updater(kiosk: Kiosk, bundle: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(asking.args, asking.returncode, out, err)
 
 
+def own_pip(kiosk: Kiosk, version: str) -> bool:
+    """Whether the release's venv holds a pip of its own (not the system's)."""
+    return any((kiosk.root / "releases" / version / "venv").glob("lib/python*/site-packages/pip"))
+
+
+def test_a_release_gets_its_own_pip_where_the_system_has_none(bundles: Bundles, tmp_path: Path) -> None:
+    """Without the system's site-packages (a full bundle, or a system without python3-pip) a new
+    venv sees no pip: the updater bootstraps one (ensurepip), then installs the lock with it."""
+    tree = Tree(tmp_path / "root")
+    tree.prepare()
+    updater = Updater(tree, tmp_path / "agent.toml", [], Service(), health_timeout_s=1,
+                      max_bundle_bytes=10**9)
+    verified = verify(bundles["v1"], load_release_keys([Path(f"{bundles.key}.pub")]), 10**9)
+    staging = tmp_path / "staging"
+    extract(verified, staging)
+    updater._install("1.0.0", staging, system_dependencies=False)
+    assert any((tree.release("1.0.0") / "venv").glob("lib/python*/site-packages/pip"))
+    done = subprocess.run([str(tree.python("1.0.0")), "-c", "import agent; print(agent.__version__)"],
+                          capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert done.stdout.strip() == "1.0.0"
+
+
 def test_upgrade_refusals_rollback_and_pruning(kiosk: Kiosk, bundles: Bundles, tmp_path: Path) -> None:
     done = via_updater(kiosk, bundles["v1"])
     assert done.returncode == 0 and "1.0.0 installed and healthy" in done.stdout, done.stderr
     assert kiosk.unit_state()[0] == "active" and kiosk.running_version() == "1.0.0"
+    assert not own_pip(kiosk, "1.0.0")  # the system's pip installed it, none bootstrapped
     done = kiosk.update("apply", str(bundles["v3"]))  # 1.3.0 upgrades 1.1.0 or newer only
     assert done.returncode == 1 and "upgrades from 1.1.0 or newer" in done.stderr, done.stderr
 
