@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import signal
 import sys
 import threading
@@ -53,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def step(name: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
     """Run one benchmark, report its duration, and fail if it left threads running."""
     before = set(threading.enumerate())
+    # Each step starts on a settled disk: the commit step leaves hundreds of MB of dirty pages
+    # that the kernel writes back for seconds after, and every fsync of the next step (the
+    # latency step's commits and the receiver's) queued behind them (e2e p50 20 ms in a full
+    # run against 9.5 ms for the step alone).
+    os.sync()
     print(f"bench: {name} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     result = fn()
