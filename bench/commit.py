@@ -32,6 +32,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,14 +167,22 @@ def run(ws: Workspace, sizes: Sizes) -> tuple[dict[str, Any], Path]:
     payloads = [seal_capture(ws.sealer(), KIOSK_ID, seq, image)[1]
                 for seq, image in enumerate(pool.images, 1)]
     raw_dir = ws.fresh_dir("raw-sqlite")
-    same_work = lambda: same_work_commits(raw_dir / "same.db", pool.images, sizes.backlog,  # noqa: E731
-                                          ws.signing_key, ws.central_public)
-    raw_before = raw_commits(raw_dir / "raw.db", payloads, sizes.backlog)
-    same_before = same_work()
+    def same_work() -> CommitRun:
+        return same_work_commits(raw_dir / "same.db", pool.images, sizes.backlog, ws.signing_key,
+                                 ws.central_public)
+
+    def settled(run: Callable[[], CommitRun]) -> CommitRun:
+        # Each run writes ~200 MB: the next one's fsyncs must not queue behind its write-back
+        # (unsynced, the two same-work runs of one make bench gave 751 and 928 captures/s).
+        os.sync()
+        return run()
+
     backlog = ws.fresh_dir("backlog") / "queue.db"
-    agent = agent_commits(ws, pool, backlog, sizes.backlog)
-    same_after = same_work()
-    raw_after = raw_commits(raw_dir / "raw.db", payloads, sizes.backlog)
+    raw_before = settled(lambda: raw_commits(raw_dir / "raw.db", payloads, sizes.backlog))
+    same_before = settled(same_work)
+    agent = settled(lambda: agent_commits(ws, pool, backlog, sizes.backlog))
+    same_after = settled(same_work)
+    raw_after = settled(lambda: raw_commits(raw_dir / "raw.db", payloads, sizes.backlog))
     raw = max(raw_before, raw_after, key=lambda r: r.per_s)
     same = max(same_before, same_after, key=lambda r: r.per_s)
     figures = {

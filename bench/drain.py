@@ -175,6 +175,7 @@ def persisting_drain(port: int, payloads: list[bytes], peer: RawPeer, work: Path
     db.executemany("INSERT INTO backlog VALUES (?, ?)", enumerate(payloads, 1))
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.sync()  # its inserts written back before the clock starts, as the agent's backlog copy is
     count, already = len(payloads), peer.count
     rows = [row for (row,) in db.execute("SELECT seq FROM backlog ORDER BY seq")]
     by_mid: dict[int, int] = {}
@@ -238,6 +239,7 @@ class GatedAgent:
         self.work = ws.fresh_dir(f"drain-{name or ack_mode}")
         self.queue = self.work / "queue.db"
         copy_queue(backlog, self.queue)
+        os.sync()  # the copy written back before the clock starts, as the raw side's inserts are
         settings = ws.agent_settings(port=port, queue_path=self.queue, ack_mode=ack_mode, devices=SIM_DEVICES)
         if uplink:
             settings["uplink"] = uplink
