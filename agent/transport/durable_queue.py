@@ -4,9 +4,9 @@ A capture counts as taken only once ``put`` has returned: the row is then on dis
 survives a power cut. Items leave only through ``ack`` (the central side has the capture).
 The queue, not the MQTT client, is the source of truth for what still has to be sent.
 
-Start-up does not grow with the backlog: running totals (and the last sequence number,
-so numbers are never reused) are kept in one row updated in the same transaction as each
-insert and delete, and nothing is scanned or loaded at open.
+Start-up does not grow with the backlog: running totals (and the last sequence number, so
+numbers are never reused) are kept in one row updated in the same transaction as each insert
+and delete, and nothing is scanned or loaded at open.
 
 Two rows per item, each written for one reason. The payload row (``blobs``) is written once
 and deleted once, never updated. The small row (``items``) carries everything that changes
@@ -22,8 +22,9 @@ itself, as ``secure_delete`` does, wrote every capture a second time (docs/perfo
 Each key encrypts exactly one payload once, so a constant nonce never repeats under a key.
 Payloads stored before schema 2 have no key (NULL): they are deleted with zeroing, as then.
 
-One connection, guarded by a lock: capture workers and the publisher share it. SQLite
-serialises writers anyway, and one connection keeps the commit order equal to ``seq`` order.
+One connection for reads and writes, guarded by a lock: capture workers and the publisher
+share it, and one connection keeps the commit order equal to ``seq`` order. Checkpoints use
+a second one, off the commit path (agent/transport/wal_checkpoints.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from agent.transport.disk_reserve import DiskReserve
 from agent.transport.queue_schema import SCHEMA_VERSION as SCHEMA_VERSION  # the updater asks here
 from agent.transport.queue_schema import QueueSchemaError, create_or_migrate
 from agent.transport.queue_types import QueuedItem, QueueStats
+from agent.transport.wal_checkpoints import WalCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,15 @@ _NONCE = bytes(12)
 #: The columns every read returns, in QueuedItem's order, then the key.
 _READ = ("SELECT i.seq, i.id, i.kind, b.payload, i.attempts, i.created, i.key "
          "FROM items i JOIN blobs b ON b.seq = i.seq ")
+
+
+def _select_in(db: sqlite3.Connection, sql: str, ids: list[str]) -> list[tuple]:  # type: ignore[type-arg]
+    """``sql`` with ``{}`` for an IN list, over ``ids`` in chunks below SQLite's limit on bound parameters."""
+    rows: list[tuple] = []  # type: ignore[type-arg]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows += db.execute(sql.format(",".join("?" * len(chunk))), chunk)
+    return rows
 
 
 def _bound(seq: int, item_id: str) -> bytes:
@@ -105,6 +116,7 @@ class DurableQueue:
             self._quarantine(exc)
             self._db = self._connect()
         self._next_seq = self._db.execute("SELECT last_seq FROM totals").fetchone()[0] + 1
+        self._wal = WalCheckpoints(self.path)
         self.disk.refill()
 
     # --- opening ------------------------------------------------------------------------
@@ -118,6 +130,7 @@ class DurableQueue:
                 raise QueueError(f"{self.path}: SQLite refused WAL mode (got {mode}); "
                                  "put the queue on a local file system")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # never on the commit path: WalCheckpoints
             # Deleted rows are overwritten with zeros, not just unlinked from the b-tree; only
             # the delete of wrapped payloads turns it off, for one statement (_delete).
             db.execute("PRAGMA secure_delete=ON")
@@ -153,6 +166,7 @@ class DurableQueue:
 
     def close(self) -> None:
         self.erase_if_due(force=True)
+        self._wal.close()
         with self._lock:
             self._db.close()
 
@@ -185,6 +199,7 @@ class DurableQueue:
                 db.execute("UPDATE totals SET items = items + 1, bytes = bytes + ?, last_seq = ? "
                            "WHERE one = 1", (len(payload), seq))
             self._next_seq = seq + 1
+            self._wal.written(len(wrapped))
             if not held:
                 self._joined()
             return seq
@@ -240,11 +255,8 @@ class DurableQueue:
 
     @staticmethod
     def _count_attempts(db: sqlite3.Connection, rows: list[tuple[float, int]]) -> None:
-        db.executemany(
-            "UPDATE items SET state = 'sent', attempts = attempts + 1, last_attempt = ? "
-            "WHERE seq = ? AND state NOT IN ('rejected', 'held', 'withheld')",
-            rows,
-        )
+        db.executemany("UPDATE items SET state = 'sent', attempts = attempts + 1, last_attempt = ? "
+                       "WHERE seq = ? AND state NOT IN ('rejected', 'held', 'withheld')", rows)
 
     def ack(self, item_ids: Iterable[str], sent: Iterable[int] = ()) -> int:
         """Delete acknowledged items, and count a send attempt for each seq in ``sent``, in one
@@ -277,12 +289,7 @@ class DurableQueue:
     @staticmethod
     def _rows_of(db: sqlite3.Connection, ids: list[str]) -> list[tuple[int, int, bool]]:
         """(seq, size, wrapped) of the items among ``ids`` still here."""
-        rows: list[tuple[int, int, bool]] = []
-        for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows += db.execute(f"SELECT seq, size, key IS NOT NULL FROM items WHERE id IN ({marks})", chunk)
-        return rows
+        return _select_in(db, "SELECT seq, size, key IS NOT NULL FROM items WHERE id IN ({})", ids)
 
     @staticmethod
     def _delete(db: sqlite3.Connection, rows: list[tuple[int, int, bool]]) -> int:
@@ -308,18 +315,16 @@ class DurableQueue:
         return len(rows)
 
     def erase_if_due(self, force: bool = False) -> bool:
-        """Checkpoint and truncate the WAL so acknowledged captures leave no copy in it.
-
-        secure_delete zeroes deleted rows in the database, but the WAL still holds the
-        frames written when they were inserted until it is checkpointed and truncated.
-        Done at most every ``erase_interval_s``, as each checkpoint costs an fsync.
-        """
+        """Checkpoint and truncate the WAL so acknowledged captures leave no copy in it: the
+        database's deleted rows are zeroed (secure_delete), but the WAL keeps the frames written
+        when they were inserted until then. At most every ``erase_interval_s`` (fsyncs)."""
         if not self._erase_due or (not force and time.monotonic() - self._last_erase < self.erase_interval_s):
             return False
-        with self._lock:
-            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        # The bulk without holding back the captures being committed, then the rest.
+        self._wal.checkpoint("PASSIVE")
+        done = self._wal.checkpoint("TRUNCATE")
         self._last_erase = time.monotonic()
-        if busy:  # another connection (queue stats) is reading: try again next time
+        if not done:  # a reader (queue stats) or a long commit in the way: try again next time
             return False
         self._erase_due = False
         self.disk.refill()
@@ -412,14 +417,9 @@ class DurableQueue:
 
     def pending_ids(self, item_ids: Iterable[str]) -> set[str]:
         """Which of ``item_ids`` are still here, in any state (not yet acknowledged)."""
-        ids, found = list(item_ids), set()
         with self._lock:
-            for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)
-                found.update(r[0] for r in rows)
-        return found
+            rows = _select_in(self._db, "SELECT id FROM items WHERE id IN ({})", list(item_ids))
+        return {r[0] for r in rows}
 
     def totals(self) -> tuple[int, int]:
         """(items, bytes) queued, from the running totals: O(1)."""

@@ -31,6 +31,7 @@ from agent.security.keys import load_encryption_public, load_signing_key, public
 from agent.security.sealing import Sealer
 from agent.transport.chunking import chunk_of
 from agent.transport.durable_queue import DurableQueue
+from agent.transport.wal_checkpoints import WalCheckpoints
 from receiver import store as receiver_store
 from receiver.chunks import ChunkAssembly
 from receiver.store import CaptureStore
@@ -68,6 +69,13 @@ def without_dir_fsync() -> types.SimpleNamespace:
 def queue(directory: Path, keys: Path, mutation: str) -> None:
     if mutation == "sync-off":
         DurableQueue._connect = sync_off(DurableQueue._connect)  # type: ignore[method-assign]
+        # and its second connection, the one that checkpoints the WAL
+        opened = WalCheckpoints.__init__
+
+        def checkpoints_unsafely(self: WalCheckpoints, path: Path) -> None:
+            opened(self, path)
+            self._db.execute("PRAGMA synchronous=OFF")
+        WalCheckpoints.__init__ = checkpoints_unsafely  # type: ignore[method-assign]
     sealer = Sealer(load_signing_key(keys / "kiosk.key"),
                     load_encryption_public(public_path(keys / "central.key")))
     # A subfolder the queue creates itself: its own directory entry must survive too.
