@@ -10,6 +10,18 @@ from collections.abc import Iterator
 import pytest
 
 from devtools.broker import MosquittoBroker
+from tests.support.soak import SOAK
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A soak-only test is left out of `make test` rather than skipped, so that a skip in CI always
+    # means something is wrong (a missing service fails; it never skips).
+    if SOAK:
+        return
+    left_out = [item for item in items if item.get_closest_marker("soak_only")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not item.get_closest_marker("soak_only")]
 
 
 @pytest.fixture

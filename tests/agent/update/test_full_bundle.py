@@ -20,10 +20,8 @@ from agent.update.bundle import LOCK, machine
 from tests.agent.update.kiosks import Bundles, Kiosk, kiosk_agent, project_copy
 from tests.support.faces import portrait
 from tests.support.paths import ROOT
-from tests.support.soak import SOAK
 
-pytestmark = pytest.mark.skipif(not SOAK, reason="the full bundle is built in the soak profile "
-                                "(KIOSK_AGENT_SOAK=1, make soak)")
+pytestmark = pytest.mark.soak_only
 
 
 def test_full_bundle_installs_offline_and_runs(kiosk: Kiosk, bundles: Bundles, tmp_path: Path) -> None:
