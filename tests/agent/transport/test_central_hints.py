@@ -98,5 +98,8 @@ def test_a_hint_after_every_receipt_is_no_log_or_event_flood(caplog: pytest.LogC
         acked[0] += 1
         hints.tick(None)  # type: ignore[arg-type]
         assert hints.state() is None
-    assert len(caplog.records) <= 2, [r.getMessage() for r in caplog.records]
+    # Its own lines only: whether the event bus's INFO line is captured too depends on the
+    # root logger's level, which earlier tests in the same process may have set.
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.transport.central_hints"]
+    assert len(said) <= 2, said
     assert [e["event"] for e in events.take()] == ["central_hint"]
