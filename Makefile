@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 COUNT  ?= 20
 
-.PHONY: demo test deps-demo deps-test mosquitto systemd-tools fault-tools postgres python-venv schema lint \
+.PHONY: demo test deps-demo deps-test deps-bench mosquitto systemd-tools fault-tools postgres python-venv schema lint \
         clean install uninstall
 
 demo: deps-demo
@@ -38,12 +38,16 @@ openapi: deps-demo
 
 # Benchmarks against the raw libraries (docs/performance.md): quick sizes, or FULL=1 for the
 # full ones. Writes bench/last-run.json and the generated section of docs/performance.md.
+# The central steps (bench/fleet.py, bench/central_ingest.py) store into a scratch database on
+# the PostgreSQL server `postgres` starts, through psycopg (the `central` extra: deps-bench);
+# no test tools.
 .PHONY: bench
-bench: deps-demo mosquitto
+bench: deps-bench mosquitto postgres
 	$(BIN)/python -m bench.run $(if $(filter 1,$(FULL)),--full)
 
 deps-demo: $(VENV)/.installed-demo
 deps-test: $(VENV)/.installed-test
+deps-bench: $(VENV)/.installed-bench
 
 # mediapipe (the face checks' landmarks) comes last and without its declared dependencies: why
 # in requirements-nodeps.txt; the landmarks extra holds what its face mesh does need. pip skips
@@ -55,14 +59,22 @@ $(VENV)/.installed-demo: pyproject.toml requirements-nodeps.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
+# The demo's packages and psycopg for the benchmarks' central steps.
+$(VENV)/.installed-bench: pyproject.toml requirements-nodeps.txt | $(BIN)/python
+	@echo "kiosk-agent: installing into $(VENV) with pip, the benchmarks' psycopg too (a minute or so the first time)"
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo,landmarks,central]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $@ $(VENV)/.installed-demo
+
 # libfprint-tools first: the test extra builds PyGObject against Debian's libgirepository.
-# The test extra includes the landmarks extra.
+# The test extra includes the landmarks and central extras.
 $(VENV)/.installed-test: pyproject.toml requirements-nodeps.txt | $(BIN)/python libfprint-tools
 	@echo "kiosk-agent: installing into $(VENV) with pip, test tools too (a minute or two the first time)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
-	touch $@ $(VENV)/.installed-demo
+	touch $@ $(VENV)/.installed-demo $(VENV)/.installed-bench
 
 $(BIN)/python: | python-venv
 	@echo "kiosk-agent: creating the virtual environment $(VENV)"
@@ -99,7 +111,8 @@ mosquitto:
 # Debian's asks for a password) a loopback-only test cluster the script makes on port 54329,
 # leaving the machine's own pg_hba.conf alone; each test makes and drops a database of its own.
 postgres:
-	@sh scripts/ensure-package.sh "command -v pg_lsclusters" postgresql "the central store's tests (tests/central)"
+	@sh scripts/ensure-package.sh "command -v pg_lsclusters" postgresql \
+	  "the central store's tests (tests/central) and benchmarks (bench/fleet.py, bench/central_ingest.py)"
 	@sh scripts/start-postgres.sh
 
 # libfprint and what PyGObject builds against, for the libfprint driver's tests

@@ -63,8 +63,8 @@ from bench.procs import (
     subscribe,
     wait_receivers,
 )
+from devtools.postgres import PostgresUnavailable, find_server, scratch_database
 from receiver.storage.migrate import migrate
-from tests.support.postgres import scratch_database
 
 RAW_PREFIX = "rawingest"
 #: Distinct 100 KB images in the prefilled rows (content does not change what a row costs).
@@ -189,6 +189,14 @@ class Kiosks:
 # --- the database ---------------------------------------------------------------------------
 
 
+def bench_database() -> Any:
+    """A scratch database (devtools/postgres.py) for one run; no server is a BenchError."""
+    try:
+        return scratch_database(find_server())
+    except PostgresUnavailable as exc:
+        raise BenchError(str(exc)) from None
+
+
 def prepare(dsn: str) -> None:
     """The receivers' schema (their migrations) and the raw pipeline's table, made once here
     so that neither side's first batch pays for it."""
@@ -271,7 +279,7 @@ def run(ws: Workspace, captures: int = 3_000, kiosks: int = 20, rounds: int = 2,
     log(f"central ingest: {total} captures sealed and queued by {kiosks} kiosks in "
         f"{time.monotonic() - built:.1f} s")
     timeout = 120 + total / 5  # generous: a loaded machine is slow, only a failure waits this long
-    with scratch_database() as dsn:
+    with bench_database() as dsn:
         prepare(dsn)
         fill_s = fill(dsn, db_rows, log) if db_rows else 0.0
         size_before = database_bytes(dsn)

@@ -474,12 +474,12 @@ def lost(created: dict[str, list[str]], rows: set[tuple[str, str]]) -> int:
 
 
 def run(ws: Workspace, sizes: Sizes, workers: int = 2, storm_down_s: float = 2.0) -> dict[str, Any]:
-    from tests.support.postgres import scratch_database
+    from bench.central_ingest import bench_database
 
     kiosks, per_kiosk = sizes.fleet_kiosks, sizes.fleet_captures_per_kiosk
     total = kiosks * per_kiosk
     timeout = 120 + total / 20
-    with scratch_database() as dsn, BenchBroker() as broker:
+    with bench_database() as dsn, BenchBroker() as broker:
         receivers = Receivers(ws, broker.port, dsn)
         fleet = Fleet(ws, broker.port, kiosks, min(workers, kiosks))
         try:

@@ -37,11 +37,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 test_cluster=$(pg_lsclusters --no-header 2>/dev/null | awk -v n="$TEST_NAME" '$2 == n { print $1 " " $2; exit }')
 if [ -z "$test_cluster" ]; then
-    version=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1)
-    if [ -z "$version" ]; then
-        echo "no PostgreSQL server is installed: run 'sudo apt-get install postgresql'" >&2
-        exit 1
-    fi
+    # The newest server installed, as the tests that run initdb themselves pick it.
+    bindir=$(sh "$(dirname "$0")/postgres-bindir.sh") || exit 1
+    version=$(basename "$(dirname "$bindir")")
     echo "creating the tests' PostgreSQL cluster $version/$TEST_NAME on 127.0.0.1:$TEST_PORT"
     pg_createcluster "$version" "$TEST_NAME" -p "$TEST_PORT" -o listen_addresses=localhost \
         -- --auth-local=peer --auth-host=trust >/dev/null

@@ -12,8 +12,11 @@ group-commit window, and then sees its row.
 
 Every value reaches SQL as a bound parameter; ids are checked by receiver/paths.py first
 all the same, so both stores refuse the same names. The DSN is never logged (it may hold a
-password). File-side state (chunked transfers, registration records, their status) stays
-under ``output_dir``; the finished transaction goes to the ``outbox`` table with a NOTIFY.
+password). Chunked transfers (receiver/storage/pg_chunks.py) and registration records with
+their status (receiver/storage/pg_registrations.py) are tables too, in the same batch, so any
+receiver of the share group can take any part; ``output_dir`` holds no state of theirs, only
+the receiver's lock file and a reassembly's scratch file while it runs. The finished
+transaction goes to the ``outbox`` table with a NOTIFY.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ share group keep one row per capture, and each finished registration reaches the
 from __future__ import annotations
 
 import hashlib
+import os
 import select
 import time
 from collections import Counter
@@ -49,6 +50,58 @@ def test_receipts_follow_the_commit_and_batches_group(tmp_path: Path, broker: Mo
         # One signed frame per kiosk per batch, not one per receipt.
         frames, commits = r.wire.receipt_frames, r.receiver.batch.commits
         assert frames == commits, (frames, commits)
+
+
+#: A window no test run reaches (the config allows at most 1 s; the rig sets it unvalidated):
+#: whatever commits in the limit tests below was committed by a limit, not by the clock.
+NEVER_MS = 600_000.0
+#: receiver.group_commit_max_bytes at the config's minimum, and images that put one sealed
+#: capture under it and two over it.
+MAX_BYTES = 1 << 16
+IMAGE_BYTES = 40_000
+
+
+def stored_ids(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        return {row[0] for row in conn.execute("SELECT capture_id FROM captures").fetchall()}
+
+
+def send_until_held_or_receipted(r, records: list) -> None:  # type: ignore[no-untyped-def]
+    """Send ``records`` and wait until each is either receipted or held in the open batch."""
+    for rec in records:
+        r.send(KIOSK_A, sealed_capture(r.sealers[KIOSK_A], rec))
+    wait_until(lambda: r.receiver.batch.pending + sum(bool(r.wire.receipts_for(rec.id)) for rec in records)
+               == len(records), what="every capture receipted or held")
+
+
+def assert_committed_early(r, dsn: str, committed: list, held: list, batches: int) -> None:  # type: ignore[no-untyped-def]
+    assert r.receiver.batch.commits == batches, "a full batch commits before its window is up"
+    assert [r.wire.receipts_for(rec.id)[0]["status"] for rec in committed] == ["stored"] * len(committed)
+    # Receipts follow the commit: each for a durable row, none for what the open batch holds.
+    assert stored_ids(dsn) == {rec.id for rec in committed}
+    assert r.receiver.batch.pending == len(held)
+    assert not any(r.wire.receipts_for(rec.id) for rec in held), "a receipt for an uncommitted capture"
+    assert r.wire.receipt_frames == batches, "one frame per committed batch"
+
+
+def test_a_batch_commits_early_at_group_commit_max(tmp_path: Path, broker: MosquittoBroker,
+                                                   pg_dsn: str) -> None:
+    with rig(tmp_path, broker, store=pg_dsn, group_commit_ms=NEVER_MS, group_commit_max=4) as r:
+        records = [record(KIOSK_A) for _ in range(10)]
+        send_until_held_or_receipted(r, records)
+        assert_committed_early(r, pg_dsn, records[:8], records[8:], batches=2)
+
+
+def test_a_batch_commits_early_at_group_commit_max_bytes(tmp_path: Path, broker: MosquittoBroker,
+                                                         pg_dsn: str) -> None:
+    with rig(tmp_path, broker, store=pg_dsn, group_commit_ms=NEVER_MS,
+             group_commit_max_bytes=MAX_BYTES) as r:
+        records = [record(KIOSK_A, image=os.urandom(IMAGE_BYTES)) for _ in range(5)]
+        sealed = len(sealed_capture(r.sealers[KIOSK_A], records[0]))
+        assert MAX_BYTES / 2 <= sealed < MAX_BYTES, f"a sealed capture of {sealed} bytes: resize IMAGE_BYTES"
+        assert r.config.receiver.group_commit_max > len(records), "the count limit must not be what commits"
+        send_until_held_or_receipted(r, records)
+        assert_committed_early(r, pg_dsn, records[:4], records[4:], batches=2)
 
 
 def test_a_failed_commit_receipts_nothing_and_the_resend_is_stored(tmp_path: Path, broker: MosquittoBroker,
