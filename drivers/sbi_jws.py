@@ -113,9 +113,13 @@ def load_trusted(paths: Sequence[Path]) -> list[x509.Certificate]:
 
 def _within(cert: x509.Certificate, now: datetime, what: str) -> None:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        # Judged by this kiosk's clock (drivers cannot ask the agent whether it trusts it):
+        # the date it used is named, so a wrong clock shows as the cause.
         raise SignatureRefused(
             f"{what} certificate {cert.subject.rfc4514_string()} is not valid now (valid "
-            f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+            f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}; this kiosk's "
+            f"clock says {now:%Y-%m-%d %H:%M} UTC: if that is wrong, the clock is the cause, not the "
+            "device: set the date and time)")
 
 
 def _leaf(header: dict[str, Any]) -> x509.Certificate:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import subprocess
 import threading
 import time
@@ -131,6 +132,18 @@ def clock_hint() -> str:
     return f" (this kiosk's clock may be the cause: {state.reason})"
 
 
+#: OpenSSL's verify codes a wrong clock causes: a certificate (or CRL) not yet valid, or expired.
+CLOCK_VERIFY_CODES = frozenset({9, 10, 11, 12})
+
+
+def tls_clock_hint(exc: BaseException) -> str:
+    """``clock_hint()`` for a certificate refused as not yet valid or expired (the kiosk's
+    clock decides those); "" for any other TLS failure, which the clock cannot cause."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in CLOCK_VERIFY_CODES:
+        return clock_hint()
+    return ""
+
+
 class ClockWatch:
     """Judges the clock on demand, at most every ``check_interval_s``; thread-safe."""
 
@@ -146,7 +159,8 @@ class ClockWatch:
     def state(self, fresh: bool = False) -> ClockState:
         global _latest
         with self._lock:
-            if fresh or self._state is None or self.monotonic() - self._at >= self.config.check_interval_s:
+            if fresh or self._state is None or self._fix_came() \
+                    or self.monotonic() - self._at >= self.config.check_interval_s:
                 previous, self._state = self._state, self._judge()
                 self._at = self.monotonic()
                 if previous is None or previous.wrong != self._state.wrong:
@@ -156,6 +170,14 @@ class ClockWatch:
                             self._state.reason or self._state.source)
             _latest = self._state
             return self._state
+
+    def _fix_came(self) -> bool:
+        """A GNSS fix has come since a judgement made without one: judge again now, or the
+        first registrations after a boot would record the judgement made before the
+        receiver's first fix, for up to ``check_interval_s``. (A fix lost is not urgent: the
+        offset it measured stays true for a while.)"""
+        had = self._state is not None and self._state.gnss_offset_s is not None
+        return self.gnss is not None and not had and self.gnss() is not None
 
     def _judge(self) -> ClockState:
         now = self.clock()

@@ -93,28 +93,53 @@ def _iso(t: float) -> str:
 
 
 class AreaGate:
-    """With ``position.area.outside = "refuse"``: no new registration outside the area.
-    Without a current fix nothing is refused (the manifest records "no fix")."""
+    """The assigned area, both ways. ``outside = "refuse"``: no new registration outside it.
+    ``outside = "flag"``: registrations go on, and the officer is warned while the person is
+    there (``warning``: the session view and its events), not only the manifest marked.
+    Without a current fix nothing is refused or warned of (the manifest records "no fix")."""
 
     rule = "outside_area"
 
     def __init__(self, service: PositionService) -> None:
         self.service = service
 
-    def check(self) -> Refusal | None:
+    def _outside(self, mode: str) -> float | None:
+        """How far the current fix is from the area's centre, when outside it in ``mode``."""
         area = self.service.config.area
-        if area is None or area.outside != "refuse":
+        if area is None or area.outside != mode:
             return None
         fix, _ = self.service.current()
         if fix is None:
             return None
         d = distance_m(area.lat, area.lon, fix.lat, fix.lon)
-        if d <= area.radius_m:
+        return d if d > area.radius_m else None
+
+    def _where(self, d: float) -> str:
+        area = self.service.config.area
+        assert area is not None
+        return (f"the kiosk is {d / 1000:.1f} km from the centre of its assigned area "
+                f"(radius {area.radius_m / 1000:g} km)")
+
+    def check(self) -> Refusal | None:
+        d = self._outside("refuse")
+        if d is None:
             return None
-        return Refusal(self.rule, f"the kiosk is {d / 1000:.1f} km from the centre of its assigned area "
-                       f"(radius {area.radius_m / 1000:g} km)",
+        return Refusal(self.rule, self._where(d),
                        "drive back into the assigned area, or ask the supervisor to change it "
                        "(position.area)")
+
+    def warning(self) -> dict[str, Any] | None:
+        """With ``outside = "flag"``: what the officer is told while the kiosk is outside."""
+        d = self._outside("flag")
+        if d is None:
+            return None
+        return {"rule": self.rule,
+                "message": self._where(d) + ": this registration is taken, but marked as made "
+                           "outside the area for the central side to review",
+                "action": "check that the van is where it was sent; if it is, tell your supervisor so "
+                          "the assigned area (position.area) is corrected; if not, drive back into the "
+                          "area before the next registration",
+                "distance_m": round(d, 1)}
 
 
 def probe(config: PositionConfig, wait_s: float = 3.0) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Refusal:
     """Why new registrations are refused: ``rule`` is a stable identifier for scripts and
-    translations (``low_disk``, ``clock_untrusted``, ...), ``message`` says what is wrong and
+    translations (``low_disk``, ``clock_wrong``, ...), ``message`` says what is wrong and
     ``action`` what the officer or their supervisor should do about it."""
 
     rule: str
@@ -76,6 +76,23 @@ class Gates:
                 )
             if refusal is not None:
                 found.append(refusal)
+        return found
+
+    def warnings(self) -> list[dict[str, Any]]:
+        """What gates that let a registration go on still want the officer told while the
+        person is there (a gate's optional ``warning()``: the assigned area in "flag" mode)."""
+        with self._lock:
+            gates = list(self._gates)
+        found = []
+        for gate in gates:
+            warn = getattr(gate, "warning", None)
+            try:
+                warning = warn() if warn is not None else None
+            except Exception as exc:  # noqa: BLE001 - a broken warning must not stop the session
+                log.error("warning of rule %s could not be checked: %s", gate.rule, type(exc).__name__)
+                continue
+            if warning is not None:
+                found.append(warning)
         return found
 
 

@@ -387,6 +387,14 @@ def spec() -> dict[str, Any]:
                         "next": {"type": ["string", "null"]},
                         "exceptions": {"type": "array", "items": {"type": "object"}},
                         "central": _ref("CentralStatus"),
+                        "warnings": {
+                            "type": "array",
+                            "description": "what the officer must know while the person is there "
+                            "(open sessions only): e.g. rule outside_area, the kiosk outside its "
+                            "assigned area with position.area.outside = \"flag\" (docs/vans.md)",
+                            "items": _obj({"rule": string, "message": string, "action": string,
+                                           "distance_m": {"type": "number"}}, ["rule", "message", "action"]),
+                        },
                     },
                 },
                 # What the central side last said of a registration (agent/registration/central_status.py).

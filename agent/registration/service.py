@@ -153,6 +153,8 @@ class RegistrationService:
         # and the journal keeps lines for months (and diagnostics hands them to support).
         log.info("registration %s started (%s)", session_id, self.reg.plan)
         self.feed.event(session_id, "started", plan=self.reg.plan)
+        for warning in self.gates.warnings():  # e.g. outside the assigned area (docs/vans.md)
+            self.feed.event(session_id, "warning", **warning)
         return self.view(session_id)
 
     def view(self, session_id: str) -> dict[str, Any]:
@@ -192,6 +194,8 @@ class RegistrationService:
             ],
             # What the central side says of it (agent/registration/central_status.py).
             "central": self.store.central(state.id),
+            # What the officer must know while the person is there (agent/registration/gates.py).
+            "warnings": self.gates.warnings() if state.state == "open" else [],
         }
 
     def sessions(self, state: str | None = None) -> list[dict[str, Any]]:

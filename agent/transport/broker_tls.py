@@ -13,6 +13,7 @@ import logging
 import ssl
 from datetime import UTC, datetime
 
+from agent.clock.watch import clock_hint
 from agent.config_types import ConfigError
 from agent.transport.config import TlsConfig
 
@@ -67,9 +68,15 @@ def check_certificate_expiry(tls: TlsConfig, now: datetime | None = None) -> dat
     expires = cert.not_valid_after_utc
     now = now or datetime.now(UTC)
     days = (expires - now).total_seconds() / 86400
+    # Both judged by this kiosk's clock: a clock years off makes a good certificate look
+    # expired or not yet valid, so the message says when the clock is not trusted.
     if days < 0:
         log.error("client certificate %s expired on %s: the broker will refuse it; install a renewed "
-                  "certificate", tls.cert_file, expires.date())
+                  "certificate%s", tls.cert_file, expires.date(), clock_hint())
+    elif now < cert.not_valid_before_utc:
+        log.error("client certificate %s is not valid before %s (now %s by this kiosk's clock): the broker "
+                  "may refuse it%s", tls.cert_file, cert.not_valid_before_utc.date(), now.date(),
+                  clock_hint())
     elif days < tls.expiry_warning_days:
         log.warning("client certificate %s expires in %.0f days (%s); renew it", tls.cert_file, days,
                     expires.date())

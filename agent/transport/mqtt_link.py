@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.clock.watch import clock_hint
+from agent.clock.watch import tls_clock_hint
 from agent.config_types import ConfigError
 from agent.guard import log_and_continue
 from agent.transport.backoff import Backoff
@@ -231,7 +231,7 @@ class MqttLink:
             detail = getattr(exc, "verify_message", "") or exc.reason or str(exc)
             self._wait_before_retry(
                 f"TLS handshake with broker {cfg.host}:{cfg.port} failed ({detail}); check "
-                "mqtt.tls.ca_file, cert_file, key_file and the certificates' dates" + clock_hint())
+                "mqtt.tls.ca_file, cert_file, key_file and the certificates' dates" + tls_clock_hint(exc))
         except (TimeoutError, OSError) as exc:
             if self._tls is not None:
                 self._tls.close_failed()

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.clock.watch import tls_clock_hint
 from agent.remote.auth import CommandError
 from agent.runtime import Runtime
 from agent.update.config import UpdateConfig
@@ -89,7 +90,8 @@ def download(url: str, sha256: str, runtime: Runtime) -> tuple[Path, int]:
             conn.request("GET", target, headers={"Accept-Encoding": "identity"})
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
-            raise CommandError("failed", f"cannot fetch the bundle from {host}: {exc}") from None
+            raise CommandError("failed", f"cannot fetch the bundle from {host}: {exc}"
+                                         + tls_clock_hint(exc)) from None
         if response.status != 200:
             raise CommandError("failed", f"{host} answered HTTP {response.status} "
                                          "(redirects are not followed)")

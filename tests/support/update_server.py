@@ -46,10 +46,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def update_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """(port, the CA file that verifies it)."""
+def update_server(tmp_path: Path, *, expired: bool = False) -> Iterator[tuple[int, Path]]:
+    """(port, the CA file that verifies it); ``expired``: its certificate ended yesterday."""
     ca = CA(tmp_path, "update-ca")
-    cert, key = ca.issue("updates", server=True)
+    cert, key = ca.issue("updates", server=True, expired=expired)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

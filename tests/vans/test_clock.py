@@ -138,6 +138,28 @@ def test_the_commands_are_asked_at_most_every_check_interval() -> None:
     assert calls == ["chronyc", "chronyc"]
 
 
+def test_a_first_fix_brings_a_new_judgement_at_once() -> None:
+    """Judged at boot without a fix; the receiver's first fix must not wait check_interval_s
+    to count (the first registrations would record "not synchronised")."""
+    calls: list[str] = []
+
+    def run(argv: list[str], timeout: float) -> str | None:
+        calls.append(argv[0])
+        return None
+
+    clocks = Clocks(NOW)
+    fix: list[tuple[float, float]] = []
+    w = watch(clocks, run, gnss=lambda: fix[0] if fix else None, check_interval_s=60)
+    assert w.state().source == "none" and not w.state().trusted
+    asked = len(calls)
+    fix.append((NOW - 1.0, clocks.mono - 1.0))
+    state = w.state()
+    assert state.source == "gnss" and state.trusted, "the fix counted at once"
+    assert len(calls) == 2 * asked, "judged once more"
+    fix.clear()
+    assert w.state().source == "gnss" and len(calls) == 2 * asked, "a lost fix waits for the interval"
+
+
 def test_expiry_failures_name_the_clock() -> None:
     from agent.remote.auth import CommandError, Operator, sign_command, verify_command
 

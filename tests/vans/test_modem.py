@@ -49,3 +49,36 @@ def test_without_mmcli_nothing_runs_and_answers_are_cached() -> None:
     assert len(calls) == 4
     failing = ModemWatch(run=lambda argv, t: None, available=lambda: True)
     assert failing.state() == {"present": False, "error": "mmcli failed (is ModemManager running?)"}
+
+
+def test_telemetry_carries_the_modem_block(tmp_path: Path) -> None:
+    """The real agent's telemetry snapshot, its ModemWatch fed recorded mmcli output."""
+    from agent.config import validate_config
+    from agent.daemon import Agent
+    from agent.security.keys import provision
+    from agent.transport.telemetry import snapshot
+    from devtools.broker import free_port
+    from tests.vans.van import KIOSK, kiosk_raw
+
+    def mmcli(name: str):  # type: ignore[no-untyped-def]
+        return lambda argv, t: sample("mmcli-list.json") if "-L" in argv else sample(name)
+
+    provision(tmp_path / "keys", KIOSK)
+    agent = Agent(validate_config(kiosk_raw(tmp_path, free_port()), "van"))
+    agent.start()
+    try:
+        assert agent.modem is not None
+        agent.modem = ModemWatch(run=mmcli("mmcli-modem-lte.json"), available=lambda: True)
+        lte = snapshot(agent)["modem"]  # type: ignore[arg-type]
+        agent.modem = ModemWatch(run=mmcli("mmcli-modem-searching.json"), available=lambda: True)
+        searching = snapshot(agent)["modem"]  # type: ignore[arg-type]
+        agent.modem = ModemWatch(run=mmcli("mmcli-modem-lte.json"), available=lambda: False)
+        absent = snapshot(agent)["modem"]  # type: ignore[arg-type]
+    finally:
+        agent.stop()
+    assert lte["registration_state"] == "home" and lte["signal_quality_pct"] == 67
+    assert lte["operator"] == "Safaricom" and lte["access_technologies"] == ["lte"]
+    assert lte["state"] == "connected"
+    assert "861234050012345" not in str(lte), "no IMEI in telemetry"
+    assert searching["registration_state"] == "searching" and searching["signal_quality_pct"] == 0
+    assert absent is None, "without ModemManager: null, nothing run"

@@ -5,8 +5,6 @@ sealed into registration manifests by the real agent."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 from agent.position.config import AreaConfig, PositionConfig
 from agent.position.service import AreaGate, PositionService, distance_m
 from drivers.gnss import GpsdClient, NmeaReceiver
+from tests.emulators.gpsd import FakeGpsd
 from tests.emulators.nmea import NmeaEmulator, Sky, epoch, sentence
 from tests.support.waiting import wait_until
 
@@ -149,41 +148,6 @@ def test_the_area_flags_or_refuses() -> None:
 # --- gpsd ------------------------------------------------------------------------------------
 
 
-class FakeGpsd:
-    """gpsd's side of its JSON protocol on a loopback port: answers ?WATCH with what the
-    test scripts (VERSION, DEVICES, WATCH, then TPV and SKY reports)."""
-
-    def __init__(self, reports: list[dict | bytes]) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.reports = reports
-        self.watch = b""
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._done = threading.Event()
-
-    def __enter__(self) -> FakeGpsd:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self.server.close()
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.server.accept()
-        except OSError:
-            return
-        with conn:
-            conn.sendall(json.dumps({"class": "VERSION", "release": "3.25", "proto_major": 3,
-                                     "proto_minor": 15}).encode() + b"\n")
-            self.watch = conn.recv(1024)
-            for report in self.reports:
-                conn.sendall(report if isinstance(report, bytes) else json.dumps(report).encode() + b"\n")
-            self._done.wait(10)
-
-
 def test_the_gpsd_client_reads_fixes_and_their_loss() -> None:
     tpv = {"class": "TPV", "device": "/dev/ttyACM0", "mode": 3, "time": "2026-11-28T12:00:01.000Z",
            "lat": NAIROBI[0], "lon": NAIROBI[1], "eph": 3.2, "epx": 2.0, "epy": 2.5}
@@ -295,3 +259,102 @@ def test_devices_shows_the_receiver_and_its_fix(tmp_path: Path, gps: NmeaEmulato
     assert main(["devices", "--config", str(config), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["position"]
     assert shown["fix"]["satellites"] == 7 and shown["current"]["lat"] == pytest.approx(NAIROBI[0], abs=1e-5)
+
+
+def test_flag_mode_warns_the_officer_while_the_person_is_there(tmp_path: Path, gps: NmeaEmulator) -> None:
+    """``outside = "flag"``: the registration goes on, and the officer sees why it will be
+    flagged (the session view and its events), with the distance and what to do."""
+    from agent.config import validate_config
+    from agent.daemon import Agent
+    from agent.security.keys import provision
+    from devtools.broker import free_port
+    from tests.support.local_api import Api
+    from tests.vans.van import KIOSK, kiosk_raw
+
+    provision(tmp_path / "keys", KIOSK)
+    raw = kiosk_raw(tmp_path, free_port())
+    raw["position"] = {"source": "nmea", "port": gps.path,
+                       "area": {"lat": NAIROBI[0], "lon": NAIROBI[1], "radius_m": 5000, "outside": "flag"}}
+    agent = Agent(validate_config(raw, "van"))
+    agent.start()
+    try:
+        api = Api.for_agent(agent)
+        position = agent.position
+        assert position is not None
+        gps.fix(*MOMBASA)
+        wait_until(lambda: position.current()[0] is not None, what="a fix far outside the area")
+        session = api.ok("POST", "/v1/sessions", {"applicant_ref": "APP-1", "operator_id": "op-1"})
+        sid = session["id"]
+        (warning,) = session["warnings"]
+        far = distance_m(*NAIROBI, *MOMBASA)
+        assert warning["rule"] == "outside_area" and warning["distance_m"] == pytest.approx(far, abs=50)
+        assert f"{far / 1000:.1f} km from the centre of its assigned area (radius 5 km)" in warning["message"]
+        assert "marked" in warning["message"] and "position.area" in warning["action"]
+        assert api.ok("GET", f"/v1/sessions/{sid}")["warnings"] == [warning]
+        events = api.ok("GET", f"/v1/sessions/{sid}/events?after=0")
+        (event,) = [e for e in events["events"] if e["event"] == "warning"]
+        assert event["rule"] == "outside_area" and event["distance_m"] == pytest.approx(far, abs=50)
+        assert event["action"] == warning["action"]
+        # Back inside: nothing to warn of any more.
+        gps.fix(NAIROBI[0] + 0.01, NAIROBI[1])
+        wait_until(lambda: position.current()[0] is not None and position.current()[0].lat > -1.29,
+                   what="a fix inside")
+        assert api.ok("GET", f"/v1/sessions/{sid}")["warnings"] == []
+        cancelled = api.ok("POST", f"/v1/sessions/{sid}/cancel", {"reason": "test"})
+        assert cancelled["warnings"] == []
+    finally:
+        agent.stop()
+
+
+def test_the_agent_reads_gpsd_into_the_manifest_and_the_clock(tmp_path: Path) -> None:
+    """config/mobile-van.toml's source: gpsd, through the real agent. The manifest carries
+    gpsd's fix, and GNSS time decides the clock (source "gnss")."""
+    from agent.config import validate_config
+    from agent.daemon import Agent
+    from agent.security.keys import load_decryption_key, load_kiosk_keys, provision
+    from agent.security.sealing import Opener
+    from agent.transport.durable_queue import DurableQueue
+    from devtools.broker import free_port
+    from tests.support.local_api import Api
+    from tests.vans.van import KIOSK, kiosk_raw
+
+    def now_tpv() -> list[dict]:  # gpsd reports the receiver's epoch once a second
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return [{"class": "TPV", "device": "/dev/ttyACM0", "mode": 3, "time": stamp, "lat": MOMBASA[0],
+                 "lon": MOMBASA[1], "eph": 4.1},
+                {"class": "SKY", "hdop": 0.9,
+                 "satellites": [{"PRN": n, "used": n <= 7} for n in range(1, 11)]}]
+
+    provision(tmp_path / "keys", KIOSK)
+    raw = kiosk_raw(tmp_path, free_port())
+    with FakeGpsd([{"class": "DEVICES", "devices": [{"path": "/dev/ttyACM0"}]}], epoch=now_tpv) as gpsd:
+        raw["position"] = {"source": "gpsd", "gpsd_port": gpsd.port, "max_age_s": 10}
+        # The default check_interval_s (60 s): the clock was judged at start, before gpsd's
+        # first fix; the fix's arrival alone must bring a new judgement.
+        config = validate_config(raw, "van")
+        agent = Agent(config)
+        agent.start()
+        try:
+            position = agent.position
+            assert position is not None
+            wait_until(lambda: position.current()[0] is not None and position.current()[0].satellites == 7,
+                       what="gpsd's fix with its satellites")
+            api = Api.for_agent(agent)
+            sid = api.ok("POST", "/v1/sessions", {"applicant_ref": "APP-1", "operator_id": "op-1"})["id"]
+            api.ok("POST", f"/v1/sessions/{sid}/cancel", {"reason": "test"})
+        finally:
+            agent.stop()
+        assert gpsd.watch.startswith(b'?WATCH={"enable":true,"json":true}')
+    queue = DurableQueue(config.queue.path, max_bytes=1 << 30, min_free_bytes=0)
+    opener = Opener(load_decryption_key(tmp_path / "keys" / "central.key"),
+                    load_kiosk_keys(tmp_path / "keys" / "kiosks"))
+    try:
+        manifest = json.loads(opener.open(queue.get(sid).payload)[1])  # type: ignore[union-attr]
+    finally:
+        queue.close()
+    where, clock = manifest["position"], manifest["clock"]
+    assert where["fix"] is True and where["source"] == "gpsd" and where["quality"] == 3
+    assert (where["lat"], where["lon"]) == pytest.approx(MOMBASA, abs=1e-6)
+    assert where["accuracy_m"] == 4.1 and where["satellites"] == 7 and where["hdop"] == 0.9
+    assert clock["source"] == "gnss" and clock["trusted"] is True and clock["wrong"] is False
+    assert abs(clock["gnss_offset_s"]) < 5
