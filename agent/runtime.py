@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from agent.capture.service import CaptureOutcome
 from agent.capture.workers import DeviceWorker
+from agent.clock.watch import ClockWatch
 from agent.config import AgentConfig
 from agent.errors import TransientError
 from agent.registration.central_status import CentralStatus
@@ -77,6 +78,8 @@ class Runtime(Protocol):
     reloading: bool
     events: EventBus
     topics: Topics
+    #: The agent's judgement of its own clock (chrony, timedatectl, GNSS, the release date).
+    clock: ClockWatch
 
     def device_workers(self) -> Mapping[str, DeviceWorker]:
         """The enabled devices by name; each worker runs one action at a time on its device."""

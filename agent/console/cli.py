@@ -15,6 +15,7 @@ import sys
 from agent.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers, config_arg, load, print_config_error
 from agent.config import ConfigError
 from agent.console.accounts import ROLES, AccountError, Accounts
+from agent.console.audit import CliAudit
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -63,32 +64,62 @@ def cmd_users(args: argparse.Namespace) -> int:
     assert console.users_file is not None
     accounts = Accounts(console.users_file, max_failures=console.max_failures, lockout_s=console.lockout_s,
                         service_user=config.security.service_user)
+    if args.users_command == "list":
+        return _list(accounts, args.json, console.users_file)
     try:
-        if args.users_command == "list":
-            users = accounts.list()
-            if args.json:
-                print(json.dumps(users))
-            else:
-                for u in users or []:
-                    print(f"{u['name']:<32} {u['role']:<10} {'locked' if u['locked'] else ''}".rstrip())
-                if not users:
-                    print(f"no accounts in {console.users_file}; add one with `kiosk-agent users add NAME`")
-            return EXIT_OK
-        if args.users_command == "remove":
-            accounts.remove(args.name)
-            print(f"removed {args.name}")
-            return EXIT_OK
-        password = _password(args)
-        if args.users_command == "add":
-            accounts.add(args.name, args.role, password)
-            print(f"added {args.name} ({args.role})")
-        else:
-            accounts.passwd(args.name, password)
-            print(f"new password for {args.name}; its sessions are signed out")
-        return EXIT_OK
+        audit = CliAudit(config)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        return _change(args, accounts, audit)
+    finally:
+        audit.close()
+
+
+def _list(accounts: Accounts, as_json: bool, users_file: object) -> int:
+    try:
+        users = accounts.list()
     except AccountError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, ValueError) as exc:
-        print(f"error: {console.users_file}: {exc}", file=sys.stderr)
+        print(f"error: {users_file}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if as_json:
+        print(json.dumps(users))
+    else:
+        for u in users:
+            print(f"{u['name']:<32} {u['role']:<10} {'locked' if u['locked'] else ''}".rstrip())
+        if not users:
+            print(f"no accounts in {users_file}; add one with `kiosk-agent users add NAME`")
+    return EXIT_OK
+
+
+def _change(args: argparse.Namespace, accounts: Accounts, audit: CliAudit) -> int:
+    """add, passwd or remove, each audited with who ran it and how it ended (never the password)."""
+    action = args.users_command
+    details = {"name": args.name} | ({"role": args.role} if action == "add" else {})
+    try:
+        if action == "remove":
+            accounts.remove(args.name)
+            done = f"removed {args.name}"
+        else:
+            password = _password(args)
+            if action == "add":
+                accounts.add(args.name, args.role, password)
+                done = f"added {args.name} ({args.role})"
+            else:
+                accounts.passwd(args.name, password)
+                done = f"new password for {args.name}; its sessions are signed out"
+    except AccountError as exc:
+        audit.record(action, "error", str(exc)[:160], **details)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as exc:
+        audit.record(action, "error", type(exc).__name__, **details)
+        print(f"error: {accounts.path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    audit.record(action, **details)
+    print(done)
+    return EXIT_OK

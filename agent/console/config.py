@@ -56,8 +56,8 @@ class ConsoleConfig(Section):
     #: "required": a completed registration is held on the kiosk, not sent, until a supervisor
     #: approves it on the console; one rejected is kept for the audit and never sent.
     approval: Literal["off", "required"] = "off"
-    #: Blocking rules (agent/registration/gates.py): new registrations are refused while more
-    #: than this many await approval (0: no limit) ...
+    #: Blocking rules (agent/registration/gates.py): new registrations are refused while this
+    #: many (or more) await approval (0: no limit) ...
     max_awaiting_approval: int = Field(20, ge=0)
     #: ... while something has waited this many days for the central side (0: no limit) ...
     max_days_unreached: float = Field(7.0, ge=0)
@@ -66,6 +66,18 @@ class ConsoleConfig(Section):
     #: What one registration takes on disk (sealed captures and manifest), to say how many
     #: more the free disk holds.
     registration_size_mb: float = Field(2.5, gt=0)
+
+    @model_validator(mode="after")
+    def _approval_needs_the_console(self) -> ConsoleConfig:
+        # Only the console approves: held registrations would wait for ever, and the approvals
+        # rule would soon stop the kiosk.
+        if self.approval == "required" and not self.enabled:
+            raise ValueError(
+                'approval = "required" needs enabled = true: registrations would be held on the '
+                "kiosk with no console to approve them. Set console.enabled = true (and add a "
+                "supervisor with `kiosk-agent users add NAME --role supervisor`), or set "
+                'console.approval = "off"')
+        return self
 
     @model_validator(mode="after")
     def _tls_beyond_loopback(self) -> ConsoleConfig:

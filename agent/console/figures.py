@@ -11,14 +11,10 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.runtime import Runtime
-
-#: systemd-timesyncd creates this file once the clock is synchronised.
-TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 
 
 @dataclass
@@ -88,9 +84,19 @@ def dashboard(runtime: Runtime, watcher: Watcher) -> dict[str, Any]:
         "devices": [{"name": n, "state": w.state, "driver": w.driver.name}
                     for n, w in runtime.device_workers().items()],
         "clock_utc": iso(time.time()),
-        "clock_synchronised": TIMESYNC_FLAG.exists(),
+        "clock": clock(runtime),
         "blocked": rules,
     }
+
+
+def clock(runtime: Runtime) -> dict[str, Any]:
+    """The agent's own judgement of its clock (agent/clock/watch.py), the one its manifests
+    record and its clock rule acts on: "trusted", "untrusted" (not synchronised yet) or
+    "wrong", what it rests on and why. Cached by the watch, so a dashboard refreshing every
+    2 s does not run chronyc every 2 s."""
+    state = runtime.clock.state()
+    judged = "wrong" if state.wrong else "trusted" if state.trusted else "untrusted"
+    return {"state": judged, "source": state.source, "reason": state.reason}
 
 
 def human_bytes(n: float) -> str:

@@ -90,7 +90,10 @@ def figure_texts(t: Translator, f: dict[str, Any]) -> dict[str, str]:
         "disk_free": human_bytes(f["disk_free_bytes"]),
         "registrations_left": str(f["registrations_left"]),
         "clock_utc": f["clock_utc"],
-        "clock_state": t("dash.clock_synced") if f["clock_synchronised"] else t("dash.clock_unconfirmed"),
+        "clock_state": t("dash.clock_" + f["clock"]["state"]),
+        "clock_source": t("clock.source." + f["clock"]["source"]),
+        # The agent's reason, in English like a blocking rule's detail.
+        "clock_reason": f["clock"]["reason"],
         **{f"device.{d['name']}": t("device." + d["state"]) for d in f["devices"]},
     }
 
@@ -131,7 +134,8 @@ def dashboard(t: Translator, f: dict[str, Any], session: Session, flash: str = "
         f'{_figure(t, "disk_free", v["disk_free"])}'
         f'{_figure(t, "registrations_left", v["registrations_left"])}'
         f'<h2>{_e(t("dash.clock"))}</h2>{_figure(t, "clock_utc", v["clock_utc"])}'
-        f'{_figure(t, "clock_state", v["clock_state"])}'
+        f'{_figure(t, "clock_state", v["clock_state"])}{_figure(t, "clock_source", v["clock_source"])}'
+        f'<p class="detail" data-figure="clock_reason">{_e(v["clock_reason"])}</p>'
         f'<p class="version">{_e(t("dash.version"))} {_e(f["version"])}</p></section>'
         f'<section class="card"><h2>{_e(t("dash.devices"))}</h2><ul class="devices">{devices}</ul></section>')
     return layout(t, t("nav.dashboard"), f'<div class="grid">{body}</div>', session, "dashboard",

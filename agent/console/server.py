@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.console import figures, pages
 from agent.console.accounts import NAME_PATTERN, Accounts
+from agent.console.audit import audit_file
 from agent.console.config import is_loopback
 from agent.console.forms import FormHandler, Redirect, Refused
 from agent.console.i18n import LANGUAGES, Translator
@@ -83,7 +84,7 @@ class Console:
     def start(self) -> None:
         cfg = self.config
         if self.audit_store is None:  # remote management off: the console keeps its own audit
-            self._own_audit = RemoteStore(self.runtime.config.state_dir / "console-audit.db")
+            self._own_audit = RemoteStore(audit_file(self.runtime.config))
             self.audit_store = self._own_audit
         try:
             server = _Server((cfg.host, cfg.port), _handler(self))
@@ -280,6 +281,7 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
                 if form.get("language") not in LANGUAGES:
                     raise Refused(400, "error.bad_request")
                 session.language = form["language"]
+                console.audit(session.user, "language", language=session.language)
                 return self._redirect("/")
             if path == "/devices/test":
                 return self._device_test(session, form.get("device", ""))

@@ -122,3 +122,10 @@ class Client:
     def sign_in(self, name: str, password: str) -> tuple[int, dict[str, str], str, list[str]]:
         self.get("/signin")
         return self.post("/signin", {"name": name, "password": password, "language": "en"})
+
+
+def audit(kiosk: ConsoleKiosk) -> list[dict[str, Any]]:
+    """The console's audit rows (and refused sign-ins), newest first."""
+    store = kiosk.agent.console.audit_store
+    assert store is not None
+    return store.recent_audit(200)

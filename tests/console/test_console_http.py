@@ -14,14 +14,9 @@ import pytest
 
 from agent.config import validate_config
 from devtools.broker import MosquittoBroker
-from tests.console.support import OFFICER, PASSWORDS, SUPERVISOR, Client, ConsoleKiosk
+from tests.console.support import OFFICER, PASSWORDS, SUPERVISOR, Client, ConsoleKiosk, audit
 from tests.support.certs import CA
 from tests.support.waiting import wait_until
-
-
-def audit(kiosk: ConsoleKiosk) -> list[dict]:
-    store = kiosk.agent.console.audit_store  # type: ignore[union-attr]
-    return store.recent_audit(200)
 
 
 def test_sign_in_cookie_flags_and_wrong_passwords_lock_the_account(kiosk: ConsoleKiosk) -> None:
