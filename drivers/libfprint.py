@@ -273,6 +273,7 @@ class LibfprintDriver(Driver):
             modality=Modality.FINGER, position=request.position, image_format="png",
             image=encode_grey_png(image, ppi), width=width, height=height, ppi=ppi,
             quality_detail={"bits_per_pixel": 8, "minutiae": minutiae, "ppi_source": ppi_source,
+                            "min_minutiae": self.config.min_minutiae,
                             "libfprint_driver": self._entry.driver, "model": self._entry.name,
                             "scan_type": self._entry.scan_type},
         )

@@ -9,7 +9,8 @@ a small SQLite file in the kiosk's state folder, ``quality-stats.db``:
   buckets 0-9, 10-19, ..., 90-100 (of every judged attempt, and of the kept ones);
 - ``checks`` per (day, operator pseudonym, modality, check): how often the check was judged,
   failed or could not be measured, the sum, sum of squares, minimum and maximum of its value,
-  and, for checks whose scale is known (``CHECK_RANGES``), its values in ten fixed buckets.
+  and, for checks whose scale is known (``CHECK_RANGES``, agent/quality/check_ranges.py), its
+  values in ten fixed buckets.
 
 Everything is a count, a sum, a minimum or a maximum in fixed buckets, so aggregates merge by
 adding (and min/max): across days, operators and kiosks, centrally. Days are UTC days, so that
@@ -46,6 +47,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent.quality.check_ranges import CHECK_RANGES
 from agent.quality.config import QualityAnalyticsConfig
 from agent.quality.report import QualityReport
 from agent.security.private_files import private_sqlite
@@ -59,14 +61,6 @@ SCORE_BUCKETS = 10
 #: Attempts per kept item: 1, 2, 3, 4, 5 or more.
 ATTEMPT_BUCKETS = 5
 MODALITIES = ("finger", "face", "iris")
-#: Checks whose values have a fixed scale get a ten-bucket histogram over it (values outside
-#: are counted in the end buckets). The rest get count, sum, sum of squares, min and max.
-CHECK_RANGES: dict[str, tuple[float, float]] = {
-    "score": (0, 100), "registration_min_quality": (0, 100), "device_quality": (0, 100),
-    "empty_or_low_contrast": (0, 250), "orientation_certainty": (0, 1), "ridge_frequency": (0, 1),
-    "ridge_valley_clarity": (0, 1), "orientation_spread": (0, 1), "orientation_jump_deg": (0, 50),
-    "singular_points": (0, 10), "ridge_period_mm": (0, 1), "finger_count": (0, 10),
-}
 #: A check name as the assessors write them; anything else (a plug-in's odd name) is "other",
 #: so the table cannot grow without bound.
 _CHECK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -261,6 +255,20 @@ def telemetry_aggregates(runtime: Any) -> dict[str, Any] | None:
     if analytics is None:
         return None
     return analytics.telemetry(runtime.config.quality.analytics.telemetry_days)
+
+
+def latest_day(aggregates: dict[str, Any]) -> dict[str, Any]:
+    """``aggregates`` (``QualityAnalytics.telemetry``) cut to the latest day that has figures.
+
+    Telemetry is retained, so each message replaces the last for a collector that subscribes
+    later: every message carries at least this (today's totals so far, or yesterday's final
+    ones before today's first capture), and the whole window only when it changed."""
+    days = [row["day"] for row in (*aggregates["outcomes"], *aggregates["checks"])]
+    if not days:
+        return aggregates
+    day = max(days)
+    return {**aggregates, "since": day, "outcomes": [o for o in aggregates["outcomes"] if o["day"] == day],
+            "checks": [c for c in aggregates["checks"] if c["day"] == day]}
 
 
 def pseudonym(key: bytes, operator_id: str) -> str:

@@ -24,8 +24,8 @@ the report's ``assessor`` string always says which one measured.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -263,8 +263,14 @@ class BuiltinFingerAssessor:
                 checks.append(Check(name, round(value, 3), f">= {minimum:g}", value >= minimum, hint, note))
         flow_checks = _flow_checks(m, c, measured=all(g.passed for g in gates),
                                    fingers=lambda: count_fingers(gray, ppi))
-        checks += flow_checks
         not_a_print = all(g.passed for g in gates) and not all(fc.passed for fc in flow_checks)
+        if not_a_print and any(not fc.passed and fc.hint == HINT_NOT_A_PRINT for fc in flow_checks):
+            # A wall or noise also fails clarity and certainty, and "dry or moisten the finger"
+            # sent to someone pressing a photo on the glass helps nobody: the one hint is that
+            # no print was found (the checks still show every failure).
+            checks = [_without_hint(ch) if ch.name in FEATURES else ch for ch in checks]
+            flow_checks = [ch if ch.hint == HINT_NOT_A_PRINT else _without_hint(ch) for ch in flow_checks]
+        checks += flow_checks
         # A texture that is not a print scores 0, as an empty glass does: its ridges may be
         # perfect, but there is no finger to match.
         total = 0 if no_finger or not_a_print else score(m)
@@ -321,6 +327,33 @@ def _flow_checks(m: Measurements, c: FingerQualityConfig, *, measured: bool,
     return [Check(name, value, rule, passed, hint, extra_note or note)
             for (name, rule, hint, note), (value, passed, extra_note)
             in zip(rules, values_passed, strict=True)]
+
+
+#: NFIQ 2's minutiae gate, for a driver that reports a count but not the gate it applied.
+MIN_MINUTIAE = 5
+HINT_MINUTIAE = "place the finger flat on the sensor again, pressing a little harder"
+
+
+def minutiae_check(detail: Mapping[str, Any]) -> Check | None:
+    """The minutiae a driver counted (libfprint's NBIS: drivers/libfprint.py, which also says
+    its ``min_minutiae`` gate) as a check of the report, so analytics see the count; None when
+    the driver reports none. The detail is the device's data: anything but a plausible whole
+    count is not one."""
+    count, minimum = detail.get("minutiae"), detail.get("min_minutiae", MIN_MINUTIAE)
+    if type(count) is not int or not 0 <= count <= 10_000:
+        return None
+    if type(minimum) is not int or not 1 <= minimum <= 200:
+        minimum = MIN_MINUTIAE
+    return Check("minutiae", count, f">= {minimum}", count >= minimum, HINT_MINUTIAE,
+                 "minutiae the scanner's library found (libfprint: NBIS)")
+
+
+#: The texture features above the ridge flow (their hints assume a finger is there).
+FEATURES = frozenset({"orientation_certainty", "ridge_frequency", "ridge_valley_clarity"})
+
+
+def _without_hint(check: Check) -> Check:
+    return replace(check, hint="")
 
 
 def _worst_hint(checks: list[Check]) -> str:

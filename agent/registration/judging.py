@@ -61,6 +61,7 @@ class Judge:
         return self._assess_face(frame).report.as_dict()
 
     def _finger(self, item: PlanItem, image: CapturedImage, expected: int) -> Judgement:
+        from agent.quality.finger import minutiae_check
         from agent.quality.slap import count_fingers
 
         gray = cv2.imdecode(np.frombuffer(image.image, np.uint8), cv2.IMREAD_GRAYSCALE)
@@ -81,6 +82,8 @@ class Judge:
             ),
         ]
         checks += _device_checks(image)
+        minutiae = minutiae_check(image.quality_detail)  # the driver's count, as a check too
+        checks += [minutiae] if minutiae is not None else []
         if item.position in SLAPS:
             found = count_fingers(gray, image.ppi or 500)
             checks.append(

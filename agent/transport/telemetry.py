@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent import __version__
-from agent.quality.analytics import telemetry_aggregates
+from agent.quality.analytics import latest_day, telemetry_aggregates
 from agent.runtime import Runtime
 from agent.transport.central_hints import CentralHints
 from agent.transport.events import EventBus
@@ -178,11 +178,13 @@ class TelemetryPublisher:
         payload["update"] = announce(spool_dir(self.runtime.config.state_dir), self.events.emit)
         if self.hints is not None:
             payload["central_hint"] = self.hints.state()  # e.g. "not_enrolled"; None: nothing said
-        # Daily quality aggregates, only when they changed since the last telemetry on this
-        # connection: a busy kiosk's are a few KB, too much for a cellular link every minute.
+        # Daily quality aggregates: all their days only when they changed since the last
+        # telemetry on this connection (a busy kiosk's are a few KB, much for a cellular link
+        # every minute), else their latest day, so that the retained message a collector
+        # subscribing later is handed still holds the figures.
         quality = telemetry_aggregates(self.runtime)
-        if quality is not None and quality != self._quality_sent:
-            payload["quality_stats"] = quality
+        if quality is not None:
+            payload["quality_stats"] = quality if quality != self._quality_sent else latest_day(quality)
         link.publish(self.runtime.topics.telemetry, json.dumps(payload, default=str).encode(), qos=1,
                      retain=True)
         self._quality_sent = quality

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.quality import analytics as qa
@@ -280,3 +281,70 @@ def test_stats_exit_codes_and_hostile_arguments(tmp_path: Path, config_file: Pat
         (tmp_path / "state" / f"{qa.FILE_NAME}{side}").unlink(missing_ok=True)
     assert main(["quality", "stats", "--config", str(config_file)]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+# --- face checks and telemetry's latest day ----------------------------------------------------
+
+
+def test_face_checks_get_histograms_with_their_thresholds_on_bucket_edges(tmp_path: Path) -> None:
+    from agent.quality.config import FaceQualityConfig
+    from agent.quality.face import FaceAssessor
+    from drivers.sim_camera import draw_face
+
+    cfg = FaceQualityConfig()
+    report = FaceAssessor(cfg).assess(draw_face(640, 480, np.random.default_rng(0))).report
+    assert report.extra["path"] == "landmarks" and len(report.checks) == 20
+    a = open_at(tmp_path, Clock())
+    a.record_attempt("alice", "face", report)
+    stats = {c.name: c for c in a.read("2026-11-28").checks}
+    for check in report.checks:
+        row = stats[check.name]
+        assert row.hist is not None and sum(row.hist) == 1, check.name
+        # The value lands in its own bucket, not an end bucket it was clamped into.
+        low, high = qa.CHECK_RANGES[check.name]
+        assert low <= check.value < high, check
+        assert row.hist[qa.value_bucket(check.value, low, high)] == 1
+    edges = {"eye_distance": [cfg.min_eye_distance_px],
+             "horizontal_centre": [cfg.centre_min, cfg.centre_max],
+             "eye_line_height": [cfg.eye_line_min, cfg.eye_line_max],
+             "roll": [-cfg.max_roll_deg, cfg.max_roll_deg],
+             "luminance": [cfg.luminance_max], "dark_pixels": [cfg.max_dark_share],
+             "bright_pixels": [cfg.max_bright_share], "sharpness": [cfg.min_sharpness],
+             "background": [cfg.max_background_gradient], "yaw": [-cfg.max_yaw_deg, cfg.max_yaw_deg],
+             "pitch": [-cfg.max_pitch_deg, cfg.max_pitch_deg], "eyes_open": [cfg.min_eye_aspect_ratio],
+             "mouth_closed": [cfg.max_mouth_opening], "expression": [cfg.max_smile],
+             "gaze": [-cfg.max_gaze_offset, cfg.max_gaze_offset], "eyes_visible": [cfg.min_eye_contrast],
+             "eye_glare": [cfg.max_eye_glare_share], "lighting_balance": [cfg.max_lighting_imbalance],
+             "face_scale": [cfg.face_scale_min, cfg.face_scale_max]}
+    for name, thresholds in edges.items():
+        low, high = qa.CHECK_RANGES[name]
+        for t in thresholds:
+            # Passing and failing values of a default threshold never share a bucket.
+            step = (high - low) * 1e-6
+            assert qa.value_bucket(t - step, low, high) + 1 == qa.value_bucket(t + step, low, high), (name, t)
+    a.close()
+
+
+def test_telemetrys_latest_day_is_today_or_the_last_day_with_figures(tmp_path: Path) -> None:
+    clock = Clock(T0 - DAY)
+    a = open_at(tmp_path, clock)
+    a.record_attempt("a", "finger", report(20, False, orientation_certainty=0.2))
+    clock.at = T0
+    before_today = a.telemetry(2)
+    assert before_today is not None
+    # Before today's first capture: yesterday's final totals.
+    latest = qa.latest_day(before_today)
+    assert latest["since"] == "2026-11-27" and [o["day"] for o in latest["outcomes"]] == ["2026-11-27"]
+    a.record_attempt("b", "finger", report(40, True, orientation_certainty=0.4))
+    full = a.telemetry(2)
+    assert full is not None and {o["day"] for o in full["outcomes"]} == {"2026-11-27", "2026-11-28"}
+    latest = qa.latest_day(full)
+    assert latest["since"] == "2026-11-28" and latest["score_buckets"] == full["score_buckets"]
+    assert [(o["day"], o["operator"]) for o in latest["outcomes"]] == [("2026-11-28", a.pseudonym("b"))]
+    assert {c["day"] for c in latest["checks"]} == {"2026-11-28"} and latest["checks"]
+    a.close()
+    (tmp_path / "other").mkdir()
+    empty = open_at(tmp_path / "other", Clock())
+    nothing = empty.telemetry(2)
+    assert nothing is not None and qa.latest_day(nothing) == nothing  # no day to cut to
+    empty.close()

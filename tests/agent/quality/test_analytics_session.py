@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,23 @@ def test_a_session_is_counted_and_published_under_a_pseudonym(
         latest = published()[-1]
         assert latest["outcomes"][0]["operator"] == alias
         assert all(OPERATOR.encode() not in m and b"Okonkwo" not in m for m in watch.raw)
-        # Unchanged aggregates are not sent again with every telemetry message.
-        count = len(watch.with_quality())
-        wait_until(lambda: len(watch.messages) >= 4 + len(watch.with_quality()), 20, what="more telemetry")
-        assert len(watch.with_quality()) <= count + 1
+        # Unchanged aggregates go out as their latest day only (a day less on the link), yet in
+        # every message: telemetry is retained, each message replacing the last.
+        count = len(watch.messages)
+        wait_until(lambda: len(watch.messages) >= count + 4, 20, what="more telemetry")
+        later = watch.messages[count + 1:]
+        assert all("quality_stats" in m for m in later)
+        today = qa.utc_day(time.time())
+        assert {m["quality_stats"]["since"] for m in later} <= {today, latest["since"]}
+        assert any(m["quality_stats"]["since"] == today != latest["since"] for m in later)
+        # A collector that subscribes after the figures were produced is handed them.
+        late = TelemetryWatch(broker.port, "kiosk/kiosk-q1/telemetry")
+        try:
+            wait_until(lambda: late.messages, 10, what="the retained telemetry")
+            first = late.messages[0]["quality_stats"]
+            assert first["outcomes"][0]["items"] == 3 and first["outcomes"][0]["operator"] == alias
+        finally:
+            late.close()
     finally:
         watch.close()
         agent.stop()
