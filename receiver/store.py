@@ -57,19 +57,40 @@ class CaptureStore:
                 item_path(folder, item_id, ".json", "capture id"))
 
     def store(self, kiosk_id: str, record: CaptureRecord) -> Outcome:
-        """File ``record`` under the verified ``kiosk_id``; never replaces a stored file."""
+        """File ``record`` under the verified ``kiosk_id``; never replaces a stored file.
+
+        Three fsyncs, not four: both files' data, then both names linked and the folder
+        synced once, before the outcome (and so the receipt) is given. A capture counts as
+        stored only when both names are there, so a file system that made the JSON's name
+        durable before the image's cannot make a receipt out of a capture without an image:
+        the image is linked again (tests/reliability: the receiver's power-cut harness)."""
         image_path, meta_path = self.paths(kiosk_id, record.id, record.image_format)
         stored = _stored_image_sha(meta_path)
         if stored is not None:
-            return "duplicate" if stored == record.image_sha256 else "conflict"
+            if stored != record.image_sha256:
+                return "conflict"  # also an unreadable JSON: a damaged record is never overwritten
+            if image_path.exists():
+                _sync_folder(image_path.parent)  # another receiver's names may not be durable yet
+                return "duplicate"
+            # The JSON's name survived a power cut and the image's did not: link it again.
         make_dirs(image_path.parent)
-        if not write_durably(image_path, record.image, replace=False):
-            # An image without its JSON: a receiver stopped between the two, or another one
-            # is storing this id now. The same bytes may be completed; other bytes may not.
-            if _file_sha(image_path) != record.image_sha256:
-                return "conflict"
         meta = json.dumps(record.metadata(), indent=2, sort_keys=True).encode()
-        if write_durably(meta_path, meta, replace=False):
+        image_tmp = _durable_temp(image_path.parent, record.image)
+        meta_tmp = None
+        try:
+            meta_tmp = _durable_temp(image_path.parent, meta)
+            if not _link(image_tmp, image_path) and _file_sha(image_path) != record.image_sha256:
+                # An image without its JSON: a receiver stopped between the two, or another
+                # one is storing this id now. The same bytes may be completed; other bytes
+                # may not.
+                return "conflict"
+            created = _link(meta_tmp, meta_path)
+        finally:
+            for tmp in (image_tmp, meta_tmp):
+                if tmp is not None:
+                    os.unlink(tmp)
+        _sync_folder(image_path.parent)  # both names survive a power cut before any receipt
+        if created:
             return "stored"
         return "duplicate" if _stored_image_sha(meta_path) == record.image_sha256 else "conflict"
 
@@ -157,6 +178,39 @@ def make_dirs(path: Path) -> None:
         fsync_dir(folder.parent)
 
 
+def _sync_folder(folder: Path) -> None:
+    """fsync_dir through this module's ``os`` (the power-loss harness's mutation replaces it
+    to prove it notices a store that skips these syncs)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_temp(folder: Path, data: bytes) -> str:
+    """``data`` in a new temporary file in ``folder``, fsynced; its path."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _link(tmp: str, path: Path) -> bool:
+    """Name ``tmp`` as ``path`` unless that exists (first one wins); True when it did."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    return True
+
+
 def write_durably(path: Path, data: bytes, *, replace: bool) -> bool:
     """Write via a temporary file, fsync, then rename (replace) or link (first one wins)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -175,11 +229,7 @@ def write_durably(path: Path, data: bytes, *, replace: bool) -> bool:
             except FileExistsError:
                 created = False
             os.unlink(tmp)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the new directory entry must survive a power cut too
-        finally:
-            os.close(dir_fd)
+        _sync_folder(path.parent)  # the new directory entry must survive a power cut too
         return created
     except BaseException:
         if os.path.exists(tmp):
