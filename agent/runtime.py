@@ -15,19 +15,24 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.capture.service import CaptureOutcome
-from agent.capture.workers import DeviceWorker
-from agent.clock.watch import ClockWatch
-from agent.config import AgentConfig
 from agent.errors import TransientError
-from agent.registration.central_status import CentralStatus
-from agent.registration.service import RegistrationService
-from agent.transport.durable_queue import QueueStats
-from agent.transport.events import EventBus
-from agent.transport.protocol import Topics
-from agent.transport.uplink import Uplink
+
+if TYPE_CHECKING:
+    # Named in annotations only. Imported here they would load OpenCV and numpy (through the
+    # capture and registration services) into every command that imports a component
+    # speaking to the Runtime: most of a second of `kiosk-agent --help`, more on a Pi.
+    from agent.capture.service import CaptureOutcome
+    from agent.capture.workers import DeviceWorker
+    from agent.clock.watch import ClockWatch
+    from agent.config import AgentConfig
+    from agent.registration.central_status import CentralStatus
+    from agent.registration.service import RegistrationService
+    from agent.transport.durable_queue import QueueStats
+    from agent.transport.events import EventBus
+    from agent.transport.protocol import Topics
+    from agent.transport.uplink import Uplink
 
 
 class Restarting(TransientError):

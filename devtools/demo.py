@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cliutil import (
     EXIT_FAILED,
@@ -34,14 +34,15 @@ from agent.cliutil import (
     positive_int,
 )
 from agent.config import validate_config
-from agent.daemon import Agent
 from agent.errors import PermanentError
 from agent.lock import StateLock, StateLocked
 from agent.logs import setup_logging
 from agent.security.keys import provision
 from devtools.broker import EmbeddedBroker, MosquittoBroker
 from receiver.config import ReceiverConfig, ReceiverServiceConfig
-from receiver.service import Receiver
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,11 @@ def _configs(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: s
 def _run(opts: DemoOptions, workdir: Path, host: str, port: int, protocol: str,
          err: TextIO, stop: threading.Event) -> dict[str, Any]:
     agent_cfg, receiver_cfg = _configs(opts, workdir, host, port, protocol)
+    # Imported when the demo runs, not when the command line is built: they bring OpenCV,
+    # numpy and every component, which `kiosk-agent --help` does not need.
+    from agent.daemon import Agent
+    from receiver.service import Receiver
+
     committed_before, _ = _queue_counts(agent_cfg.queue.path)
     receiver = Receiver(receiver_cfg)
     agent = Agent(agent_cfg)
