@@ -187,17 +187,22 @@ def test_a_wave_of_retries_is_spread_over_turns_of_the_loop(tmp_path: Path) -> N
         finisher.assemble(*key)
     assert len(finisher.retries) == 300 and counted.count("assembly_failures") == 300
     time.sleep(0.05)  # all due now
-    turns = []
+    turns, attempts = [], []
     while len(turns) < 1000:
+        before = counted.count("assembly_failures")
         t0 = time.monotonic()
         finisher.tick()
         turns.append(time.monotonic() - t0)
+        attempts.append(counted.count("assembly_failures") - before)
         if counted.count("assembly_failures") >= 600:  # each retried once
             break
-    print(f"300 due retries: {len(turns)} turns, longest {max(turns) * 1000:.0f} ms, "
-          f"median {statistics.median(turns) * 1000:.0f} ms")
-    # The budget plus the attempt that crosses it (one failed attempt here: ~5-20 ms).
-    assert max(turns) < 0.25, f"one turn of the loop took {max(turns):.2f} s"
+    print(f"300 due retries: {len(turns)} turns, at most {max(attempts)} attempts in one, longest "
+          f"{max(turns) * 1000:.0f} ms, median {statistics.median(turns) * 1000:.0f} ms")
+    # Counted, not timed: the wave is split across turns by the budget (one turn ran all 300
+    # before). A bound on a turn's seconds failed on a loaded machine (0.29 s against 0.25)
+    # while the budget did its job; each attempt writes and syncs files, so 300 of them never
+    # fit in the 50 ms budget.
+    assert max(attempts) < 300, f"one turn of the loop ran {max(attempts)} of the 300 due retries"
     assert len(turns) > 1
 
 
