@@ -213,21 +213,13 @@ def _link(tmp: str, path: Path) -> bool:
 
 def write_durably(path: Path, data: bytes, *, replace: bool) -> bool:
     """Write via a temporary file, fsync, then rename (replace) or link (first one wins)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    tmp = _durable_temp(path.parent, data)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         if replace:
             os.replace(tmp, path)
             created = True
         else:
-            try:
-                os.link(tmp, path)
-                created = True
-            except FileExistsError:
-                created = False
+            created = _link(tmp, path)
             os.unlink(tmp)
         _sync_folder(path.parent)  # the new directory entry must survive a power cut too
         return created

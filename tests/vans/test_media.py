@@ -27,28 +27,16 @@ from tests.support.config import receiver_config
 from tests.support.waiting import wait_until
 from tests.vans.van import (
     APPLICANT,
+    ITEMS,
     KIOSK,
     WHERE,
     Van,
     central_import,
     export,
     import_receipts,
-    make_template,
 )
 
 Cap = pytest.CaptureFixture[str]
-ITEMS = 13  # ten fingers, the face and its token image, and the manifest
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("van-template")
-    return root, make_template(root)
-
-
-@pytest.fixture
-def van(template: tuple[Path, str], tmp_path: Path) -> Van:
-    return Van(template[0], tmp_path, template[1])
 
 
 def queued(van: Van) -> int:

@@ -19,21 +19,9 @@ from devtools.broker import MosquittoBroker
 from receiver.service import Receiver
 from tests.support.config import receiver_config
 from tests.support.waiting import wait_until
-from tests.vans.van import KIOSK, Van, central_import, export, import_receipts, make_template
+from tests.vans.van import ITEMS, KIOSK, Van, central_import, export, import_receipts
 
 Cap = pytest.CaptureFixture[str]
-ITEMS = 13  # ten fingers, the face and its token image, and the manifest
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("van-template")
-    return root, make_template(root)
-
-
-@pytest.fixture
-def van(template: tuple[Path, str], tmp_path: Path) -> Van:
-    return Van(template[0], tmp_path, template[1])
 
 
 def states(van: Van) -> dict[str, tuple[str, str | None]]:

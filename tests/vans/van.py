@@ -51,6 +51,8 @@ def receiver_raw(root: Path, out: Path, port: int, name: str = "office-1") -> di
 
 #: Where the template's registration was taken (the emulated receiver's fix).
 WHERE = (-1.2921, 36.8219)
+#: What the template's queue holds: ten fingers, the face and its token image, and the manifest.
+ITEMS = 13
 
 
 def make_template(root: Path) -> str:
