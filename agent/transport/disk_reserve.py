@@ -35,6 +35,10 @@ class DiskReserve:
                 f"(queue.min_free_bytes is {self.min_free_bytes:,}). Queued captures are kept; "
                 "free disk space or reconnect the kiosk so they can be sent.")
 
+    def has_room(self, size: int) -> bool:
+        """Whether ``size`` bytes fit on the disk (the watermark aside: for what drains)."""
+        return shutil.disk_usage(self.folder).free >= size
+
     def release(self) -> None:
         try:
             self.path.unlink()

@@ -275,13 +275,18 @@ class DurableQueue:
                 # A full disk must not stop the queue from draining: with the reserve given
                 # back, delete one capture per transaction and truncate the WAL in between,
                 # so no transaction needs more room than one capture. (Attempt counts are
-                # statistics: dropped here.)
+                # statistics: dropped here.) Where the database file could not take in what
+                # the WAL holds (more behind than the reserve), no truncation is tried: it
+                # would fail half-way, having used the room up; the deletes go on in the
+                # reserve's room, and a QueueFull, should that run out too, keeps the rest
+                # for the caller's next turn.
                 self.disk.release()
-                deleted = 0
+                deleted, truncate = 0, True
                 for one in ids:
                     with self._transaction("delete acknowledged captures") as db:
                         deleted += self._delete(db, self._rows_of(db, [one]))
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    if truncate:
+                        truncate = self._wal_fits() and self._wal.checkpoint("TRUNCATE")
             self._erase_due = self._erase_due or deleted > 0
         self.erase_if_due()
         return deleted
@@ -314,11 +319,22 @@ class DurableQueue:
                     (len(rows), sum(size for _, size, _ in rows)))
         return len(rows)
 
+    def _wal_fits(self) -> bool:
+        """Whether the disk has room for a checkpoint: it grows the database file to the size
+        the database has with the WAL's pages in it. The caller holds the lock."""
+        (pages,), (page_size,) = (self._db.execute(f"PRAGMA {p}").fetchone() for p in ("page_count", "page_size"))
+        return self.disk.has_room(pages * page_size - self.path.stat().st_size)
+
     def erase_if_due(self, force: bool = False) -> bool:
         """Checkpoint and truncate the WAL so acknowledged captures leave no copy in it: the
         database's deleted rows are zeroed (secure_delete), but the WAL keeps the frames written
         when they were inserted until then. At most every ``erase_interval_s`` (fsyncs)."""
         if not self._erase_due or (not force and time.monotonic() - self._last_erase < self.erase_interval_s):
+            return False
+        with self._lock:
+            fits = self._wal_fits()
+        if not fits:  # a full disk: the attempt would only use up its last room
+            self._last_erase = time.monotonic()
             return False
         # The bulk without holding back the captures being committed, then the rest.
         self._wal.checkpoint("PASSIVE")
