@@ -1,6 +1,7 @@
 """Face image quality on the kiosk: ICAO 9303 / ISO/IEC 19794-5 checks.
 
-Where mediapipe's face mesh runs (agent/quality/landmarks.py), the face, its eyes and the
+Where the face mesh runs (agent/quality/face_mesh.py; the measures on its points in
+agent/quality/landmarks.py), the face, its eyes and the
 checks on pose, eyes, mouth, gaze, glare, lighting and distance come from its landmarks;
 elsewhere OpenCV's Haar cascades find the face and eyes and those checks are not made. The
 report's ``extra["path"]`` says which ran ("landmarks" or "haar") and, for "haar", why.
@@ -31,17 +32,15 @@ import numpy as np
 
 from agent.quality.config import FaceQualityConfig, QualityConfig
 from agent.quality.face_detect import Face, FaceDetector, make_detector
+from agent.quality.face_mesh import FaceMesh, LandmarksUnavailable, load_face_mesh
 from agent.quality.face_photometry import eye_contrast, eye_glare, lighting_imbalance, sharpness, skin_region
 from agent.quality.landmarks import (
-    FaceMesh,
-    LandmarksUnavailable,
     eye_aspect_ratio,
     eye_centres,
     face_box,
     face_height,
     gaze_offset,
     head_pose,
-    load_face_mesh,
     mouth_opening,
     smile,
 )
@@ -51,7 +50,7 @@ from agent.quality.report import BadImage, Check, QualityReport, load_image
 from drivers.face_image import encode_jpeg, token_image
 
 ASSESSOR = "kiosk-agent face quality (OpenCV; ICAO 9303 / ISO 19794-5 geometry)"
-ASSESSOR_LANDMARKS = ("kiosk-agent face quality (mediapipe face mesh and OpenCV; "
+ASSESSOR_LANDMARKS = ("kiosk-agent face quality (face mesh on mediapipe's models, and OpenCV; "
                       "ICAO 9303 / ISO 19794-5 geometry, pose, eyes, expression)")
 
 log = logging.getLogger(__name__)
@@ -99,7 +98,7 @@ class FaceAssessor:
 
     @property
     def mesh(self) -> FaceMesh | None:
-        """The face mesh, loaded on first use ("auto"): mediapipe costs memory, so an agent
+        """The face mesh, loaded on first use ("auto"): its models cost memory, so an agent
         that never judges a face never loads it. None where it cannot run."""
         if self._mesh is None and self.landmarks_unavailable is None:
             try:
@@ -130,21 +129,21 @@ class FaceAssessor:
     def _assess_landmarks(self, mesh: FaceMesh, bgr: np.ndarray, grey: np.ndarray) -> Assessment:
         found = mesh.find(bgr)
         count = self._count_check(len(found), grey)
-        path = {"path": "landmarks", "landmarks": f"mediapipe {mesh.version} face mesh"}
+        path = {"path": "landmarks", "landmarks": mesh.describe}
         if len(found) != 1:
             return Assessment(_report([count], {"faces": len(found), **path}, ASSESSOR_LANDMARKS), None)
         points = found[0]
         face = Face(face_box(points), eye_centres(points), points)
         scored = [count, *self._geometry(face, grey.shape), *self._exposure(face, grey),
                   self._sharpness(face, grey), self._background(face, grey),
-                  *self._landmark_checks(points, grey)]
+                  *self._landmark_checks(points, grey, mesh.pitch_bias_deg)]
         return Assessment(_report(scored, {**_face_extra(face), **path}, ASSESSOR_LANDMARKS), face)
 
-    def _landmark_checks(self, points: np.ndarray, grey: np.ndarray) -> list[Scored]:
+    def _landmark_checks(self, points: np.ndarray, grey: np.ndarray, pitch_bias_deg: float) -> list[Scored]:
         cfg = self.cfg
         height, width = grey.shape
         pose = head_pose(points, (width, height))
-        yaw, pitch = (pose.yaw, pose.pitch) if pose is not None else (None, None)
+        yaw, pitch = (pose.yaw, pose.pitch - pitch_bias_deg) if pose is not None else (None, None)
         if pitch is not None and pitch > 0:
             nod = "lower your chin a little"
         else:

@@ -1,33 +1,20 @@
-"""Facial landmarks for the face checks: mediapipe's face mesh, and what is measured on it.
+"""What the face checks measure on facial landmarks: pose, eyes, mouth, gaze, regions.
 
-The face mesh (mediapipe 0.10.18, its models inside the package: the kiosk is offline) gives
-478 points per face, the last ten on the irises. ``FaceMesh`` loads it on first use, so an
-agent that never judges a face never pays for it; ``load_face_mesh`` says why it cannot run
-(not installed on this platform, a broken install), and agent/quality/face.py then falls back
-to the Haar cascades and says so in the report.
-
-The measures below are plain functions of the points (an (N, 2) array of frame pixels, the
-mesh's own numbering), so they are tested on the geometry itself as well as on images
-(tests/agent/quality/test_face_landmarks.py; docs/face-quality.md says what each test proves).
+The landmarks come from the face mesh (agent/quality/face_mesh.py): 478 points per face in
+the numbering of mediapipe's canonical face mesh, the last ten on the irises. The measures
+below are plain functions of the points (an (N, 2) array of frame pixels), so they are tested
+on the geometry itself as well as on images (tests/agent/quality/test_face_landmarks.py;
+docs/face-quality.md says what each test proves).
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import math
-import os
-import sys
-import types
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import cv2
 import numpy as np
-
-#: Points of mediapipe's face mesh with the iris refinement.
-MESH_POINTS = 478
 
 # Mesh numbering (the topology of mediapipe's canonical face mesh). "A" is the eye on the image's
 # left, which in a camera frame that is not mirrored is the person's right eye.
@@ -57,89 +44,6 @@ POSE_MODEL: dict[int, tuple[float, float, float]] = {
     362: (16.0, -39.0, 32.0),
     CHIN: (0.0, 68.0, 25.0),
 }
-
-
-class LandmarksUnavailable(RuntimeError):
-    """The face mesh cannot run here; the message says why and what to do."""
-
-
-# --- the model ----------------------------------------------------------------------------
-
-
-def _import_face_mesh() -> types.ModuleType:
-    """mediapipe's face mesh module, without importing the rest of mediapipe.
-
-    ``import mediapipe`` runs its package __init__, which also loads the tasks API and
-    matplotlib (through the drawing helpers): about 40 MB of resident memory the face mesh
-    never uses (measured: +52 MB for ``import mediapipe`` against +13 MB this way). The two
-    package modules whose __init__ does that are registered as bare packages over the
-    installed files; every module the face mesh needs is then imported from the package as
-    usual. The pin (mediapipe==0.10.18, requirements-nodeps.txt) keeps this layout fixed.
-    """
-    if "mediapipe" not in sys.modules:  # else imported before, in full or as below
-        spec = importlib.util.find_spec("mediapipe")
-        if spec is None or not spec.submodule_search_locations:
-            raise LandmarksUnavailable(
-                "mediapipe is not installed (requirements-nodeps.txt installs mediapipe 0.10.18 on Linux "
-                "x86_64 and aarch64 with Python < 3.13); the face checks use the Haar cascades")
-        root = list(spec.submodule_search_locations)[0]
-        for name, sub in (("mediapipe", ""), ("mediapipe.python.solutions", "python/solutions")):
-            path = os.path.join(root, sub) if sub else root
-            package = types.ModuleType(name)
-            package.__path__ = [path]
-            package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            package.__spec__.submodule_search_locations = [path]
-            sys.modules[name] = package
-    from mediapipe.python.solutions import face_mesh
-
-    return face_mesh
-
-
-def mediapipe_version() -> str:
-    try:
-        return metadata.version("mediapipe")
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-class FaceMesh:
-    """mediapipe's face mesh with the iris refinement, one frame at a time.
-
-    Static-image mode: every frame is judged on its own (a face found afresh each time), so a
-    report does not depend on the frames before it, and the count of faces is the detector's.
-    """
-
-    def __init__(self, max_faces: int = 2, min_confidence: float = 0.5) -> None:
-        try:
-            module = _import_face_mesh()
-            self._mesh = module.FaceMesh(static_image_mode=True, max_num_faces=max_faces,
-                                         refine_landmarks=True, min_detection_confidence=min_confidence)
-        except LandmarksUnavailable:
-            raise
-        except Exception as exc:  # ImportError, a missing shared library, a model it cannot load
-            raise LandmarksUnavailable(
-                f"mediapipe {mediapipe_version()} cannot run its face mesh here "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                "reinstall the agent's dependencies, or set quality.face.landmarks = \"off\"") from None
-        self.version = mediapipe_version()
-
-    def find(self, bgr: np.ndarray) -> list[np.ndarray]:
-        """The landmarks of every face found (up to ``max_faces``), each (478, 2) in pixels."""
-        height, width = bgr.shape[:2]
-        result = self._mesh.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        faces = []
-        for face in result.multi_face_landmarks or ():
-            points = np.array([(p.x * width, p.y * height) for p in face.landmark], np.float64)
-            faces.append(points)
-        return faces
-
-    def close(self) -> None:
-        self._mesh.close()
-
-
-def load_face_mesh() -> FaceMesh:
-    """The face mesh, or LandmarksUnavailable saying why not."""
-    return FaceMesh()
 
 
 # --- what is measured on the points -------------------------------------------------------

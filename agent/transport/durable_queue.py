@@ -322,7 +322,8 @@ class DurableQueue:
     def _wal_fits(self) -> bool:
         """Whether the disk has room for a checkpoint: it grows the database file to the size
         the database has with the WAL's pages in it. The caller holds the lock."""
-        (pages,), (page_size,) = (self._db.execute(f"PRAGMA {p}").fetchone() for p in ("page_count", "page_size"))
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return self.disk.has_room(pages * page_size - self.path.stat().st_size)
 
     def erase_if_due(self, force: bool = False) -> bool:

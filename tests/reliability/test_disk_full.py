@@ -125,9 +125,11 @@ def fill_queue(queue: DurableQueue) -> list[str]:
     assert "free disk space" in str(info.value)
     small = 0
     for size in (20_000, 4_000, 500, 10):
+        payload = os.urandom(size)
         with pytest.raises(QueueFull, match="is full"):
-            for small in range(small, small + 1000):
-                queue.put(f"small-{small}", "capture", lambda seq: os.urandom(size))
+            for _ in range(10_000):  # the disk holds far fewer
+                queue.put(f"small-{small}", "capture", lambda seq, p=payload: p)
+                small += 1
     assert committed and queue.totals()[0] == len(committed) + small
     return committed
 

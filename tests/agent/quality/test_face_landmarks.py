@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.quality import face_mesh as fm
 from agent.quality import landmarks as lm
 from agent.quality.config import FaceQualityConfig
 from agent.quality.face import ASSESSOR, ASSESSOR_LANDMARKS, FaceAssessor
@@ -34,12 +35,12 @@ LANDMARK_CHECKS = ["yaw", "pitch", "eyes_open", "mouth_closed", "expression", "g
 
 
 @pytest.fixture(scope="module")
-def mesh() -> lm.FaceMesh:
-    return lm.load_face_mesh()
+def mesh() -> fm.FaceMesh:
+    return fm.load_face_mesh()
 
 
 @pytest.fixture(scope="module")
-def smiling_allowed(mesh: lm.FaceMesh) -> FaceAssessor:
+def smiling_allowed(mesh: fm.FaceMesh) -> FaceAssessor:
     """The astronaut smiles; every test of another check relaxes those two thresholds."""
     return FaceAssessor(FaceQualityConfig(**SMILE_ALLOWED), mesh=mesh)
 
@@ -60,16 +61,17 @@ def sim_face(seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_the_simulated_face_passes_every_landmark_check(mesh: lm.FaceMesh, seed: int) -> None:
+def test_the_simulated_face_passes_every_landmark_check(mesh: fm.FaceMesh, seed: int) -> None:
     report = FaceAssessor(mesh=mesh).assess(sim_face(seed)).report
     assert failed(report) == set(), report.as_dict()
     assert [c.name for c in report.checks] == HAAR_CHECKS + LANDMARK_CHECKS
-    assert report.extra["path"] == "landmarks" and report.extra["landmarks"].startswith("mediapipe 0.10.18")
+    assert report.extra["path"] == "landmarks"
+    assert report.extra["landmarks"].startswith("face mesh (mediapipe 0.10.18 models")
     assert report.assessor == ASSESSOR_LANDMARKS
     json.dumps(report.as_dict())
 
 
-def test_the_astronauts_smile_fails_mouth_and_expression(mesh: lm.FaceMesh) -> None:
+def test_the_astronauts_smile_fails_mouth_and_expression(mesh: fm.FaceMesh) -> None:
     # A real photograph of a real smile with the teeth showing: ICAO asks for neither.
     report = FaceAssessor(mesh=mesh).assess(portrait()).report
     assert failed(report) == {"mouth_closed", "expression"}, report.as_dict()
@@ -96,7 +98,7 @@ def test_without_mediapipe_the_haar_checks_run_and_the_report_says_so(tmp_path: 
         "import cv2\n"
         "from agent.quality.config import FaceQualityConfig\n"
         "from agent.quality.face import FaceAssessor\n"
-        "from agent.quality.landmarks import LandmarksUnavailable\n"
+        "from agent.quality.face_mesh import LandmarksUnavailable\n"
         f"frame = cv2.imread({str(image)!r})\n"
         "report = FaceAssessor().assess(frame).report.as_dict()\n"
         "try:\n"
@@ -126,11 +128,12 @@ def test_landmarks_off_runs_the_haar_checks() -> None:
     assert report.extra["landmarks_unavailable"] == 'quality.face.landmarks = "off"'
 
 
-def test_mediapipe_is_loaded_without_its_drawing_and_tasks_modules(mesh: lm.FaceMesh) -> None:
-    # What keeps ~40 MB off the agent (landmarks._import_face_mesh); a test run imports
-    # matplotlib nowhere else, so its absence here is the loader's doing.
-    assert "mediapipe.tasks" not in sys.modules
-    assert not any(name == "matplotlib" or name.startswith("matplotlib.") for name in sys.modules)
+def test_nothing_of_mediapipe_is_imported(mesh: fm.FaceMesh) -> None:
+    # Its models are read as files and run by OpenCV (agent/quality/face_mesh.py): mediapipe's
+    # runtime cost ~48 MB. No test in this process imports it (the comparison with it runs in
+    # a child process), so its absence here is the face mesh's doing.
+    assert mesh.find(portrait())
+    assert not any(name == "mediapipe" or name.startswith("mediapipe.") for name in sys.modules)
 
 
 # --- images changed where that is honest -------------------------------------------------
@@ -194,7 +197,7 @@ def test_each_changed_image_fails_exactly_its_check(smiling_allowed: FaceAssesso
     assert report.hints() == [hint]
 
 
-def test_clipped_eye_whites_are_not_glare(mesh: lm.FaceMesh) -> None:
+def test_clipped_eye_whites_are_not_glare(mesh: fm.FaceMesh) -> None:
     # The drawn face of seed 4 is lit so brightly that the whites of its eyes clip; a good
     # photograph's catchlights do too. Glare is what spreads beyond the eye opening.
     frame = sim_face(4)
@@ -239,10 +242,11 @@ class Moved:
     """The real face mesh on the real frame, its points then moved by ``change``: closed lids,
     an open mouth, raised corners, irises aside. A picture cannot honestly be made to show
     these, the landmarks can; this proves what each check does with such a face, not that
-    mediapipe places the points so on a real one (docs/face-quality.md)."""
+    the model places the points so on a real one (docs/face-quality.md)."""
 
-    def __init__(self, mesh: lm.FaceMesh, change: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.mesh, self.change, self.version = mesh, change, mesh.version
+    def __init__(self, mesh: fm.FaceMesh, change: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.mesh, self.change = mesh, change
+        self.describe, self.pitch_bias_deg = mesh.describe, mesh.pitch_bias_deg
 
     def find(self, bgr: np.ndarray) -> list[np.ndarray]:
         return [self.change(points.copy()) for points in self.mesh.find(bgr)]
@@ -294,7 +298,7 @@ MOVED = [
 
 
 @pytest.mark.parametrize(("change", "expected", "hint"), [m[1:] for m in MOVED], ids=[m[0] for m in MOVED])
-def test_each_moved_landmark_set_fails_exactly_its_check(mesh: lm.FaceMesh, change, expected: set[str],  # type: ignore[no-untyped-def]
+def test_each_moved_landmark_set_fails_exactly_its_check(mesh: fm.FaceMesh, change, expected: set[str],  # type: ignore[no-untyped-def]
                                                          hint: str) -> None:
     frame = sim_face()
     assert failed(FaceAssessor(mesh=mesh).assess(frame).report) == set()
@@ -303,7 +307,7 @@ def test_each_moved_landmark_set_fails_exactly_its_check(mesh: lm.FaceMesh, chan
     assert report.hints() == [hint]
 
 
-def test_smile_is_measured_along_the_face_not_the_image(mesh: lm.FaceMesh) -> None:
+def test_smile_is_measured_along_the_face_not_the_image(mesh: fm.FaceMesh) -> None:
     points = mesh.find(sim_face())[0]
     centre = points[lm.NOSE_TIP]
     angle = math.radians(20)
@@ -314,7 +318,7 @@ def test_smile_is_measured_along_the_face_not_the_image(mesh: lm.FaceMesh) -> No
     assert abs(lm.eye_aspect_ratio(tilted) - lm.eye_aspect_ratio(points)) < 1e-9
 
 
-def test_gaze_is_signed_and_mirrors(mesh: lm.FaceMesh) -> None:
+def test_gaze_is_signed_and_mirrors(mesh: fm.FaceMesh) -> None:
     points = _look_aside(mesh.find(sim_face())[0].copy())
     mirrored = points.copy()
     mirrored[:, 0] = 640 - mirrored[:, 0]
@@ -345,7 +349,7 @@ def _project(yaw: float, pitch: float, roll: float, at: tuple[float, float] = (3
     ray_x = np.array([[1, 0, 0], [0, math.cos(el), math.sin(el)], [0, -math.sin(el), math.cos(el)]])
     rotation = ray_y @ ray_x @ ry @ rx @ rz
     translation = sight * distance_mm
-    points = np.zeros((lm.MESH_POINTS, 2))
+    points = np.zeros((fm.MESH_POINTS, 2))
     for index, xyz in lm.POSE_MODEL.items():
         camera_xyz = rotation @ np.array(xyz) + translation
         pixel = camera @ camera_xyz
@@ -366,7 +370,7 @@ def test_a_face_at_the_edge_looking_at_the_lens_is_frontal() -> None:
     assert pose is not None and abs(pose.yaw) < 1.0 and abs(pose.pitch) < 1.0
 
 
-def test_yaw_and_pitch_fail_with_the_right_hint(mesh: lm.FaceMesh) -> None:
+def test_yaw_and_pitch_fail_with_the_right_hint(mesh: fm.FaceMesh) -> None:
     """The real mesh's other points, with the pose points of a turned generic face."""
 
     def posed(yaw: float, pitch: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -390,7 +394,7 @@ def test_yaw_and_pitch_fail_with_the_right_hint(mesh: lm.FaceMesh) -> None:
     assert "pitch" in failed(down) and "raise your chin a little" in down.hints()
 
 
-def test_every_landmark_threshold_comes_from_the_config(mesh: lm.FaceMesh) -> None:
+def test_every_landmark_threshold_comes_from_the_config(mesh: fm.FaceMesh) -> None:
     strict = FaceAssessor(FaceQualityConfig(max_yaw_deg=0.01, max_pitch_deg=0.01, min_eye_aspect_ratio=0.9,
                                             max_gaze_offset=0.0001, min_eye_contrast=5, face_scale_max=0.3,
                                             max_lighting_imbalance=0.0001, max_mouth_opening=0.0001,

@@ -119,5 +119,6 @@ def test_the_preview_hints_follow_the_scene_on_the_landmarks_path(
         scene[0] = "facing the camera"
         assert parts.hints_after_change([ASIDE]) == [[]] * 6
     report = api.ok("GET", "/v1/devices/camera/checks")  # the full report of one live frame
-    assert report["extra"]["path"] == "landmarks" and report["extra"]["landmarks"].startswith("mediapipe")
+    assert report["extra"]["path"] == "landmarks"
+    assert report["extra"]["landmarks"].startswith("face mesh (mediapipe")
     assert {"yaw", "eyes_open", "lighting_balance"} <= {c["name"] for c in report["checks"]}

@@ -57,8 +57,8 @@ def test_full_bundle_installs_offline_and_runs(kiosk: Kiosk, bundles: Bundles, t
         # declared dependencies among them.
         np.save(tmp_path / "portrait.npy", portrait())
         probe = ("import json, sys, numpy\n"
-                 "from agent.quality import landmarks\n"
-                 f"faces = landmarks.load_face_mesh().find(numpy.load({str(tmp_path / 'portrait.npy')!r}))\n"
+                 "from agent.quality import face_mesh\n"
+                 f"faces = face_mesh.load_face_mesh().find(numpy.load({str(tmp_path / 'portrait.npy')!r}))\n"
                  "print(json.dumps([[len(f) for f in faces], sorted(sys.modules)]))\n")
         ran = subprocess.run([str(kiosk.root / "current" / "venv" / "bin" / "python"), "-c", probe],
                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=kiosk.env)
