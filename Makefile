@@ -49,8 +49,8 @@ deps-demo: $(VENV)/.installed-demo
 deps-test: $(VENV)/.installed-test
 deps-bench: $(VENV)/.installed-bench
 
-# mediapipe (the face checks' landmarks) comes last and without its declared dependencies: why
-# in requirements-nodeps.txt; the landmarks extra holds what its face mesh does need. pip skips
+# mediapipe (the face mesh's model files) comes last and without its declared dependencies: why
+# in requirements-nodeps.txt. pip skips
 # the line where its markers do not match (no wheel for that platform or Python).
 $(VENV)/.installed-demo: pyproject.toml requirements-nodeps.txt | $(BIN)/python
 	@echo "kiosk-agent: installing into $(VENV) with pip (a minute or so the first time; quiet unless it fails)"

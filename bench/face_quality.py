@@ -3,11 +3,11 @@ face mesh's landmarks, against raw OpenCV.
 
 The agent's side is what the camera driver and the live preview do with every frame: decode
 (as a camera backend does), find the face and its eyes, and run every check
-(agent/quality/face.py), once on the landmarks path (mediapipe's face mesh: the default where
-it runs) and once on the Haar path (`landmarks = "off"`, the fallback). The raw side, in the
+(agent/quality/face.py), once on the landmarks path (the face mesh, agent/quality/face_mesh.py:
+the default where its models are installed) and once on the Haar path (`landmarks = "off"`, the fallback). The raw side, in the
 same run and on the same frames, is OpenCV's JPEG decode, the grey conversion and the Haar
 face cascade alone: the least any face check must do. The process is pinned to one core and
-OpenCV limited to one thread (mediapipe's own threads share that core); rounds alternate and
+OpenCV limited to one thread (the face mesh's models run in OpenCV too); rounds alternate and
 the best round of each counts (the least disturbed by other processes). Frames per second of
 CPU time are reported too: on a shared machine they say what one free core would do.
 The token image and the JPEG of the chosen frame are made once per capture, not per frame;
@@ -126,7 +126,7 @@ def run(sizes: Any = None, frames_per_round: int | None = None) -> dict[str, Any
     threads = cv2.getNumThreads()
     affinity = os.sched_getaffinity(0)
     cv2.setNumThreads(1)  # the target is for one core; OpenCV would otherwise use them all
-    os.sched_setaffinity(0, {min(affinity)})  # and mediapipe's threads share it
+    os.sched_setaffinity(0, {min(affinity)})  # and nothing else of ours runs beside it
     try:
         with_landmarks = FaceAssessor(FaceQualityConfig(landmarks="mediapipe"))
         haar = FaceAssessor(FaceQualityConfig(landmarks="off"))
@@ -157,7 +157,7 @@ def run(sizes: Any = None, frames_per_round: int | None = None) -> dict[str, Any
         "face_quality": {
             "frame": f"{WIDTH}x{HEIGHT} JPEG, simulated camera face",
             "frames_per_round": n, "rounds": ROUNDS, "opencv": cv2.__version__, "opencv_threads": 1,
-            "cores": 1, "landmarks": with_landmarks.mesh.version if with_landmarks.mesh else None,
+            "cores": 1, "landmarks": with_landmarks.mesh.describe if with_landmarks.mesh else None,
             "landmarks_fps_rounds": [round(v, 1) for v in mesh_rounds],
             "landmarks_fps_per_cpu_second": round(max(mesh_cpu), 1),
             "haar_fps_rounds": [round(v, 1) for v in haar_rounds],

@@ -14,7 +14,7 @@ Overhead per item = agent item time - bare capture time of that kind (medians).
 
 Memory: VmHWM (peak RSS) of the agent process from /proc after the sessions, with the idle
 peak read before the first one (``rss_peak_registration_mb``, target <= 100 MB). RSS counts
-the pages of the shared libraries (NumPy, OpenCV, mediapipe) the process touched, which are
+the pages of the shared libraries (NumPy, OpenCV) the process touched, which are
 file-backed, shared with every other process using them and dropped by the kernel under
 pressure; the process's private memory (RssAnon, sampled every 20 ms while the sessions run,
 the kernel keeps no peak of it) is reported beside it.

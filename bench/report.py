@@ -108,7 +108,7 @@ def face_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     frame = f"{fq['frame']}, one core, best of {fq['rounds']} rounds of {fq['frames_per_round']}"
     added = (fq.get("landmarks_rss_mb") or {}).get("added_mb")
     return [
-        (f"Face checks with the landmarks (mediapipe {fq['landmarks']} face mesh), {frame} (`face_fps`)",
+        (f"Face checks with the landmarks ({fq['landmarks']}), {frame} (`face_fps`)",
          f"{r['face_fps']}/s ({fq['landmarks_fps_per_cpu_second']} per CPU second)"
          + (f"; the face mesh adds {added} MB" if added is not None else ""),
          f"{r['face_raw_haar_fps']}/s decode + Haar cascades alone (`face_raw_haar_fps`)", "-",

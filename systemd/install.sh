@@ -100,7 +100,7 @@ relocate_venv() {
 }
 
 setup_venv() {
-    # $1: kiosk (with the landmarks extra and mediapipe: the face checks) or central (the
+    # $1: kiosk (with the landmarks extra and mediapipe, for the face mesh's models) or central (the
     # receiver judges no faces).
     install -d -m 0755 "$DESTDIR/opt" "$opt" "$opt/releases" "$opt/update"
     if [ ! -x "$venv/bin/python" ]; then

@@ -46,10 +46,12 @@ class FaceQualityConfig(Section):
     #: Mean gradient magnitude of the background around the head (grey levels per pixel).
     max_background_gradient: float = Field(8.0, ge=0)
 
-    # Checks on facial landmarks (agent/quality/landmarks.py, mediapipe's face mesh); values and
-    # their calibration in docs/face-quality.md.
-    #: "auto": the landmarks where mediapipe runs, otherwise the Haar checks alone (the report
-    #: says which); "mediapipe": the landmarks or the camera fails at open; "off": Haar only.
+    # Checks on facial landmarks (agent/quality/landmarks.py, on the face mesh of
+    # agent/quality/face_mesh.py: mediapipe's models run by OpenCV); values and their
+    # calibration in docs/face-quality.md.
+    #: "auto": the landmarks where the face mesh's models are installed (mediapipe's wheel),
+    #: otherwise the Haar checks alone (the report says which); "mediapipe": the landmarks or
+    #: the camera fails at open; "off": Haar only.
     landmarks: Literal["auto", "mediapipe", "off"] = "auto"
     #: Head turned / nodding, degrees against the line to the camera. ISO 19794-5 asks 5; the
     #: generic 3-D model reads a frontal photograph within about 3, so 10 flags a visible turn.

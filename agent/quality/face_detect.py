@@ -1,5 +1,5 @@
 """Finding a face and its eyes in a frame: OpenCV's Haar cascades, or YuNet when a model is
-configured. agent/quality/face.py judges what these find; where mediapipe's face mesh runs
+configured. agent/quality/face.py judges what these find; where the face mesh runs
 (agent/quality/landmarks.py) it finds the face itself, and these are the fallback."""
 
 from __future__ import annotations

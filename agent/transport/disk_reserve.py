@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 from agent.security.private_files import create_private
@@ -35,9 +36,14 @@ class DiskReserve:
                 f"(queue.min_free_bytes is {self.min_free_bytes:,}). Queued captures are kept; "
                 "free disk space or reconnect the kiosk so they can be sent.")
 
-    def has_room(self, size: int) -> bool:
-        """Whether ``size`` bytes fit on the disk (the watermark aside: for what drains)."""
-        return shutil.disk_usage(self.folder).free >= size
+    def has_room_for_checkpoint(self, db: sqlite3.Connection, path: Path) -> bool:
+        """Whether the disk has room for a checkpoint of the queue ``db`` (file ``path``; the
+        watermark aside: it is for what drains). A checkpoint grows the database file to the
+        size the database has with the WAL's pages in it; one that cannot fails half-way,
+        having used up the room."""
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        return shutil.disk_usage(self.folder).free >= pages * page_size - path.stat().st_size
 
     def release(self) -> None:
         try:

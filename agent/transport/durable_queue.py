@@ -46,7 +46,7 @@ from agent.errors import AgentError, PermanentError, TransientError
 from agent.security.private_files import private_dir, private_sqlite
 from agent.transport.disk_reserve import DiskReserve
 from agent.transport.queue_schema import SCHEMA_VERSION as SCHEMA_VERSION  # the updater asks here
-from agent.transport.queue_schema import QueueSchemaError, create_or_migrate
+from agent.transport.queue_schema import QueueSchemaError, create_or_migrate, quarantine
 from agent.transport.queue_types import QueuedItem, QueueStats
 from agent.transport.wal_checkpoints import WalCheckpoints
 
@@ -113,7 +113,7 @@ class DurableQueue:
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
-            self._quarantine(exc)
+            self.quarantined = quarantine(self.path, exc)
             self._db = self._connect()
         self._next_seq = self._db.execute("SELECT last_seq FROM totals").fetchone()[0] + 1
         self._wal = WalCheckpoints(self.path)
@@ -146,23 +146,6 @@ class DurableQueue:
             db.close()
             raise
         return db
-
-    def _quarantine(self, exc: Exception) -> None:
-        """Move a damaged database aside, never delete it: it may still hold captures."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        moved = []
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                dst = Path(f"{self.path}.corrupt-{stamp}{suffix}")
-                os.replace(src, dst)
-                moved.append(str(dst))
-        self.quarantined = {"error": str(exc), "moved_to": moved}
-        log.critical(
-            "queue database %s is damaged (%s); moved it aside to %s and started a new, empty "
-            "queue. Captures in the damaged file were NOT sent: keep the file and ask support "
-            "to recover it (sqlite3 .recover).", self.path, exc, ", ".join(moved),
-        )
 
     def close(self) -> None:
         self.erase_if_due(force=True)
@@ -275,18 +258,17 @@ class DurableQueue:
                 # A full disk must not stop the queue from draining: with the reserve given
                 # back, delete one capture per transaction and truncate the WAL in between,
                 # so no transaction needs more room than one capture. (Attempt counts are
-                # statistics: dropped here.) Where the database file could not take in what
-                # the WAL holds (more behind than the reserve), no truncation is tried: it
-                # would fail half-way, having used the room up; the deletes go on in the
-                # reserve's room, and a QueueFull, should that run out too, keeps the rest
-                # for the caller's next turn.
+                # statistics: dropped here.) No truncation where it cannot fit (it would fail
+                # half-way, using the room up): the deletes go on in the reserve's room, and a
+                # QueueFull, should that run out too, keeps the rest for the next turn.
                 self.disk.release()
                 deleted, truncate = 0, True
                 for one in ids:
                     with self._transaction("delete acknowledged captures") as db:
                         deleted += self._delete(db, self._rows_of(db, [one]))
                     if truncate:
-                        truncate = self._wal_fits() and self._wal.checkpoint("TRUNCATE")
+                        truncate = (self.disk.has_room_for_checkpoint(self._db, self.path)
+                                    and self._wal.checkpoint("TRUNCATE"))
             self._erase_due = self._erase_due or deleted > 0
         self.erase_if_due()
         return deleted
@@ -319,13 +301,6 @@ class DurableQueue:
                     (len(rows), sum(size for _, size, _ in rows)))
         return len(rows)
 
-    def _wal_fits(self) -> bool:
-        """Whether the disk has room for a checkpoint: it grows the database file to the size
-        the database has with the WAL's pages in it. The caller holds the lock."""
-        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
-        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
-        return self.disk.has_room(pages * page_size - self.path.stat().st_size)
-
     def erase_if_due(self, force: bool = False) -> bool:
         """Checkpoint and truncate the WAL so acknowledged captures leave no copy in it: the
         database's deleted rows are zeroed (secure_delete), but the WAL keeps the frames written
@@ -333,7 +308,7 @@ class DurableQueue:
         if not self._erase_due or (not force and time.monotonic() - self._last_erase < self.erase_interval_s):
             return False
         with self._lock:
-            fits = self._wal_fits()
+            fits = self.disk.has_room_for_checkpoint(self._db, self.path)
         if not fits:  # a full disk: the attempt would only use up its last room
             self._last_erase = time.monotonic()
             return False

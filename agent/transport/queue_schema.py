@@ -1,4 +1,5 @@
-"""The durable queue's table layout and how older layouts are brought up to it.
+"""The durable queue's table layout, how older layouts are brought up to it, and where a
+damaged file goes.
 
 Kept apart from agent/transport/durable_queue.py because it changes for a different reason:
 a new layout means a new ``SCHEMA_VERSION``, a migration here, and a way back in
@@ -9,7 +10,10 @@ rolls a queue back before it starts the previous release (docs/updates.md).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import time
+from pathlib import Path
 
 from agent.errors import PermanentError
 
@@ -90,3 +94,22 @@ def create_or_migrate(db: sqlite3.Connection, path: object) -> None:
     else:
         db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\n"
                          f"INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');\nCOMMIT;")
+
+
+def quarantine(path: Path, exc: Exception) -> dict[str, object]:
+    """Move a damaged queue database aside, never delete it: it may still hold captures.
+    Returns what telemetry reports (the error, where the files went)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            dst = Path(f"{path}.corrupt-{stamp}{suffix}")
+            os.replace(src, dst)
+            moved.append(str(dst))
+    log.critical(
+        "queue database %s is damaged (%s); moved it aside to %s and started a new, empty "
+        "queue. Captures in the damaged file were NOT sent: keep the file and ask support "
+        "to recover it (sqlite3 .recover).", path, exc, ", ".join(moved),
+    )
+    return {"error": str(exc), "moved_to": moved}
