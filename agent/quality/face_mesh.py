@@ -164,15 +164,20 @@ class FaceMesh:
 
     def _detect(self, bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Faces as (box x0, y0, x1, y1; the two eyes' key points), in frame pixels."""
+        # Scaled first, then letterboxed: the work and memory stay those of 128 x 128 pixels
+        # whatever size of frame a camera sends.
         height, width = bgr.shape[:2]
-        side = max(height, width)
-        top, left = (side - height) // 2, (side - width) // 2
-        square = cv2.copyMakeBorder(bgr, top, side - height - top, left, side - width - left,
-                                    cv2.BORDER_CONSTANT, value=0)
-        small = cv2.resize(square, (DETECTOR_SIZE, DETECTOR_SIZE), interpolation=cv2.INTER_AREA)
-        blob = cv2.dnn.blobFromImage(small, 1 / 127.5, mean=(127.5,) * 3, swapRB=True)  # -1..1
+        scale = DETECTOR_SIZE / max(height, width)
+        small = cv2.resize(bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+        top, left = (DETECTOR_SIZE - small.shape[0]) // 2, (DETECTOR_SIZE - small.shape[1]) // 2
+        square = cv2.copyMakeBorder(small, top, DETECTOR_SIZE - small.shape[0] - top, left,
+                                    DETECTOR_SIZE - small.shape[1] - left, cv2.BORDER_CONSTANT, value=0)
+        blob = cv2.dnn.blobFromImage(square, 1 / 127.5, mean=(127.5,) * 3, swapRB=True)  # -1..1
         out = self._run(self._detector, blob)
         raw = out["regressors"].reshape(-1, 16).astype(np.float64) / DETECTOR_SIZE
+        side = DETECTOR_SIZE / scale  # the square's side in frame pixels
+        top, left = top / scale, left / scale
         logits = np.clip(out["classificators"].reshape(-1).astype(np.float64), -100, 100)
         scores = 1 / (1 + np.exp(-logits))
         keep = np.flatnonzero(scores >= MIN_SCORE)

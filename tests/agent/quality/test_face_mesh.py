@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -129,6 +130,21 @@ def test_any_frame_is_answered(mesh: fm.FaceMesh, shape: tuple[int, int, int], f
              "noise": rng.integers(0, 256, shape, dtype=np.uint8)}[fill]
     faces = mesh.find(frame)
     assert all(f.shape == (fm.MESH_POINTS, 2) and np.isfinite(f).all() for f in faces)
+
+
+def test_a_huge_frame_costs_no_copy_of_itself(mesh: fm.FaceMesh) -> None:
+    """A camera (or a device posing as one) may send any size: the detector scales the frame
+    down before it pads it, so no frame-sized square is ever made (the frame is 34 MB, its square
+    46 MB, which the first version made)."""
+    frame = cv2.resize(portrait(), (4000, 3000), interpolation=cv2.INTER_NEAREST)
+    tracemalloc.start()
+    try:
+        faces = mesh.find(frame)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(faces) == 1
+    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MB allocated for a {frame.nbytes / 2**20:.0f} MB frame"
 
 
 def _copy_models(tmp_path: Path) -> Path:
