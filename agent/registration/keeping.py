@@ -10,6 +10,7 @@ captured again. An image that passed no check is kept all the same, flagged
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +41,8 @@ class Keeper:
         self.feed = feed
         #: Daily quality aggregates (agent/quality/analytics.py), set by the service; None: off.
         self.analytics: QualityAnalytics | None = None
+        #: When and where a capture is kept (``ItemState.taken``), set by the service.
+        self.context: Callable[[], dict[str, Any]] = dict
 
     def keep_item(
         self, state: SessionState, item: PlanItem, kept: Kept[Judgement], expected_fingers: int,
@@ -65,6 +68,7 @@ class Keeper:
         saved = ItemState(
             item.key, "captured", outcome.id, token_id, report.score, force, kept.attempts,
             {"failed_checks": [c.name for c in report.failed()], "hints": report.hints()},
+            self.context(),
         )
         self.store.save_item(state.id, saved)
         if self.analytics is not None:  # where the item is recorded as captured

@@ -70,6 +70,7 @@ def _captures(state: SessionState, plan: list[PlanItem]) -> list[dict[str, Any]]
                 "quality": s.quality,
                 "force_captured": s.force_captured,
                 "attempts": s.attempts,
+                **({"taken": s.taken} if s.taken else {}),
             }
         )
         if s.token_id:

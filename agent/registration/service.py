@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,13 +83,16 @@ class RegistrationService:
         #: Daily quality aggregates of session items, operators as pseudonyms (docs/finger-quality.md).
         self.analytics = open_analytics(quality.analytics, config.store_path.parent)
         self.taker.analytics = self.keeper.analytics = self.analytics
+        self.keeper.context = self.capture_context
         #: One complete or cancel at a time: a retried complete racing the first must find the
         #: session completed, not queue a second manifest.
         self._closing = threading.Lock()
         #: Rules that refuse new sessions (agent/registration/gates.py); components add theirs.
         self.gates = Gates()
-        #: Fields other components add to every manifest, each read when the session closes:
-        #: the clock's state (agent/clock/watch.py), for vans. Name -> reader.
+        #: Fields other components add to every manifest, each read when the session closes
+        #: and again for each capture as it is kept (``capture_context``): the position
+        #: (agent/position/service.py) and the clock's state (agent/clock/watch.py), for vans.
+        #: Name -> reader.
         self.manifest_fields: dict[str, Callable[[], Any]] = {}
         #: Supervisor approval (agent/registration/approval.py): while True, captures and
         #: manifests are committed held, and go out only once a supervisor approves.
@@ -96,6 +100,10 @@ class RegistrationService:
         self.approvals = Approvals(config.store_path.parent / "approvals.db")
         #: Called after held items are released (the publisher rewinds to pick them up).
         self.on_release: Callable[[], None] = lambda: None
+
+    def capture_context(self) -> dict[str, Any]:
+        """When and where a capture is kept: the manifest's per-capture ``taken``."""
+        return {"at": iso_time(time.time()), **self._manifest_extra()}
 
     def _manifest_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}

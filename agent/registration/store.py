@@ -76,10 +76,14 @@ class ItemState:
     force_captured: bool = False
     attempts: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    #: When and where the kept capture was committed: the time and the manifest fields then
+    #: (position and clock in a van; registration/service.py ``capture_context``). Sealed with
+    #: the rest of the progress: a location is personal.
+    taken: dict[str, Any] = field(default_factory=dict)
 
     def progress(self) -> dict[str, Any]:
         return {"status": self.status, "quality": self.quality, "force_captured": self.force_captured,
-                "attempts": self.attempts, "detail": self.detail}
+                "attempts": self.attempts, "detail": self.detail, "taken": self.taken}
 
 
 @dataclass
@@ -271,7 +275,7 @@ class SessionStore:
               sealed: bytes) -> ItemState:
         p = self._cipher.open(sealed, "items", session_id, key)
         return ItemState(key, p["status"], capture_id, token_id, p["quality"], p["force_captured"],
-                         p["attempts"], p["detail"])
+                         p["attempts"], p["detail"], p.get("taken", {}))  # none before 2026-12-02
 
     def list_ids(self, state: str | None = None) -> list[str]:
         with self._lock:

@@ -358,3 +358,57 @@ def test_the_agent_reads_gpsd_into_the_manifest_and_the_clock(tmp_path: Path) ->
     assert where["accuracy_m"] == 4.1 and where["satellites"] == 7 and where["hdop"] == 0.9
     assert clock["source"] == "gnss" and clock["trusted"] is True and clock["wrong"] is False
     assert abs(clock["gnss_offset_s"]) < 5
+
+
+def test_each_capture_carries_where_and_when_it_was_taken(tmp_path: Path, gps: NmeaEmulator) -> None:
+    """A van moves during a session: every capture's manifest entry records the fix (and the
+    clock) when that capture was kept, the registration's ``position`` the one at its close."""
+    from agent.config import validate_config
+    from agent.daemon import Agent
+    from agent.security.keys import load_decryption_key, load_kiosk_keys, provision
+    from agent.security.sealing import Opener
+    from agent.transport.durable_queue import DurableQueue
+    from devtools.broker import free_port
+    from tests.support.local_api import Api
+    from tests.vans.van import KIOSK, kiosk_raw
+
+    provision(tmp_path / "keys", KIOSK)
+    raw = kiosk_raw(tmp_path, free_port())
+    raw["position"] = {"source": "nmea", "port": gps.path, "max_age_s": 5}
+    config = validate_config(raw, "van")
+    agent = Agent(config)
+    agent.start()
+    try:
+        position = agent.position
+        assert position is not None
+        api = Api.for_agent(agent)
+
+        def fix_at(lat: float) -> None:
+            gps.fix(lat, NAIROBI[1])
+            wait_until(lambda: position.current()[0] is not None
+                       and abs(position.current()[0].lat - lat) < 1e-6, what=f"fix at {lat}")
+
+        sid = api.ok("POST", "/v1/sessions", {"applicant_ref": "APP-1", "operator_id": "op-1"})["id"]
+        fix_at(NAIROBI[0])
+        first = api.ok("POST", f"/v1/sessions/{sid}/capture")["capture_id"]
+        fix_at(NAIROBI[0] + 0.05)  # about 5.6 km further north
+        second = api.ok("POST", f"/v1/sessions/{sid}/capture")["capture_id"]
+        gps.no_fix()
+        wait_until(lambda: position.current()[0] is None, what="fix lost")
+        api.ok("POST", f"/v1/sessions/{sid}/cancel", {"reason": "test"})
+    finally:
+        agent.stop()
+    queue = DurableQueue(config.queue.path, max_bytes=1 << 30, min_free_bytes=0)
+    opener = Opener(load_decryption_key(tmp_path / "keys" / "central.key"),
+                    load_kiosk_keys(tmp_path / "keys" / "kiosks"))
+    try:
+        manifest = json.loads(opener.open(queue.get(sid).payload)[1])  # type: ignore[union-attr]
+    finally:
+        queue.close()
+    taken = {c["id"]: c["taken"] for c in manifest["captures"] if "taken" in c}
+    assert set(taken) == {first, second}
+    assert taken[first]["position"]["lat"] == pytest.approx(NAIROBI[0], abs=1e-6)
+    assert taken[second]["position"]["lat"] == pytest.approx(NAIROBI[0] + 0.05, abs=1e-6)
+    assert taken[first]["at"] <= taken[second]["at"] <= manifest["closed_at"]
+    assert taken[first]["clock"]["trusted"] in (True, False) and "source" in taken[first]["clock"]
+    assert manifest["position"]["fix"] is False, "the registration's own position: at its close"
