@@ -108,11 +108,10 @@ class FaceAssessor:
                 log.warning("face checks without landmarks (Haar cascades only): %s", exc)
         return self._mesh
 
-    def assess(self, bgr: np.ndarray) -> Assessment:
-        if bgr.ndim == 2:
-            grey, bgr = bgr, cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-        else:
-            grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    def assess(self, frame: np.ndarray) -> Assessment:
+        """The report on one frame: 8-bit grey, BGR or BGRA (BadImage otherwise: a camera
+        sending anything else is misconfigured, and its frames would be misread)."""
+        bgr, grey = _bgr_and_grey(frame)
         mesh = self.mesh
         if mesh is not None:
             return self._assess_landmarks(mesh, bgr, grey)
@@ -215,6 +214,12 @@ class FaceAssessor:
     def _exposure(self, face: Face, grey: np.ndarray) -> list[Scored]:
         cfg = self.cfg
         skin = skin_region(face, grey)
+        if skin.size < 16:  # the face's skin lies outside the frame: nothing to measure
+            off = "move to the centre of the picture"
+            return [_unmeasured("luminance", f"{cfg.luminance_min:g}..{cfg.luminance_max:g}", off),
+                    _unmeasured("dark_pixels", f"<= {cfg.max_dark_share:g} at <= {cfg.dark_level}", off),
+                    _unmeasured("bright_pixels", f"<= {cfg.max_bright_share:g} at >= {cfg.bright_level}",
+                                off)]
         dark = float(np.count_nonzero(skin <= cfg.dark_level)) / skin.size
         bright = float(np.count_nonzero(skin >= cfg.bright_level)) / skin.size
         return [
@@ -228,8 +233,10 @@ class FaceAssessor:
         ]
 
     def _sharpness(self, face: Face, grey: np.ndarray) -> Scored:
-        return _at_least("sharpness", sharpness(skin_region(face, grey)), self.cfg.min_sharpness,
-                         f">= {self.cfg.min_sharpness:g}", "hold still")
+        skin, rule = skin_region(face, grey), f">= {self.cfg.min_sharpness:g}"
+        if skin.size < 16:
+            return _unmeasured("sharpness", rule, "move to the centre of the picture")
+        return _at_least("sharpness", sharpness(skin), self.cfg.min_sharpness, rule, "hold still")
 
     def _background(self, face: Face, grey: np.ndarray) -> Scored:
         limit = self.cfg.max_background_gradient
@@ -295,6 +302,23 @@ def _at_most(name: str, value: float | None, bound: float, rule: str, hint: str,
     margin = 1 - 0.5 * value / bound if bound > 0 else float(passed)
     value_shown = _round(value) if shown is None else shown
     return Check(name, value_shown, rule, passed, "" if passed else hint, note), _clip(margin)
+
+
+def _bgr_and_grey(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    channels = frame.shape[2] if frame.ndim == 3 else 1
+    if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or channels not in (1, 3, 4) or frame.size == 0:
+        raise BadImage(f"a face frame must be 8-bit grey, BGR or BGRA; got {frame.dtype} {frame.shape}")
+    if frame.ndim == 3 and channels == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), frame
+    if channels == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+
+def _unmeasured(name: str, rule: str, hint: str) -> Scored:
+    return Check(name, None, rule, False, hint, "not measured"), 0.0
 
 
 def _range(name: str, value: float, low: float, high: float, below: str, above: str,

@@ -21,7 +21,7 @@ nothing of mediapipe (about 21 MB; docs/face-quality.md, "Landmarks"):
 Checked against mediapipe 0.10.18's FaceMesh (refine_landmarks, its newer attention model) on
 the test images (the portrait straight, turned 20 degrees either way, small, shifted; two
 faces; simulated faces): mean point distance 1.6 to 2.3 px on faces about 300 px high, iris
-centres within 1 px; tests/agent/quality/test_face_mesh.py keeps that comparison.
+points within 1.8 px; tests/agent/quality/test_face_mesh.py keeps that comparison.
 
 The model files come from the installed mediapipe wheel (pinned in requirements-nodeps.txt),
 read by path, and must match the SHA-256 digests below: a different or damaged file is not
@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import os
+import stat
 import threading
 from importlib import metadata
 from pathlib import Path
@@ -54,6 +56,8 @@ MODELS = {
 }
 
 DETECTOR_SIZE, MESH_SIZE, IRIS_SIZE = 128, 192, 64
+#: The largest model file read (the three are 0.2 to 2.6 MB).
+MAX_MODEL_BYTES = 16 * 1024 * 1024
 MIN_SCORE = 0.5  # detection and presence, as mediapipe's min_detection_confidence default
 MERGE_IOU = 0.3
 MESH_SCALE, IRIS_SCALE = 1.5, 2.3
@@ -100,7 +104,7 @@ def _load(folder: Path, name: str) -> cv2.dnn.Net:
     relative, digest = MODELS[name]
     path = folder / relative
     try:
-        data = path.read_bytes()
+        data = _read_regular(path)
     except OSError as exc:
         raise LandmarksUnavailable(f"cannot read the face mesh's {name} model {path}: {exc.strerror}; "
                                    "reinstall the agent's dependencies") from None
@@ -116,6 +120,20 @@ def _load(folder: Path, name: str) -> cv2.dnn.Net:
             f"OpenCV {cv2.__version__} cannot load the face mesh's {name} model "
             f"({str(exc).strip().splitlines()[-1]}); reinstall the agent's dependencies, or set "
             'quality.face.landmarks = "off"') from None
+
+
+def _read_regular(path: Path) -> bytes:
+    """A model file's bytes: a regular file of at most MAX_MODEL_BYTES (a FIFO or a device
+    put in its place would hang the camera's open, or fill memory), else OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MODEL_BYTES:
+            raise OSError(0, f"not a regular file of at most {MAX_MODEL_BYTES:,} bytes")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(MAX_MODEL_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _anchors() -> np.ndarray:
@@ -136,6 +154,17 @@ class FaceMesh:
     def __init__(self, max_faces: int = 2) -> None:
         folder = model_folder()
         self._detector, self._mesh, self._iris = (_load(folder, n) for n in ("detector", "mesh", "iris"))
+        # One inference each: an OpenCV that parses a model but cannot run it fails here, at
+        # the camera's open, with the fallback, not at every frame.
+        for name, net, size in (("detector", self._detector, DETECTOR_SIZE), ("mesh", self._mesh, MESH_SIZE),
+                                ("iris", self._iris, IRIS_SIZE)):
+            try:
+                self._run(net, np.zeros((1, 3, size, size), np.float32))
+            except cv2.error as exc:
+                raise LandmarksUnavailable(
+                    f"OpenCV {cv2.__version__} loads but cannot run the face mesh's {name} model "
+                    f"({str(exc).strip().splitlines()[-1]}); reinstall the agent's dependencies, or set "
+                    'quality.face.landmarks = "off"') from None
         self._anchors = _anchors()
         self._lock = threading.Lock()
         self.max_faces = max_faces
@@ -145,7 +174,10 @@ class FaceMesh:
 
     def find(self, bgr: np.ndarray) -> list[np.ndarray]:
         """The landmarks of every face found (up to ``max_faces``, the most certain first),
-        each (478, 2) in frame pixels."""
+        each (478, 2) in frame pixels; ``bgr`` an 8-bit BGR frame (ValueError otherwise:
+        OpenCV would crash on some shapes rather than raise)."""
+        if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
+            raise ValueError(f"the face mesh takes 8-bit BGR frames, not {bgr.dtype} {bgr.shape}")
         with self._lock:
             faces = []
             for box, eyes in self._detect(bgr)[: self.max_faces]:

@@ -37,9 +37,14 @@ def sharpness(region: np.ndarray) -> float:
 
 
 def skin_region(face: Face, grey: np.ndarray) -> np.ndarray:
-    """Forehead to chin, cheek to cheek: the part of the box that is face, not hair."""
+    """Forehead to chin, cheek to cheek: the part of the box that is face, not hair; within the
+    frame (the mesh places the points of a face the frame cuts off beyond its edge, and a
+    negative start would wrap around). Empty when none of it is in the frame."""
     x, y, w, h = face.box
-    return grey[y + int(0.20 * h):y + int(0.90 * h), x + int(0.20 * w):x + int(0.80 * w)]
+    height, width = grey.shape[:2]
+    y0, y1 = max(0, y + int(0.20 * h)), min(height, y + int(0.90 * h))
+    x0, x1 = max(0, x + int(0.20 * w)), min(width, x + int(0.80 * w))
+    return grey[y0:max(y0, y1), x0:max(x0, x1)]
 
 
 def eye_glare(points: np.ndarray, grey: np.ndarray, bright_level: int) -> float:

@@ -1,11 +1,12 @@
 """The face mesh on mediapipe's models run by OpenCV (agent/quality/face_mesh.py): the same
 points as mediapipe's own face mesh, model files checked before they are loaded, and any frame
-a camera (or an attacker on its USB port) can send answered without an exception."""
+a camera (or an attacker on its USB port) can send answered, or refused with a clear error."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from agent.quality import face_mesh as fm
 from agent.quality import landmarks as lm
 from agent.quality.config import FaceQualityConfig
 from agent.quality.face import FaceAssessor
+from agent.quality.report import BadImage
 from drivers.sim_camera import draw_face
 from tests.support.faces import SMILE_ALLOWED, no_face, portrait, two_faces
 from tests.support.paths import ROOT
@@ -178,4 +180,63 @@ def test_a_missing_model_file_names_the_file(tmp_path: Path, monkeypatch: pytest
     (folder / fm.MODELS["iris"][0]).unlink()
     monkeypatch.setattr(fm, "model_folder", lambda: folder)
     with pytest.raises(fm.LandmarksUnavailable, match=r"cannot read .*iris_landmark\.tflite"):
+        fm.load_face_mesh()
+
+
+def _shifted(frame: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(frame, matrix, (frame.shape[1], frame.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.mark.parametrize(("dx", "dy", "hint"), [
+    (0, -160, "lower your head a little (the eyes are too high in the picture)"),
+    (0, 200, "sit up straight (the eyes are too low in the picture)"),
+    (-280, 0, "move to the centre of the picture"),
+    (250, 0, "move to the centre of the picture"),
+])
+def test_a_face_the_frame_cuts_off_fails_its_framing(mesh: fm.FaceMesh, dx: int, dy: int, hint: str) -> None:
+    """A tall person, or one leaning: the mesh places the cut-off part beyond the frame's
+    edge. The skin measures then take what is inside it (a negative start wrapped around to
+    an empty region and a ZeroDivisionError ended the capture), and the framing fails."""
+    frame = _shifted(portrait(), dx, dy)
+    points = mesh.find(frame)[0]
+    assert points.min() < 0 or points[:, 0].max() > frame.shape[1] or points[:, 1].max() > frame.shape[0]
+    report = FaceAssessor(FaceQualityConfig(**SMILE_ALLOWED), mesh=mesh).assess(frame).report
+    assert not report.passed and hint in report.hints(), report.as_dict()
+    values = {c.name: c.value for c in report.checks}
+    assert values["luminance"] is not None and values["sharpness"] is not None, "measured on what is in frame"
+
+
+def test_frames_of_other_layouts(mesh: fm.FaceMesh) -> None:
+    """BGRA and one-channel frames are judged as their BGR and grey equivalents; anything not
+    8-bit is refused with a clear error instead of being misread (16-bit read as no face)."""
+    assessor = FaceAssessor(FaceQualityConfig(**SMILE_ALLOWED), mesh=mesh)
+    bgr = portrait()
+    plain = assessor.assess(bgr).report.as_dict()
+    assert assessor.assess(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)).report.as_dict() == plain
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert assessor.assess(grey[:, :, None]).report.as_dict() == assessor.assess(grey).report.as_dict()
+    for bad in (bgr.astype(np.uint16) * 257, bgr.astype(np.float32) / 255, bgr[:, :, :2],
+                np.zeros((480, 640, 0), np.uint8), np.zeros((0, 640, 3), np.uint8)):
+        with pytest.raises(BadImage, match="8-bit grey, BGR or BGRA"):
+            assessor.assess(bad)
+    # The mesh itself refuses what OpenCV would crash on (a zero-channel frame: SIGSEGV).
+    for bad in (np.zeros((480, 640, 0), np.uint8), grey, bgr.astype(np.float32)):
+        with pytest.raises(ValueError, match="8-bit BGR"):
+            mesh.find(bad)
+
+
+def test_a_model_path_that_is_no_regular_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FIFO in a model's place hung the camera's open; a huge file would fill memory."""
+    folder = _copy_models(tmp_path)
+    monkeypatch.setattr(fm, "model_folder", lambda: folder)
+    iris = folder / fm.MODELS["iris"][0]
+    iris.unlink()
+    os.mkfifo(iris)
+    with pytest.raises(fm.LandmarksUnavailable, match=r"iris_landmark\.tflite.*not a regular file"):
+        fm.load_face_mesh()
+    iris.unlink()
+    with iris.open("wb") as fh:
+        fh.truncate(fm.MAX_MODEL_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(fm.LandmarksUnavailable, match="at most"):
         fm.load_face_mesh()
