@@ -89,10 +89,8 @@ class RegistrationService:
         self._closing = threading.Lock()
         #: Rules that refuse new sessions (agent/registration/gates.py); components add theirs.
         self.gates = Gates()
-        #: Fields other components add to every manifest, each read when the session closes
-        #: and again for each capture as it is kept (``capture_context``): the position
-        #: (agent/position/service.py) and the clock's state (agent/clock/watch.py), for vans.
-        #: Name -> reader.
+        #: Fields other components add to every manifest (name -> reader), read as each capture
+        #: is kept (``capture_context``) and when the session closes: a van's position and clock.
         self.manifest_fields: dict[str, Callable[[], Any]] = {}
         #: Supervisor approval (agent/registration/approval.py): while True, captures and
         #: manifests are committed held, and go out only once a supervisor approves.

@@ -76,9 +76,8 @@ class ItemState:
     force_captured: bool = False
     attempts: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
-    #: When and where the kept capture was committed: the time and the manifest fields then
-    #: (position and clock in a van; registration/service.py ``capture_context``). Sealed with
-    #: the rest of the progress: a location is personal.
+    #: When and where the capture was kept (service.py ``capture_context``): sealed with the
+    #: rest of the progress, since a location is personal.
     taken: dict[str, Any] = field(default_factory=dict)
 
     def progress(self) -> dict[str, Any]:

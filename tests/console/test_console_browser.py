@@ -93,9 +93,10 @@ def test_console_in_chromium(kiosk: ConsoleKiosk) -> None:
 
         # Approve it and watch it leave.
         d.find_element("link text", "Approvals").click()
-        assert sid in d.page_source and "APP-1" in d.page_source
+        wait_until(lambda: sid in d.page_source and "APP-1" in d.page_source, 10, what="the approvals page")
         d.find_element("css selector", f"form:has(input[value='{sid}']) button.approve").click()
-        assert "approved: it is being sent" in d.page_source
+        # The click submits a form: the answer is a new page, loaded after click() returns.
+        wait_until(lambda: "approved: it is being sent" in d.page_source, 10, what="the approval's answer")
         wait_until(lambda: kiosk.received(sid), 30, what="the approved registration at the receiver")
         d.find_element("link text", "Dashboard").click()
         wait_until(lambda: _figure(d, "held") == "4" and _figure(d, "backlog_captures") == "4", 20,
