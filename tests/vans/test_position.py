@@ -175,6 +175,21 @@ def test_the_gpsd_client_reads_fixes_and_their_loss() -> None:
 # --- the agent -------------------------------------------------------------------------------
 
 
+def queued_manifests(queue_path: Path, keys: Path, session_ids: list[str]) -> list[dict]:
+    """The sealed manifests of ``session_ids`` in a stopped agent's queue, opened as the
+    central side would open them."""
+    from agent.security.keys import load_decryption_key, load_kiosk_keys
+    from agent.security.sealing import Opener
+    from agent.transport.durable_queue import DurableQueue
+
+    queue = DurableQueue(queue_path, max_bytes=1 << 30, min_free_bytes=0)
+    opener = Opener(load_decryption_key(keys / "central.key"), load_kiosk_keys(keys / "kiosks"))
+    try:
+        return [json.loads(opener.open(queue.get(sid).payload)[1]) for sid in session_ids]  # type: ignore[union-attr]
+    finally:
+        queue.close()
+
+
 @pytest.fixture
 def gps() -> Iterator[NmeaEmulator]:
     with NmeaEmulator() as emulator:
@@ -185,9 +200,7 @@ def test_registrations_carry_the_position_sealed_and_the_area_is_enforced(tmp_pa
                                                                           gps: NmeaEmulator) -> None:
     from agent.config import validate_config
     from agent.daemon import Agent
-    from agent.security.keys import load_decryption_key, load_kiosk_keys, provision
-    from agent.security.sealing import Opener
-    from agent.transport.durable_queue import DurableQueue
+    from agent.security.keys import provision
     from devtools.broker import free_port
     from tests.support.local_api import Api
     from tests.vans.van import KIOSK, kiosk_raw
@@ -230,13 +243,7 @@ def test_registrations_carry_the_position_sealed_and_the_area_is_enforced(tmp_pa
         assert clock.source == "gnss" and not clock.wrong and abs(clock.gnss_offset_s) < 5
     finally:
         agent.stop()
-    queue = DurableQueue(config.queue.path, max_bytes=1 << 30, min_free_bytes=0)
-    opener = Opener(load_decryption_key(tmp_path / "keys" / "central.key"),
-                    load_kiosk_keys(tmp_path / "keys" / "kiosks"))
-    try:
-        manifests = [json.loads(opener.open(queue.get(sid).payload)[1]) for sid in sessions]  # type: ignore[union-attr]
-    finally:
-        queue.close()
+    manifests = queued_manifests(config.queue.path, tmp_path / "keys", sessions)
     first, second = (m["position"] for m in manifests)
     assert first == {"fix": False, "source": "nmea", "reason": "the GNSS receiver has no fix"}
     assert second["fix"] is True and second["outside_area"] is False
@@ -311,9 +318,7 @@ def test_the_agent_reads_gpsd_into_the_manifest_and_the_clock(tmp_path: Path) ->
     gpsd's fix, and GNSS time decides the clock (source "gnss")."""
     from agent.config import validate_config
     from agent.daemon import Agent
-    from agent.security.keys import load_decryption_key, load_kiosk_keys, provision
-    from agent.security.sealing import Opener
-    from agent.transport.durable_queue import DurableQueue
+    from agent.security.keys import provision
     from devtools.broker import free_port
     from tests.support.local_api import Api
     from tests.vans.van import KIOSK, kiosk_raw
@@ -345,13 +350,7 @@ def test_the_agent_reads_gpsd_into_the_manifest_and_the_clock(tmp_path: Path) ->
         finally:
             agent.stop()
         assert gpsd.watch.startswith(b'?WATCH={"enable":true,"json":true}')
-    queue = DurableQueue(config.queue.path, max_bytes=1 << 30, min_free_bytes=0)
-    opener = Opener(load_decryption_key(tmp_path / "keys" / "central.key"),
-                    load_kiosk_keys(tmp_path / "keys" / "kiosks"))
-    try:
-        manifest = json.loads(opener.open(queue.get(sid).payload)[1])  # type: ignore[union-attr]
-    finally:
-        queue.close()
+    (manifest,) = queued_manifests(config.queue.path, tmp_path / "keys", [sid])
     where, clock = manifest["position"], manifest["clock"]
     assert where["fix"] is True and where["source"] == "gpsd" and where["quality"] == 3
     assert (where["lat"], where["lon"]) == pytest.approx(MOMBASA, abs=1e-6)
@@ -365,9 +364,7 @@ def test_each_capture_carries_where_and_when_it_was_taken(tmp_path: Path, gps: N
     clock) when that capture was kept, the registration's ``position`` the one at its close."""
     from agent.config import validate_config
     from agent.daemon import Agent
-    from agent.security.keys import load_decryption_key, load_kiosk_keys, provision
-    from agent.security.sealing import Opener
-    from agent.transport.durable_queue import DurableQueue
+    from agent.security.keys import provision
     from devtools.broker import free_port
     from tests.support.local_api import Api
     from tests.vans.van import KIOSK, kiosk_raw
@@ -398,13 +395,7 @@ def test_each_capture_carries_where_and_when_it_was_taken(tmp_path: Path, gps: N
         api.ok("POST", f"/v1/sessions/{sid}/cancel", {"reason": "test"})
     finally:
         agent.stop()
-    queue = DurableQueue(config.queue.path, max_bytes=1 << 30, min_free_bytes=0)
-    opener = Opener(load_decryption_key(tmp_path / "keys" / "central.key"),
-                    load_kiosk_keys(tmp_path / "keys" / "kiosks"))
-    try:
-        manifest = json.loads(opener.open(queue.get(sid).payload)[1])  # type: ignore[union-attr]
-    finally:
-        queue.close()
+    (manifest,) = queued_manifests(config.queue.path, tmp_path / "keys", [sid])
     taken = {c["id"]: c["taken"] for c in manifest["captures"] if "taken" in c}
     assert set(taken) == {first, second}
     assert taken[first]["position"]["lat"] == pytest.approx(NAIROBI[0], abs=1e-6)
