@@ -296,6 +296,9 @@ def test_openapi_document_matches_the_routes(kiosk: Kiosk) -> None:
 def test_status_and_devices(kiosk: Kiosk) -> None:
     devices = kiosk.api.ok("GET", "/v1/devices")["devices"]
     assert {d["name"]: d["state"] for d in devices} == {"finger": "online", "camera": "online"}
+    # The MQTT link comes up on its own thread after start(): wait for it, as a client would.
+    wait_until(lambda: kiosk.api.ok("GET", "/v1/status")["connection"]["connected"] is True,
+               what="the agent connected")
     status = kiosk.api.ok("GET", "/v1/status")
     assert status["connection"]["connected"] is True and status["queue"]["pending"] >= 0
     single = kiosk.api.ok("POST", "/v1/devices/finger/capture", {"position": 7})
