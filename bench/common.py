@@ -424,3 +424,14 @@ def git_state(repo: Path = REPO) -> dict[str, Any]:
 def python_cmd(*args: str) -> list[str]:
     """A command running this interpreter (the venv's) from the repository root."""
     return [sys.executable, *args]
+
+
+def drop_page_cache() -> bool:
+    """Write dirty pages out and drop the clean page cache, so the next process faults its
+    libraries in itself. Root only; False when not allowed."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True

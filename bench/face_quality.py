@@ -1,19 +1,19 @@
 """Face quality: frames analysed per second at 640 x 480 on one core, with and without the
 face mesh's landmarks, against raw OpenCV.
 
-The agent's side is what the camera driver and the live preview do with every frame: decode
-(as a camera backend does), find the face and its eyes, and run every check
+The agent's side is what the camera driver and the live preview do with every frame: decode (as
+a camera backend does), find the face and its eyes, and run every check
 (agent/quality/face.py), once on the landmarks path (the face mesh, agent/quality/face_mesh.py:
-the default where its models are installed) and once on the Haar path (`landmarks = "off"`, the fallback). The raw side, in the
-same run and on the same frames, is OpenCV's JPEG decode, the grey conversion and the Haar
-face cascade alone: the least any face check must do. The process is pinned to one core and
-OpenCV limited to one thread (the face mesh's models run in OpenCV too); rounds alternate and
-the best round of each counts (the least disturbed by other processes). Frames per second of
-CPU time are reported too: on a shared machine they say what one free core would do.
-The token image and the JPEG of the chosen frame are made once per capture, not per frame;
-their cost is reported separately. ``landmarks_rss_mb`` is what loading the face mesh and
-judging a first frame add to a fresh process's resident memory (a subprocess, so the
-benchmark's own allocations do not count).
+the default where its models are installed) and once on the Haar path (`landmarks = "off"`, the
+fallback). The raw side, in the same run and on the same frames, is OpenCV's JPEG decode, the
+grey conversion and the Haar face cascade alone: the least any face check must do. The process
+is pinned to one core and OpenCV limited to one thread (the face mesh's models run in OpenCV
+too); rounds alternate and the best round of each counts (the least disturbed by other
+processes). Frames per second of CPU time are reported too: on a shared machine they say what
+one free core would do. The token image and the JPEG of the chosen frame are made once per
+capture, not per frame; their cost is reported separately. ``landmarks_rss_mb`` is what loading
+the face mesh and judging a first frame add to a fresh process's resident memory (a subprocess,
+so the benchmark's own allocations do not count).
 
 The frames are the simulated camera's faces (drivers/sim_camera.py): the astronaut
 photograph of the tests comes from scikit-image, a test-only dependency.

@@ -225,6 +225,32 @@ def registration_table(r: dict[str, Any]) -> list[str]:
             "", *_table(rows), ""]
 
 
+def memory_limit_lines(r: dict[str, Any]) -> list[str]:
+    """The same sessions inside a hard memory limit (bench/memory_limit.py)."""
+    m = r.get("memory_limit")
+    if not m:
+        return []
+    if "skipped" in m:
+        return [f"Memory-limit runs: skipped ({m['skipped']}).", ""]
+    free = m["unlimited"]
+    rows: list[tuple[str, ...]] = [("memory limit", "completed", "session (median)", "unlimited / limited",
+                                    "VmHWM", "major faults")]
+    for run in [free, *m["limited"]]:
+        limit = f"{run['limit_mb']} MB" if run["limit_mb"] else "none"
+        done = "yes" if run["completed"] else f"no: {run['failure']}"
+        speed = "-" if run is free or run.get("speed_ratio") is None else f"{run['speed_ratio']:.2f}"
+        hwm = f"{run['vm_hwm_mb']} MB" if run["vm_hwm_mb"] else "-"
+        rows.append((limit, done, f"{run['session_median_s']} s" if run["session_median_s"] else "-",
+                     speed, hwm, f"{run['major_faults']:,}"))
+    return [f"The same registration inside a hard memory limit ({free['cgroup']}; {m['sessions']} sessions "
+            "per run, the first left out of the median; page cache dropped before each run: "
+            f"{'yes' if free['page_cache_dropped'] else 'no, not root'}). Lowest limit at no cost "
+            f"(`registration_memory_free_mb`, speed >= {m['free_speed']} of unlimited): "
+            f"**{r['registration_memory_free_mb']} MB**; at 100 MB "
+            f"(`registration_in_100mb_speed_ratio`): {r.get('registration_in_100mb_speed_ratio', '-')}.",
+            "", *_table(rows), ""]
+
+
 def constrained_lines(r: dict[str, Any]) -> list[str]:
     """The CPU-limited emulation (bench/constrained.py)."""
     c = r.get("constrained")
@@ -250,7 +276,7 @@ def constrained_lines(r: dict[str, Any]) -> list[str]:
 
 def render(r: dict[str, Any]) -> str:
     parts = [BEGIN, "", "### Last run", "", *environment(r), "", *headline_table(r), "",
-             *registration_table(r), *sealing_table(r), *constrained_lines(r),
+             *registration_table(r), *memory_limit_lines(r), *sealing_table(r), *constrained_lines(r),
              "CPU time used during the timed drains (share of one core):", "", *drain_cpu(r), "",
              "### Where the time goes (this run's profiles)", "", *profile_tables(r), "", END]
     return "\n".join(parts)
