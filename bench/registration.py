@@ -149,10 +149,11 @@ def bare_captures(repeats: int) -> dict[str, list[float]]:
 
 
 @contextmanager
-def registering_agent(ws: Workspace, work: Path, preexec: Callable[[], None] | None = None
-                      ) -> Iterator[tuple[AgentProcess, LocalApi]]:
+def registering_agent(ws: Workspace, work: Path, preexec: Callable[[], None] | None = None,
+                      extra: dict[str, Any] | None = None) -> Iterator[tuple[AgentProcess, LocalApi]]:
     """A broker, a reference receiver and ``python -m agent run`` with the simulated devices and
-    its local API, ready for sessions; ``preexec`` runs in the agent's child before it executes."""
+    its local API, ready for sessions; ``preexec`` runs in the agent's child before it executes,
+    ``extra`` holds config sections set on top of the benchmark's."""
     token_file = work / "api-token"
     token_file.write_text(secrets.token_urlsafe(32) + "\n")
     token_file.chmod(0o600)
@@ -161,6 +162,7 @@ def registering_agent(ws: Workspace, work: Path, preexec: Callable[[], None] | N
         rx.start()
         settings = ws.agent_settings(port=broker.port, queue_path=work / "queue.db", devices=SIM_DEVICES)
         settings["local_api"] = {"enabled": True, "port": api_port, "token_file": str(token_file)}
+        settings.update(extra or {})
         config = ws.write_toml(work / "agent.toml", settings)
         with AgentProcess(config, work, "registration-agent", preexec=preexec) as agent:
             agent.start()

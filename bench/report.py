@@ -232,21 +232,24 @@ def memory_limit_lines(r: dict[str, Any]) -> list[str]:
         return []
     if "skipped" in m:
         return [f"Memory-limit runs: skipped ({m['skipped']}).", ""]
-    free = m["unlimited"]
-    rows: list[tuple[str, ...]] = [("memory limit", "completed", "session (median)", "unlimited / limited",
-                                    "VmHWM", "major faults")]
-    for run in [free, *m["limited"]]:
-        limit = f"{run['limit_mb']} MB" if run["limit_mb"] else "none"
-        done = "yes" if run["completed"] else f"no: {run['failure']}"
-        speed = "-" if run is free or run.get("speed_ratio") is None else f"{run['speed_ratio']:.2f}"
-        hwm = f"{run['vm_hwm_mb']} MB" if run["vm_hwm_mb"] else "-"
-        rows.append((limit, done, f"{run['session_median_s']} s" if run["session_median_s"] else "-",
-                     speed, hwm, f"{run['major_faults']:,}"))
-    return [f"The same registration inside a hard memory limit ({free['cgroup']}; {m['sessions']} sessions "
+    rows: list[tuple[str, ...]] = [("configuration", "memory limit", "completed", "session (median)",
+                                    "unlimited / limited", "VmHWM", "major faults")]
+    for name, v in m["variants"].items():
+        label = "default (face mesh)" if name == "default" else "`landmarks = \"off\"` (Haar checks)"
+        for run in [v["unlimited"], *v["limited"]]:
+            limit = f"{run['limit_mb']} MB" if run["limit_mb"] else "none"
+            done = "yes" if run["completed"] else f"no: {run['failure']}"
+            speed = "-" if run.get("speed_ratio") is None else f"{run['speed_ratio']:.2f}"
+            hwm = f"{run['vm_hwm_mb']} MB" if run["vm_hwm_mb"] else "-"
+            median = f"{run['session_median_s']} s" if run["session_median_s"] else "-"
+            rows.append((label, limit, done, median, speed, hwm, f"{run['major_faults']:,}"))
+    first = m["variants"]["default"]["unlimited"]
+    return [f"The same registration inside a hard memory limit ({first['cgroup']}; {m['sessions']} sessions "
             "per run, the first left out of the median; page cache dropped before each run: "
-            f"{'yes' if free['page_cache_dropped'] else 'no, not root'}). Lowest limit at no cost "
-            f"(`registration_memory_free_mb`, speed >= {m['free_speed']} of unlimited): "
-            f"**{r['registration_memory_free_mb']} MB**; at 100 MB "
+            f"{'yes' if first['page_cache_dropped'] else 'no, not root'}). Lowest limit at no cost "
+            f"(speed >= {m['free_speed']} of unlimited): **{r['registration_memory_free_mb']} MB** "
+            f"(`registration_memory_free_mb`), {r['registration_memory_free_mb_landmarks_off']} MB with "
+            "the face mesh off (`registration_memory_free_mb_landmarks_off`); at 100 MB "
             f"(`registration_in_100mb_speed_ratio`): {r.get('registration_in_100mb_speed_ratio', '-')}.",
             "", *_table(rows), ""]
 
