@@ -14,12 +14,12 @@ disk when needed again: major faults); what it cannot reclaim, the agent's priva
 must fit or the kernel's OOM killer ends the agent. Each limit's sessions are compared with an
 unlimited run in the same step; limits go down from LIMITS_MB's first until a run fails or
 runs more than THRASHING times slower (lower limits only thrash longer). The figures:
-``registration_memory_free_mb``, the lowest limit tried at which the sessions ran at
-FREE_SPEED of the unlimited speed or better (this machine's run-to-run noise is up
-to about 10 %) (the working set), and
-``registration_in_100mb_speed_ratio``, unlimited session time / at 100 MB; both for the default
-configuration, and the first again with the face mesh off (``quality.face.landmarks = "off"``,
-the face judged by the Haar checks alone: ``registration_memory_free_mb_landmarks_off``).
+``registration_memory_free_mb``, the working set: the lowest limit reached before the first
+run slower than FREE_SPEED of the unlimited speed (this machine's run-to-run noise is up to
+about 10 %); ``registration_in_100mb_speed_ratio``, unlimited session time / at 100 MB. Both
+are for the default configuration; the first is measured again with the face mesh off
+(``quality.face.landmarks = "off"``, the face judged by the Haar checks alone:
+``registration_memory_free_mb_landmarks_off``).
 
 A cgroup is charged for the pages its processes bring in, not for pages already in memory.
 So before each run the page cache is dropped (as root: ``/proc/sys/vm/drop_caches``; without
