@@ -110,6 +110,9 @@ class ClockState:
     #: Why it is wrong or not trusted ("" when trusted), for the officer and the log.
     reason: str
     checked_at: float
+    #: The same reasons for the operator console's catalogues: ``{"text": message id,
+    #: "values": {...}}`` each (``clock.reason.*``; agent/registration/gates.py, Refusal).
+    reason_texts: tuple[dict[str, Any], ...] = ()
 
     def manifest(self) -> dict[str, Any]:
         """What a registration's manifest records of the clock that stamped it."""
@@ -195,14 +198,18 @@ class ClockWatch:
             fix_utc, read_at = fix
             gnss_offset = now - (fix_utc + (self.monotonic() - read_at))
         floor = datetime.combine(self.config.not_before, dtime(), UTC)
-        reasons = []
+        reasons, texts = [], []
         if now < floor.timestamp():
             reasons.append(f"the clock says {_iso(now)}, before this release's date "
                            f"{self.config.not_before.isoformat()}: it is wrong (a flat clock battery "
                            "after days without power?)")
+            texts.append({"text": "clock.reason.before_release",
+                          "values": {"now": _iso(now), "release": self.config.not_before.isoformat()}})
         if gnss_offset is not None and abs(gnss_offset) > self.config.max_gnss_offset_s:
             reasons.append(f"the clock is {gnss_offset:+.0f} s from GNSS time "
                            f"(more than {self.config.max_gnss_offset_s:g} s)")
+            texts.append({"text": "clock.reason.gnss_offset", "values": {"offset": f"{gnss_offset:+.0f}",
+                                                            "limit": f"{self.config.max_gnss_offset_s:g}"}})
         wrong = bool(reasons)
         if gnss_offset is not None and not wrong:
             source = "gnss"
@@ -215,8 +222,9 @@ class ClockWatch:
         trusted = not wrong and source != "none"
         if not reasons and not trusted:
             reasons.append("the clock is not synchronised (no NTP, chrony or GNSS time yet)")
+            texts.append({"text": "clock.reason.unsynchronised", "values": {}})
         return ClockState(trusted, wrong, synchronized, source, tracking.offset_s if tracking else None,
-                          gnss_offset, "; ".join(reasons), now)
+                          gnss_offset, "; ".join(reasons), now, tuple(texts))
 
 
 def _iso(t: float) -> str:
@@ -240,4 +248,5 @@ class ClockGate:
             return None
         return Refusal(self.rule, f"the kiosk's clock is wrong: {state.reason}",
                        "set the correct date and time (or let the kiosk reach NTP or a GNSS fix), then "
-                       "start again; call support if it stays wrong")
+                       "start again; call support if it stays wrong",
+                       self.rule, {"reason": list(state.reason_texts)})

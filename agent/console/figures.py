@@ -65,7 +65,9 @@ def dashboard(runtime: Runtime, watcher: Watcher) -> dict[str, Any]:
     usable = max(0, free - cfg.queue.min_free_bytes - cfg.console.min_free_disk_mb * 2**20)
     by_state = stats.by_state if stats else {}
     registrations = runtime.registration_service()
-    rules = [r.as_dict() for r in registrations.gates.refusals()] if registrations else []
+    # The English sentences, and their message ids and values for the console's language.
+    rules = ([{**r.as_dict(), "text": r.text, "values": r.values} for r in registrations.gates.refusals()]
+             if registrations else [])
     return {
         "kiosk_id": cfg.kiosk.id,
         "site": cfg.kiosk.site,
@@ -96,7 +98,8 @@ def clock(runtime: Runtime) -> dict[str, Any]:
     2 s does not run chronyc every 2 s."""
     state = runtime.clock.state()
     judged = "wrong" if state.wrong else "trusted" if state.trusted else "untrusted"
-    return {"state": judged, "source": state.source, "reason": state.reason}
+    return {"state": judged, "source": state.source, "reason": state.reason,
+            "reason_texts": list(state.reason_texts)}
 
 
 def human_bytes(n: float) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 LOCALE_DIR = Path(__file__).parent / "locale"
 #: Language code -> (its own name, writing direction).
@@ -39,6 +41,18 @@ class Translator:
     def __call__(self, key: str, **values: object) -> str:
         text = self._texts.get(key) or self._english.get(key) or key
         return text.format(**values) if values else text
+
+    def message(self, key: str, values: Mapping[str, Any]) -> str:
+        """``key`` filled with ``values``, where a value that is a list of ``{"text": message id,
+        "values": {...}}`` parts (the clock's reasons) becomes those messages, translated and
+        joined (agent/registration/gates.py, Refusal). KeyError for an id no catalogue has: the
+        caller shows the agent's English rather than an id."""
+        if not self.has(key):
+            raise KeyError(key)
+        return self(key, **{name: self.join(v) if isinstance(v, list) else v for name, v in values.items()})
+
+    def join(self, parts: list[Mapping[str, Any]]) -> str:
+        return self("list.separator").join(self.message(str(p["text"]), p.get("values") or {}) for p in parts)
 
     def has(self, key: str) -> bool:
         return key in self._english

@@ -4,6 +4,7 @@ look is static/console.css, the dashboard's live figures static/console.js."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
@@ -92,19 +93,42 @@ def figure_texts(t: Translator, f: dict[str, Any]) -> dict[str, str]:
         "clock_utc": f["clock_utc"],
         "clock_state": t("dash.clock_" + f["clock"]["state"]),
         "clock_source": t("clock.source." + f["clock"]["source"]),
-        # The agent's reason, in English like a blocking rule's detail.
-        "clock_reason": f["clock"]["reason"],
+        "clock_reason": clock_reason(t, f["clock"]),
         **{f"device.{d['name']}": t("device." + d["state"]) for d in f["devices"]},
     }
 
 
-def rules(t: Translator, blocked: list[dict[str, str]]) -> str:
+def translated(make: Callable[[], str], english: str) -> str:
+    """A sentence in the console's language, or the agent's English when a catalogue's
+    placeholders do not fit the values (a page must not fail over a translation)."""
+    try:
+        return make()
+    except (KeyError, IndexError, ValueError, TypeError):
+        return english
+
+
+def clock_reason(t: Translator, clock: dict[str, Any]) -> str:
+    """Why the clock is not trusted, in the console's language."""
+    if not clock.get("reason_texts"):
+        return str(clock["reason"])
+    return translated(lambda: t.join(clock["reason_texts"]), clock["reason"])
+
+
+def refusal(t: Translator, r: dict[str, Any], part: str) -> str:
+    """A blocking rule's ``message`` or ``action`` in the console's language."""
+    key = f'refusal.{r.get("text")}.{part}'
+    if not r.get("text") or not t.has(key):
+        return r[part]
+    return translated(lambda: t.message(key, r.get("values") or {}), r[part])
+
+
+def rules(t: Translator, blocked: list[dict[str, Any]]) -> str:
     if not blocked:
         return ""
     items = "".join(
         f'<li><strong>{_e(t("rule." + r["rule"]) if t.has("rule." + r["rule"]) else r["rule"])}</strong>'
-        f'<span>{_e(r["message"])}</span>'
-        f'<span class="action">{_e(t("rule.do"))}: {_e(r["action"])}</span></li>'
+        f'<span>{_e(refusal(t, r, "message"))}</span>'
+        f'<span class="action">{_e(t("rule.do"))}: {_e(refusal(t, r, "action"))}</span></li>'
         for r in blocked)
     return (f'<section class="card blocked" role="alert"><h2>{_e(t("rule.title"))}</h2>'
             f'<ul>{items}</ul></section>')

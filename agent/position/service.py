@@ -124,9 +124,12 @@ class AreaGate:
         d = self._outside("refuse")
         if d is None:
             return None
+        area = self.service.config.area
+        assert area is not None
         return Refusal(self.rule, self._where(d),
                        "drive back into the assigned area, or ask the supervisor to change it "
-                       "(position.area)")
+                       "(position.area)",
+                       self.rule, {"km": f"{d / 1000:.1f}", "radius_km": f"{area.radius_m / 1000:g}"})
 
     def warning(self) -> dict[str, Any] | None:
         """With ``outside = "flag"``: what the officer is told while the kiosk is outside."""

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,14 +30,24 @@ log = logging.getLogger(__name__)
 class Refusal:
     """Why new registrations are refused: ``rule`` is a stable identifier for scripts and
     translations (``low_disk``, ``clock_wrong``, ...), ``message`` says what is wrong and
-    ``action`` what the officer or their supervisor should do about it."""
+    ``action`` what the officer or their supervisor should do about it.
+
+    ``text`` and ``values`` are the same two sentences for the operator console's catalogues
+    (agent/console/locale: ``refusal.<text>.message`` and ``.action``, the values filling
+    their placeholders; a value may be a list of ``{"text": message id, "values": {...}}``
+    parts, each translated, as the clock's reasons are). The English catalogue's text with
+    these values is exactly ``message`` and ``action`` (tests/console/test_refusal_texts.py
+    checks every rule)."""
 
     rule: str
     message: str
     action: str
+    text: str = ""
+    values: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """The local API's and the log's form: the English sentences."""
+        return {"rule": self.rule, "message": self.message, "action": self.action}
 
 
 class Gate(Protocol):
@@ -73,6 +83,7 @@ class Gates:
                     gate.rule,
                     f"the kiosk could not check rule {gate.rule} ({type(exc).__name__})",
                     "restart the agent; if this stays, call support with the agent's log",
+                    "unchecked", {"rule": gate.rule, "error": type(exc).__name__},
                 )
             if refusal is not None:
                 found.append(refusal)
@@ -114,7 +125,8 @@ class AwaitingApprovalGate:
             return None
         return Refusal(self.rule,
                        f"{waiting} registrations await a supervisor's approval (limit {self.limit})",
-                       "a supervisor approves or rejects them on the operator console")
+                       "a supervisor approves or rejects them on the operator console",
+                       self.rule, {"waiting": str(waiting), "limit": str(self.limit)})
 
 
 class CentralUnreachedGate:
@@ -137,7 +149,8 @@ class CentralUnreachedGate:
         return Refusal(self.rule, f"captures have waited {days:.1f} days for the central side "
                        f"(limit {self.max_days:g})",
                        "connect the kiosk to the network (cable, Wi-Fi or mobile data) so its backlog "
-                       "is sent; call support if it stays disconnected")
+                       "is sent; call support if it stays disconnected",
+                       self.rule, {"days": f"{days:.1f}", "limit": f"{self.max_days:g}"})
 
 
 class FreeDiskGate:
@@ -154,4 +167,5 @@ class FreeDiskGate:
             return None
         return Refusal(self.rule, f"only {free // 2**20} MiB free on the kiosk's disk "
                        f"(limit {self.min_free_bytes // 2**20} MiB)",
-                       "connect the kiosk so its backlog is sent and deleted, or call support to free space")
+                       "connect the kiosk so its backlog is sent and deleted, or call support to free space",
+                       self.rule, {"free": str(free // 2**20), "limit": str(self.min_free_bytes // 2**20)})

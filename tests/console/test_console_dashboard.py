@@ -67,11 +67,16 @@ def test_dashboard_shows_the_agents_clock_judgement(kiosk: ConsoleKiosk) -> None
         assert json.loads(client.get("/figures.json")[2])["clock_state"] == "wrong"
         status, body = kiosk.api.call("POST", "/v1/sessions", {"applicant_ref": "APP-3", "operator_id": "op"})
         assert status == 409 and body["error"]["rules"][0]["rule"] == "clock_wrong"
-        # In Urdu: the state, the source and the rule's title translated.
+        # In Urdu: the state, the source, the reason, the rule's title, what is wrong and what
+        # to do, all translated; the dates and figures as the agent gave them.
         assert client.post("/language", {"language": "ur"})[0] == 303
         page = client.get("/")[2]
         assert figure(page, "clock_state") == "غلط" and figure(page, "clock_source") == "chrony (ٹائم سرور)"
         assert "کیوسک کی گھڑی غلط ہے" in page
+        reason = figure(page, "clock_reason")
+        assert "ریلیز کی تاریخ" in reason and "2020-09-13" in reason and "release" not in reason
+        assert "درست تاریخ اور وقت لگائیں" in page and "set the correct date" not in page
+        assert "ریلیز کی تاریخ" in json.loads(client.get("/figures.json")[2])["clock_reason"]
     finally:
         watch.run, watch.clock = real_run, real_clock
         watch.state(fresh=True)  # the module's latest judgement back to the machine's own

@@ -16,6 +16,7 @@ from agent.position.service import AreaGate, PositionService, distance_m
 from drivers.gnss import GpsdClient, NmeaReceiver
 from tests.emulators.gpsd import FakeGpsd
 from tests.emulators.nmea import NmeaEmulator, Sky, epoch, sentence
+from tests.support.refusals import check_texts
 from tests.support.waiting import wait_until
 
 NAIROBI = (-1.2921, 36.8219)
@@ -142,6 +143,7 @@ def test_the_area_flags_or_refuses() -> None:
     service.config = service.config.model_copy(update={"area": area.model_copy(update={"outside": "refuse"})})
     refusal = gate.check()
     assert refusal is not None and refusal.rule == "outside_area" and "km from the centre" in refusal.message
+    assert "کلومیٹر" in check_texts(refusal)  # the console's catalogues read it the same, and in Urdu
     assert 430 < distance_m(*NAIROBI, *MOMBASA) / 1000 < 450  # the haversine itself, ~440 km
 
 
