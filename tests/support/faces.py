@@ -83,3 +83,27 @@ def busy_background() -> np.ndarray:
     frame[0:330][stripes] = (60, 60, 60)
     frame[100:480, 180:460] = portrait()[100:480, 180:460]  # the head and shoulders untouched
     return frame
+
+
+#: Where the portrait's face box is (Haar: x 209, y 110, 223 px square): the two clipping
+#: negatives below paint inside its measured region (20-90 % of its height, 20-80 % of its width).
+FACE_BOX = (209, 110, 223)
+
+
+def _paint(value: int, top: float, bottom: float) -> np.ndarray:
+    x, y, size = FACE_BOX
+    frame = portrait()
+    frame[y + int(top * size):y + int(bottom * size), x + size // 4:x + 3 * size // 4] = value
+    return frame
+
+
+def shadowed_forehead() -> np.ndarray:
+    """A band of deep shadow (a cap's brim) across the forehead: about 12 % of the measured face
+    region at grey 8, the face's mean brightness still in range."""
+    return _paint(8, 0.20, 0.30)
+
+
+def glare_on_chin() -> np.ndarray:
+    """A lamp's reflection burnt out on the chin: about 14 % of the measured face region at 255,
+    away from the eyes (whose glare is a check of its own) and the cheeks (lighting balance)."""
+    return _paint(255, 0.78, 0.90)

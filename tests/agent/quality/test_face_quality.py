@@ -32,9 +32,11 @@ from tests.support.faces import (
     SMILE_ALLOWED,
     blurred,
     busy_background,
+    glare_on_chin,
     no_face,
     off_centre,
     portrait,
+    shadowed_forehead,
     too_dark,
     too_small,
     two_faces,
@@ -85,6 +87,8 @@ NEGATIVES = [
     (off_centre, {"horizontal_centre"}, "move to the centre of the picture"),
     (too_small, {"eye_distance"}, "move closer"),
     (busy_background, {"background"}, "stand in front of a plain background"),
+    (shadowed_forehead, {"dark_pixels"}, "more light"),
+    (glare_on_chin, {"bright_pixels"}, "less light (glare on the face)"),
 ]
 
 

@@ -87,6 +87,32 @@ def test_blank_glass_fails_the_empty_gate_and_scores_zero(seed: int) -> None:
     assert report.assessor == fq.ASSESSOR and "not NFIQ 2" in report.assessor
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ridges_drowned_in_noise_fail_clarity(seed: int) -> None:
+    """Sensor noise far past the "noisy" level (sigma 200 grey levels: a failing sensor, grit
+    on the glass): the ridge wave no longer dominates its blocks. devtools/check_mutants.py
+    found no test failing a print on clarity before this one."""
+    rng = np.random.default_rng(100 + seed)
+    img = np.clip(capture(seed) + rng.normal(0, 200, capture(seed).shape), 0, 255).astype(np.uint8)
+    report = fq.BuiltinFingerAssessor().assess(img, 500)
+    clarity = check(report, "ridge_valley_clarity")
+    assert not clarity.passed and clarity.value is not None
+    assert clarity.value < FingerQualityConfig().min_clarity
+    assert fq.HINT_MOISTURE in report.hints() and not report.passed
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_score_is_a_check_of_its_own(seed: int) -> None:
+    """Every measurement within its limit and still a print below the score a programme asks
+    for (``min_score``): the capture fails on the score alone, with the hint of its weakest
+    part, so a retry is asked for."""
+    report = fq.BuiltinFingerAssessor(FingerQualityConfig(min_score=95)).assess(
+        degrade(capture(seed), "noisy", seed), 500)
+    assert report.score < 95
+    assert [c.name for c in report.failed()] == ["score"] and not report.passed
+    assert report.hints() == [check(report, "score").hint] and report.hints()[0]
+
+
 def test_a_uniform_frame_fails_the_uniform_gate() -> None:
     report = fq.BuiltinFingerAssessor().assess(np.zeros((400, 400), np.uint8), 500)
     assert not check(report, "uniform_image").passed
