@@ -36,7 +36,7 @@ REMOTELY_SETTABLE: frozenset[str] = frozenset({
     "queue.max_bytes", "queue.min_free_bytes", "queue.reserve_bytes",
     # Cellular budgets and upload windows: they delay captures (which wait, sealed, in the
     # queue) and never hold back commands, so support can always undo them.
-    "uplink.chunk_bytes", "uplink.inflight_bytes", "uplink.max_bytes_per_s",
+    "uplink.chunk_bytes", "uplink.inflight_bytes", "uplink.chunk_window", "uplink.max_bytes_per_s",
     "uplink.daily_budget_bytes", "uplink.windows",
     # Attempts and the pace of continuous capture. Not capture.mode: "continuous" would make
     # every camera and scanner capture by itself.

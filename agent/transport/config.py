@@ -135,8 +135,13 @@ class UplinkConfig(Section):
     #: Captures larger than this go in chunks (resumable after a cut); 0: only when the
     #: broker's Maximum Packet Size requires it. 128 KiB is AWS IoT Core's message limit.
     chunk_bytes: int = Field(128 * 1024, ge=0)
-    #: Chunk bytes handed to the broker and not yet acknowledged (PUBACK), at most.
+    #: Chunk bytes handed to the broker and not yet acknowledged (PUBACK), at most, for all
+    #: the chunked transfers in progress together.
     inflight_bytes: int = Field(512 * 1024, ge=1024)
+    #: Chunked transfers in progress at once (agent/transport/transfers.py): the next large
+    #: capture goes while the last one's receipt is on its way, instead of after a round trip.
+    #: Each holds its capture in memory. 1: one at a time.
+    chunk_window: int = Field(2, ge=1, le=8)
     #: Bandwidth cap for captures in bytes per second (token bucket); 0: none.
     max_bytes_per_s: int = Field(0, ge=0)
     #: Bytes of captures sent per local day; when reached, captures wait for the next day

@@ -18,7 +18,8 @@ replayed or stray one deletes nothing and is reported as a security event.
 A capture larger than the broker's Maximum Packet Size or ``uplink.chunk_bytes`` goes in
 chunks: a manifest, the receiver's chunk status (which chunks it already holds), then only
 the missing chunks. Which chunk goes when is the transfer's state machine
-(agent/transport/chunk_sender.py); the publisher sends for it, at most
+(agent/transport/chunk_sender.py); up to ``uplink.chunk_window`` transfers run at once
+(agent/transport/transfers.py), the oldest first. The publisher sends for them, at most
 ``uplink.inflight_bytes`` unacknowledged at a time and a few per loop turn, so command
 replies and telemetry (served first on every turn, agent/transport/handler_chain.py) never
 wait behind a large image. Every capture byte passes the uplink gate
@@ -51,6 +52,7 @@ from agent.transport.mqtt_link import BrokerLimits, MqttLink
 from agent.transport.protocol import SEND_OVERHEAD, ProtocolError, Topics, frame_send, status_payload
 from agent.transport.receipt_gate import ReceiptGate, Sent
 from agent.transport.receipts import RefusalReason
+from agent.transport.transfers import Transfers
 from agent.transport.uplink import EventSink, Uplink
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class Publisher:
         self.config = config
         self.uplink_config = uplink
         self.uplink = Uplink.from_config(uplink, state_dir, on_event)
-        self._transfer: ChunkTransfer | None = None
+        self._transfers = Transfers(uplink.chunk_window)
         self._statuses: list[ChunkStatus] = []
         self.topics = topics
         self.status_fields = status_fields
@@ -141,7 +143,7 @@ class Publisher:
         self._cursor, self._idle_version = 0, -1
         # A chunked transfer starts again from its manifest; the receiver's status says
         # which chunks it already holds (see ChunkTransfer).
-        self._transfer = None
+        self._transfers.clear()
         self._statuses.clear()
         if self.config.ack_mode == "receipt":
             link.subscribe(self.topics.receipts, qos=1)
@@ -171,12 +173,11 @@ class Publisher:
                 self._acks.refused.append(receipt)
 
     def _take_status(self, payload: bytes) -> None:
-        """Keep a chunk status about the transfer in progress; read nothing of any other."""
-        transfer = self._transfer
-        if transfer is None:
+        """Keep a chunk status about a transfer in progress; read nothing of any other."""
+        if not len(self._transfers):
             return
         try:
-            status = ChunkStatus.decode_for(transfer.manifest, payload)
+            status = self._transfers.status(payload)
         except ProtocolError as exc:
             self._warn_once(f"ignoring a malformed chunk status: {exc}")
             return
@@ -192,8 +193,8 @@ class Publisher:
         if mid == self._offline_mid:
             self._offline_acked = True
             return
-        transfer = self._transfer
-        if transfer is not None and transfer.acknowledged(mid, time.monotonic()):
+        transfer = self._transfers.acknowledged(mid, time.monotonic())
+        if transfer is not None:
             if transfer.settled_by_broker:
                 self._acknowledged(transfer.id)
             return
@@ -253,7 +254,7 @@ class Publisher:
     def _landed(self, item_id: str) -> None:
         """The item's flight is over: acknowledged, or rejected and set aside."""
         self._inflight.pop(item_id, None)
-        self._end_transfer(item_id)
+        self._transfers.end(item_id)
         sent = self._sent.pop(item_id, None)
         if sent is not None:
             self.receipts.settled(item_id, sent)
@@ -348,7 +349,7 @@ class Publisher:
         oldest_id, oldest = next(iter(self._inflight.items()))
         if now - oldest.sent_at < self.config.receipt_timeout_s:
             return
-        if self._transfer is not None and oldest_id == self._transfer.id:
+        if oldest_id in self._transfers:
             # Its clock is the transfer's progress (_transfer_overdue), not its first send.
             self._inflight.move_to_end(oldest_id)
             oldest.sent_at = now
@@ -370,14 +371,14 @@ class Publisher:
     # --- chunked transfers: the publisher sends, ChunkTransfer decides -------------------
 
     def _start_transfer(self, link: MqttLink, item: QueuedItem, chunk_size: int) -> str:
-        if self._transfer is not None:
-            return "wait"  # one chunked transfer at a time: bounded memory, simple resume
+        if self._transfers.full:
+            return "wait"  # uplink.chunk_window transfers at a time: one payload each in memory
         transfer = ChunkTransfer.of(item, self.topics.kiosk_id, chunk_size,
                                     expects_status=self.config.ack_mode == "receipt",
                                     nonce=self._flight(item).nonce)
         if not self._send_manifest(link, transfer):
             return "wait"
-        self._transfer = transfer
+        self._transfers.add(transfer)
         self._inflight[item.id] = _InFlight(item.seq, -1, time.monotonic())
         self.counters.transfers += 1
         log.info("capture %s (%d bytes) goes in %d chunks of up to %d bytes", item.id,
@@ -393,50 +394,49 @@ class Publisher:
         transfer.announced(time.monotonic())
         return True
 
-    def _end_transfer(self, item_id: str) -> None:
-        if self._transfer is not None and self._transfer.id == item_id:
-            self._transfer = None
-
     def _apply_statuses(self) -> None:
         statuses, self._statuses = self._statuses, []
         for status in statuses:
-            transfer = self._transfer
-            if transfer is None or not transfer.answers(status):
+            transfer = self._transfers.answering(status)
+            if transfer is None:
                 continue  # for a transfer already finished or superseded
             self.counters.chunks_rerequested += transfer.on_status(status)
 
     def _pump_chunks(self, link: MqttLink) -> bool:
-        transfer = self._transfer
-        if transfer is None:
-            return False
+        """Chunks of the transfers in progress, the oldest's first, within one turn's bytes
+        and the bytes in flight that all of them share."""
         budget = CHUNK_BYTES_PER_TURN
         sent = 0
-        while budget > 0 and (chunk := transfer.next_chunk()) is not None:
-            payload = chunk.encode()
-            if not transfer.has_room(len(payload), self.uplink_config.inflight_bytes):
-                break
-            if not self.uplink.try_send(len(payload) + len(self.topics.chunks) + PUBLISH_OVERHEAD):
-                break
-            mid = link.publish(self.topics.chunks, payload, qos=1)
-            transfer.chunk_sent(mid, len(payload), time.monotonic())
-            self.counters.chunks_sent += 1
-            budget -= len(payload)
-            sent += 1
+        for transfer in self._transfers:
+            while budget > 0 and (chunk := transfer.next_chunk()) is not None:
+                payload = chunk.encode()
+                room = self._transfers.room(transfer, self.uplink_config.inflight_bytes)
+                if not transfer.has_room(len(payload), room):
+                    break
+                if not self.uplink.try_send(len(payload) + len(self.topics.chunks) + PUBLISH_OVERHEAD):
+                    return sent > 0  # the cap, budget or window holds every transfer alike
+                mid = link.publish(self.topics.chunks, payload, qos=1)
+                transfer.chunk_sent(mid, len(payload), time.monotonic())
+                self.counters.chunks_sent += 1
+                budget -= len(payload)
+                sent += 1
         return sent > 0
 
     def _transfer_overdue(self, link: MqttLink) -> None:
         """Everything sent and no receipt for a while (or no status after the manifest):
         ask again with the manifest; the status names what is missing."""
-        transfer = self._transfer
-        if transfer is None or not transfer.overdue(time.monotonic(), self.config.receipt_timeout_s):
-            return
-        if transfer.reannounce:
-            log.info("capture %s: a receiver has no manifest for it; sending the manifest again", transfer.id)
-        else:
-            log.info("capture %s: no %s after %.0f s; sending its manifest again", transfer.id,
-                     "chunk status" if transfer.awaiting_status else "receipt", self.config.receipt_timeout_s)
-        if self._send_manifest(link, transfer):
-            self.counters.republished += 1
+        for transfer in self._transfers:
+            if not transfer.overdue(time.monotonic(), self.config.receipt_timeout_s):
+                continue
+            if transfer.reannounce:
+                log.info("capture %s: a receiver has no manifest for it; sending the manifest again",
+                         transfer.id)
+            else:
+                log.info("capture %s: no %s after %.0f s; sending its manifest again", transfer.id,
+                         "chunk status" if transfer.awaiting_status else "receipt",
+                         self.config.receipt_timeout_s)
+            if self._send_manifest(link, transfer):
+                self.counters.republished += 1
 
     def rewind(self) -> None:
         """Offer the queue again from its oldest item (items put back by queue.retry).

@@ -85,7 +85,8 @@ class CellularRun:
     """The topology with the profile's shape and loss, plus the central side and the agent."""
 
     def __init__(self, tmp_path: Path, profile: Profile, *, captures: int, size_px: int,
-                 chunk_bytes: int, inflight_bytes: int, keepalive_s: int | None = None) -> None:
+                 chunk_bytes: int, inflight_bytes: int, keepalive_s: int | None = None,
+                 chunk_window: int | None = None) -> None:
         self.tmp, self.profile, self.captures = tmp_path, profile, captures
         self.out = tmp_path / "out"
         self.agent_log, self.receiver_log = tmp_path / "agent.log", tmp_path / "receiver.log"
@@ -96,12 +97,13 @@ class CellularRun:
         try:
             shape(self.topo, Shape(profile.up_kbit, profile.down_kbit))
             set_loss(self.topo, profile.loss_up_pct, profile.loss_down_pct, nat_idle_s=profile.nat_idle_s)
-            self._write_configs(size_px, chunk_bytes, inflight_bytes)
+            self._write_configs(size_px, chunk_bytes, inflight_bytes, chunk_window)
         except BaseException:
             self.topo.close()
             raise
 
-    def _write_configs(self, size_px: int, chunk_bytes: int, inflight_bytes: int) -> None:
+    def _write_configs(self, size_px: int, chunk_bytes: int, inflight_bytes: int,
+                       chunk_window: int | None) -> None:
         keys = keys_for(self.tmp, "kiosk-n1")
         mqtt = {"host": CENTRAL_ADDR, "port": BROKER_PORT, "allow_plaintext": True}
         agent: dict[str, Any] = {
@@ -109,7 +111,8 @@ class CellularRun:
             "mqtt": {**mqtt, "keepalive_s": self.keepalive_s, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
                      "receipt_timeout_s": 30.0, "connect_timeout_s": 10.0},
             "queue": {"path": str(self.tmp / "queue.db"), "min_free_bytes": 0},
-            "uplink": {"chunk_bytes": chunk_bytes, "inflight_bytes": inflight_bytes},
+            "uplink": {"chunk_bytes": chunk_bytes, "inflight_bytes": inflight_bytes,
+                       **({"chunk_window": chunk_window} if chunk_window else {})},
             "capture": {"mode": "continuous", "rate_per_s": 0, "max_captures": self.captures,
                         "finger_positions": [1, 2, 3, 4]},
             "telemetry": {"interval_s": 0},
