@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -435,3 +436,14 @@ def drop_page_cache() -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_cgroup(path: Path) -> None:
+    """Remove a cgroup the benchmark made, waiting up to 5 s for its last processes to leave
+    (a cgroup with members cannot be removed)."""
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)

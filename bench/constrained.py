@@ -44,6 +44,7 @@ from bench.common import (
     copy_queue,
     python_cmd,
     ratio,
+    remove_cgroup,
     seal_capture,
 )
 from bench.procs import AgentProcess, BrokerGate, CpuMeter, Managed, RawPeer, wait_queue_empty
@@ -98,12 +99,7 @@ class CpuLimit:
         return {key: int(value) for key, value in stat.items() if "throttled" in key or key == "nr_periods"}
 
     def close(self) -> None:
-        for _ in range(50):  # the last processes may still be leaving the group
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(self.path)
 
     def describe(self) -> str:
         return (f"CPU {self.cpu} only, {SHARE:.0%} of it ({int(SHARE * PERIOD_US)} us per {PERIOD_US} us; "

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchError, Workspace, drop_page_cache
+from bench.common import BenchError, Workspace, drop_page_cache, remove_cgroup
 from bench.procs import status_kb
 from bench.registration import registering_agent, session
 
@@ -115,12 +115,7 @@ class MemoryLimit:
                 "major_faults": int(stat["pgmajfault"])}
 
     def close(self) -> None:
-        for _ in range(50):  # the agent may still be leaving the group
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(self.path)
 
     def __enter__(self) -> MemoryLimit:
         return self

@@ -174,7 +174,7 @@ class Publisher:
 
     def _take_status(self, payload: bytes) -> None:
         """Keep a chunk status about a transfer in progress; read nothing of any other."""
-        if not len(self._transfers):
+        if not self._transfers:
             return
         try:
             status = self._transfers.status(payload)

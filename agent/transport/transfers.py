@@ -60,10 +60,10 @@ class Transfers:
     def status(self, payload: bytes) -> ChunkStatus | None:
         """The chunk status if it is about one of these transfers, None if about none of them.
 
-        Each transfer reads it against its own manifest (cheapest checks first); one that is
-        about a transfer here but malformed raises ProtocolError, as does one too large for
-        every transfer here (a status of another size is refused by the transfer it does not
-        fit before its id is read, so only when none takes it is that an error)."""
+        Each transfer reads it against its own manifest. A transfer refuses a status larger than
+        any about it can be before reading its id, so that refusal counts only if no other
+        transfer takes the status. ProtocolError: malformed and about a transfer here, or
+        refused by every one of them."""
         error: ProtocolError | None = None
         for transfer in self._by_id.values():
             try:

@@ -166,6 +166,17 @@ class CellularRun:
     def open(self) -> None:
         refuse(self.topo, False)
 
+    def start_and_open(self) -> tuple[float, tuple[int, int]]:
+        """Central side, then the agent with its backlog queued, then the link opened; the
+        moment it opened (monotonic) and the interface's byte counters just before."""
+        self.start_central()
+        self.start_agent()
+        self.wait_backlog()
+        wire_before = self.topo.if_bytes()
+        started = time.monotonic()
+        self.open()
+        return started, wire_before
+
     def drained(self) -> bool:
         return queued_while_running(self.tmp / "queue.db") == 0
 

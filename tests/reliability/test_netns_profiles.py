@@ -79,12 +79,7 @@ def run_profile(tmp_path: Path, profile: Profile, *, captures: int, keepalive_s:
     deaths = Deaths(path)
     flapper = Flapper(path.topo, *profile.flap) if profile.flap else None
     try:
-        path.start_central()
-        path.start_agent()
-        path.wait_backlog()
-        wire_before = path.topo.if_bytes()
-        started = time.monotonic()
-        path.open()
+        started, wire_before = path.start_and_open()
         if flapper is not None:
             flapper.start()
         for hole in range(profile.holes):

@@ -11,7 +11,6 @@ mosquitto and the reference receiver in a central one, the latency relay between
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tests.reliability.netns_harness import CellularRun, Profile, Result
@@ -31,12 +30,7 @@ def drain(tmp_path: Path, window: int) -> Result:
     path = CellularRun(work, LONG_ROUND_TRIP, captures=CAPTURES, size_px=SIZE_PX, chunk_bytes=CHUNK,
                        inflight_bytes=INFLIGHT, chunk_window=window)
     try:
-        path.start_central()
-        path.start_agent()
-        path.wait_backlog()
-        wire_before = path.topo.if_bytes()
-        started = time.monotonic()
-        path.open()
+        started, wire_before = path.start_and_open()
         wait_until(path.drained, timeout_s=300, interval_s=0.1, what="the backlog drained")
         result = path.finish(started, wire_before)
     finally:
